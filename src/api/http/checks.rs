@@ -1,0 +1,261 @@
+//! The check endpoints: Permit `/allowed` and `/allowed/bulk`, perm/v1 `/v1/enforce`, AuthZEN
+//! evaluation(s). Each answer carries the version it was made at.
+
+use super::input::{AllowedBody, AzBatch, AzEvaluation, EnforceBody};
+use super::{HttpState, RequestError, decode, json};
+use crate::index::{Decision, Explanation, Index, Query};
+use bytes::Bytes;
+use http::{HeaderMap, Response, StatusCode};
+use http_body_util::Full;
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Most checks in one bulk or batch request.
+pub const MAX_BATCH: usize = 1000;
+/// Longest `X-Permd-Wait-Ms` honoured.
+const MAX_WAIT_MS: u64 = 60_000;
+
+pub struct Ctx<'a> {
+    pub state: &'a HttpState,
+    pub explain: bool,
+    pub min_version: Option<MinVersion>,
+}
+
+/// `X-Permd-Min-Version` / `X-Permd-Wait-Ms`: read-your-writes on the sidecar.
+#[derive(Debug, Clone, Copy)]
+pub struct MinVersion {
+    min: u64,
+    wait_ms: u64,
+}
+
+impl MinVersion {
+    pub fn from_headers(h: &HeaderMap) -> Result<Option<MinVersion>, RequestError> {
+        let num = |name: &str| -> Result<Option<u64>, RequestError> {
+            match h.get(name) {
+                None => Ok(None),
+                Some(v) => v
+                    .to_str()
+                    .ok()
+                    .and_then(|s| s.trim().parse::<u64>().ok())
+                    .map(Some)
+                    .ok_or_else(|| RequestError::invalid(format!("header `{name}` must be an unsigned integer"))),
+            }
+        };
+        let Some(min) = num("x-permd-min-version")? else { return Ok(None) };
+        let wait_ms = num("x-permd-wait-ms")?.unwrap_or(1000).min(MAX_WAIT_MS);
+        Ok(Some(MinVersion { min, wait_ms }))
+    }
+}
+
+impl Ctx<'_> {
+    /// The index to answer from: the active one, or once it reaches the requested version.
+    async fn index(&self) -> Result<Arc<Index>, RequestError> {
+        let store = &self.state.store;
+        match self.min_version {
+            None => store.load().ok_or_else(|| RequestError::Unavailable("no snapshot is active yet".into())),
+            Some(mv) => store.at_least(mv.min, Duration::from_millis(mv.wait_ms)).await.ok_or_else(|| {
+                RequestError::VersionNotReached {
+                    min: mv.min,
+                    wait_ms: mv.wait_ms,
+                    active: store.load().map_or_else(|| "none".into(), |i| i.version().to_string()),
+                }
+            }),
+        }
+    }
+}
+
+fn debug(ix: &Index, q: &Query<'_>, d: &Decision, want: bool) -> Option<Explanation> {
+    want.then(|| ix.explain(q, d))
+}
+
+#[derive(Serialize)]
+struct AllowedOut {
+    allow: bool,
+    result: bool,
+    reason: &'static str,
+    version: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    debug: Option<Explanation>,
+}
+
+pub async fn allowed(ctx: &Ctx<'_>, body: &[u8]) -> Result<Response<Full<Bytes>>, RequestError> {
+    let req: AllowedBody = decode(body)?;
+    let q = req.query("")?;
+    let ix = ctx.index().await?;
+    let d = ix.decide(&q);
+    Ok(json(
+        StatusCode::OK,
+        &AllowedOut {
+            allow: d.allow,
+            result: d.allow,
+            reason: d.reason.as_str(),
+            version: d.version,
+            debug: debug(&ix, &q, &d, ctx.explain || req.explain),
+        },
+    ))
+}
+
+/// A bulk body: a JSON array of `/allowed` bodies, or `{"checks": [...]}`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum BulkBody<'a> {
+    #[serde(borrow)]
+    List(Vec<AllowedBody<'a>>),
+    Wrapped {
+        #[serde(borrow)]
+        checks: Vec<AllowedBody<'a>>,
+    },
+}
+
+#[derive(Serialize)]
+struct BulkEntry {
+    allow: bool,
+    result: bool,
+    reason: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    debug: Option<Explanation>,
+}
+
+#[derive(Serialize)]
+struct BulkOut {
+    allow: Vec<BulkEntry>,
+    version: u64,
+}
+
+pub async fn allowed_bulk(ctx: &Ctx<'_>, body: &[u8]) -> Result<Response<Full<Bytes>>, RequestError> {
+    let checks: Vec<AllowedBody> = match decode::<Vec<AllowedBody>>(body) {
+        Ok(list) => list,
+        Err(list_err) => match serde_json::from_slice::<BulkBody>(body) {
+            Ok(BulkBody::Wrapped { checks } | BulkBody::List(checks)) => checks,
+            Err(_) => return Err(list_err),
+        },
+    };
+    if checks.len() > MAX_BATCH {
+        return Err(RequestError::invalid(format!("{} checks given; at most {MAX_BATCH} per request", checks.len())));
+    }
+    let queries = checks
+        .iter()
+        .enumerate()
+        .map(|(i, c)| c.query(&format!("[{i}].")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let ix = ctx.index().await?;
+    let allow = queries
+        .iter()
+        .zip(&checks)
+        .map(|(q, c)| {
+            let d = ix.decide(q);
+            BulkEntry {
+                allow: d.allow,
+                result: d.allow,
+                reason: d.reason.as_str(),
+                debug: debug(&ix, q, &d, ctx.explain || c.explain),
+            }
+        })
+        .collect();
+    Ok(json(StatusCode::OK, &BulkOut { allow, version: ix.version() }))
+}
+
+#[derive(Serialize)]
+struct EnforceOut {
+    ok: bool,
+    code: &'static str,
+    version: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    debug: Option<Explanation>,
+}
+
+pub async fn enforce(ctx: &Ctx<'_>, body: &[u8]) -> Result<Response<Full<Bytes>>, RequestError> {
+    let req: EnforceBody = decode(body)?;
+    let q = req.query()?;
+    let ix = ctx.index().await?;
+    let d = ix.decide(&q);
+    Ok(json(
+        StatusCode::OK,
+        &EnforceOut {
+            ok: d.allow,
+            code: d.reason.as_str(),
+            version: d.version,
+            debug: debug(&ix, &q, &d, ctx.explain || req.explain),
+        },
+    ))
+}
+
+#[derive(Serialize)]
+struct AzContext {
+    reason: &'static str,
+    version: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    debug: Option<Explanation>,
+}
+
+#[derive(Serialize)]
+struct AzOut {
+    decision: bool,
+    context: AzContext,
+}
+
+fn az_out(ix: &Index, q: &Query<'_>, explain: bool) -> AzOut {
+    let d = ix.decide(q);
+    AzOut {
+        decision: d.allow,
+        context: AzContext { reason: d.reason.as_str(), version: d.version, debug: debug(ix, q, &d, explain) },
+    }
+}
+
+pub async fn evaluation(ctx: &Ctx<'_>, body: &[u8]) -> Result<Response<Full<Bytes>>, RequestError> {
+    let req: AzEvaluation = decode(body)?;
+    let q = req.query("")?;
+    let ix = ctx.index().await?;
+    Ok(json(StatusCode::OK, &az_out(&ix, &q, ctx.explain || req.explain)))
+}
+
+#[derive(Serialize)]
+struct AzBatchOut {
+    evaluations: Vec<AzOut>,
+}
+
+pub async fn evaluations(ctx: &Ctx<'_>, body: &[u8]) -> Result<Response<Full<Bytes>>, RequestError> {
+    let req: AzBatch = decode(body)?;
+    let Some(items) = &req.evaluations else {
+        // No `evaluations`: a single evaluation in the batch endpoint's shape.
+        let q = req.defaults.query("")?;
+        let ix = ctx.index().await?;
+        let out = az_out(&ix, &q, ctx.explain || req.defaults.explain);
+        return Ok(json(StatusCode::OK, &AzBatchOut { evaluations: vec![out] }));
+    };
+    if items.len() > MAX_BATCH {
+        return Err(RequestError::invalid(format!(
+            "`evaluations` has {} items; at most {MAX_BATCH} per request",
+            items.len()
+        )));
+    }
+    let semantic = req.options.as_ref().and_then(|o| o.evaluations_semantic.as_ref()).map(|s| &*s.0);
+    let stop_on: Option<bool> = match semantic {
+        None | Some("execute_all") => None,
+        Some("deny_on_first_deny") => Some(false),
+        Some("permit_on_first_permit") => Some(true),
+        Some(other) => {
+            return Err(RequestError::invalid(format!(
+                "`options.evaluations_semantic` is `{other}`; expected execute_all, deny_on_first_deny or permit_on_first_permit"
+            )));
+        }
+    };
+    let merged: Vec<AzEvaluation> = items.iter().map(|e| e.merged(&req.defaults)).collect();
+    let queries = merged
+        .iter()
+        .enumerate()
+        .map(|(i, e)| e.query(&format!("evaluations[{i}].")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let ix = ctx.index().await?;
+    let mut evaluations = Vec::with_capacity(queries.len());
+    for (q, e) in queries.iter().zip(&merged) {
+        let out = az_out(&ix, q, ctx.explain || e.explain);
+        let stop = stop_on == Some(out.decision);
+        evaluations.push(out);
+        if stop {
+            break;
+        }
+    }
+    Ok(json(StatusCode::OK, &AzBatchOut { evaluations }))
+}

@@ -1,0 +1,3 @@
+//! The faces permd answers on. Thin adapters: decode, call the index, encode.
+
+pub mod http;

@@ -1,0 +1,317 @@
+//! permd's configuration: a YAML file with unknown keys refused, overridden by `PERMD_*`
+//! environment variables, overridden by flags. Validated whole before any port is bound.
+
+use serde::{Deserialize, Deserializer};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The file `permd serve` reads when no `--config` is given and it exists (the repository's
+/// bundled example when run from the repository root).
+pub const DEFAULT_CONFIG: &str = "config/permd.yaml";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file `{path}`: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("config file `{path}`: {message}")]
+    Parse { path: String, message: String },
+    #[error("`{field}`: {message}")]
+    Invalid { field: &'static str, message: String },
+}
+
+fn invalid(field: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { field, message: message.into() }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Where a listener binds: a TCP address or a Unix socket path (`unix:/path`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenAddr {
+    Tcp(std::net::SocketAddr),
+    Unix(PathBuf),
+}
+
+impl ListenAddr {
+    pub fn parse(field: &'static str, s: &str) -> Result<ListenAddr, ConfigError> {
+        if let Some(path) = s.strip_prefix("unix:") {
+            if path.is_empty() {
+                return Err(invalid(field, "`unix:` needs a socket path"));
+            }
+            return Ok(ListenAddr::Unix(PathBuf::from(path)));
+        }
+        if s.starts_with('/') {
+            return Ok(ListenAddr::Unix(PathBuf::from(s)));
+        }
+        let addr = s
+            .parse()
+            .map_err(|_| invalid(field, format!("`{s}` is not `ip:port` or `unix:/path`")))?;
+        Ok(ListenAddr::Tcp(addr))
+    }
+}
+
+impl std::fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ListenAddr::Tcp(a) => write!(f, "{a}"),
+            ListenAddr::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+/// Where snapshots come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// A local document, watched.
+    File(PathBuf),
+}
+
+impl Source {
+    /// Parses a `source` URI; relative file paths are taken relative to `base`.
+    pub fn parse(s: &str, base: &Path) -> Result<Source, ConfigError> {
+        let path = if let Some(rest) = s.strip_prefix("file://") {
+            rest
+        } else if s.starts_with("http://") || s.starts_with("https://") {
+            return Err(invalid(
+                "source",
+                format!("`{s}`: upstream sources are not available in this build; use `file://`"),
+            ));
+        } else if s.contains("://") {
+            return Err(invalid("source", format!("`{s}`: unknown scheme; expected `file://`")));
+        } else {
+            s
+        };
+        if path.is_empty() {
+            return Err(invalid("source", "the file path is empty"));
+        }
+        if crate::model::Encoding::from_path(path).is_none() {
+            return Err(invalid(
+                "source",
+                format!("`{path}`: the extension must be .yaml, .yml, .json, .msgpack or .mpk"),
+            ));
+        }
+        let path = PathBuf::from(path);
+        Ok(Source::File(if path.is_absolute() { path } else { base.join(path) }))
+    }
+
+    /// How the source appears in logs and status pages.
+    pub fn display(&self) -> String {
+        match self {
+            Source::File(p) => format!("file://{}", p.display()),
+        }
+    }
+}
+
+/// The config file as written; every key optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub source: Option<String>,
+    pub source_protocol: Option<String>,
+    pub http_addr: Option<String>,
+    pub grpc_addr: Option<String>,
+    pub cache_dir: Option<PathBuf>,
+    #[serde(default, deserialize_with = "duration")]
+    pub max_staleness: Option<Duration>,
+    pub api_key_file: Option<PathBuf>,
+    pub max_body_bytes: Option<usize>,
+    pub max_snapshot_bytes: Option<usize>,
+    pub max_connections: Option<usize>,
+    #[serde(default, deserialize_with = "duration")]
+    pub shutdown_grace: Option<Duration>,
+    #[serde(default, deserialize_with = "duration")]
+    pub poll_interval: Option<Duration>,
+    pub log_format: Option<LogFormat>,
+    pub log_level: Option<String>,
+}
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    let s: Option<String> = Option::deserialize(d)?;
+    s.map(|s| humantime::parse_duration(&s).map_err(serde::de::Error::custom)).transpose()
+}
+
+/// Values given on the command line or in `PERMD_*` variables (clap merges those two).
+#[derive(Debug, Default, Clone, clap::Args)]
+pub struct Overrides {
+    /// Snapshot source URI: file:///abs/path.yaml (.json, .msgpack) or a relative path.
+    #[arg(long, env = "PERMD_SOURCE")]
+    pub source: Option<String>,
+    /// Upstream protocol for http(s) sources: permd or permit.
+    #[arg(long, env = "PERMD_SOURCE_PROTOCOL")]
+    pub source_protocol: Option<String>,
+    /// HTTP listen address (ip:port or unix:/path); default 127.0.0.1:7766.
+    #[arg(long, env = "PERMD_HTTP_ADDR")]
+    pub http_addr: Option<String>,
+    /// gRPC listen address (ip:port or unix:/path); default 127.0.0.1:7767.
+    #[arg(long, env = "PERMD_GRPC_ADDR")]
+    pub grpc_addr: Option<String>,
+    /// Directory for the on-disk cache of the active version.
+    #[arg(long, env = "PERMD_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Readiness fails when the data is older than this (e.g. 5m).
+    #[arg(long, env = "PERMD_MAX_STALENESS", value_parser = humantime::parse_duration)]
+    pub max_staleness: Option<Duration>,
+    /// File holding the upstream API key (PERMD_API_KEY also works).
+    #[arg(long, env = "PERMD_API_KEY_FILE")]
+    pub api_key_file: Option<PathBuf>,
+    /// Largest accepted request body in bytes (default 1 MiB).
+    #[arg(long, env = "PERMD_MAX_BODY_BYTES")]
+    pub max_body_bytes: Option<usize>,
+    /// Largest accepted snapshot document in bytes (default 2 GiB).
+    #[arg(long, env = "PERMD_MAX_SNAPSHOT_BYTES")]
+    pub max_snapshot_bytes: Option<usize>,
+    /// Most concurrent connections per listener (default 10000).
+    #[arg(long, env = "PERMD_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// How long in-flight requests may take to finish on shutdown (default 10s).
+    #[arg(long, env = "PERMD_SHUTDOWN_GRACE", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Option<Duration>,
+    /// How often the file source looks for changes (default 200ms).
+    #[arg(long, env = "PERMD_POLL_INTERVAL", value_parser = humantime::parse_duration)]
+    pub poll_interval: Option<Duration>,
+    /// Log format: text or json.
+    #[arg(long, env = "PERMD_LOG_FORMAT", value_parser = ["text", "json"])]
+    pub log_format: Option<String>,
+    /// Log filter, e.g. info or permd=debug.
+    #[arg(long, env = "PERMD_LOG_LEVEL")]
+    pub log_level: Option<String>,
+}
+
+/// The validated configuration `serve` runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub source: Source,
+    pub http_addr: ListenAddr,
+    pub grpc_addr: ListenAddr,
+    pub cache_dir: Option<PathBuf>,
+    pub max_staleness: Option<Duration>,
+    pub api_key_file: Option<PathBuf>,
+    pub max_body_bytes: usize,
+    pub max_snapshot_bytes: usize,
+    pub max_connections: usize,
+    pub shutdown_grace: Duration,
+    pub poll_interval: Duration,
+    pub log_format: LogFormat,
+    pub log_level: String,
+}
+
+impl Config {
+    /// Reads the file (if any), then applies the overrides. `config_path` absent means
+    /// `config/permd.yaml` when that exists.
+    pub fn load(config_path: Option<&Path>, over: &Overrides) -> Result<Config, ConfigError> {
+        let default = Path::new(DEFAULT_CONFIG);
+        let path = config_path.or_else(|| default.exists().then_some(default));
+        let (file, base) = match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+                let file: FileConfig = yaml_serde::from_str(&text).map_err(|e| ConfigError::Parse {
+                    path: path.display().to_string(),
+                    message: e.to_string(),
+                })?;
+                let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+                (file, base)
+            }
+            None => (FileConfig::default(), PathBuf::new()),
+        };
+        Config::merge(file, &base, over)
+    }
+
+    fn merge(file: FileConfig, file_base: &Path, over: &Overrides) -> Result<Config, ConfigError> {
+        let (source, base) = match (&over.source, &file.source) {
+            (Some(s), _) => (s.clone(), PathBuf::new()),
+            (None, Some(s)) => (s.clone(), file_base.to_path_buf()),
+            (None, None) => {
+                return Err(invalid("source", "no source given: pass --source, PERMD_SOURCE or `source:` in the config file"));
+            }
+        };
+        if let Some(p) = over.source_protocol.as_ref().or(file.source_protocol.as_ref())
+            && p != "permd"
+            && p != "permit"
+        {
+            return Err(invalid("source_protocol", format!("`{p}`: expected `permd` or `permit`")));
+        }
+        let http = over.http_addr.clone().or(file.http_addr).unwrap_or_else(|| "127.0.0.1:7766".into());
+        let grpc = over.grpc_addr.clone().or(file.grpc_addr).unwrap_or_else(|| "127.0.0.1:7767".into());
+        let log_format = match over.log_format.as_deref() {
+            Some("json") => LogFormat::Json,
+            Some(_) => LogFormat::Text,
+            None => file.log_format.unwrap_or(LogFormat::Text),
+        };
+        let cfg = Config {
+            source: Source::parse(&source, &base)?,
+            http_addr: ListenAddr::parse("http_addr", &http)?,
+            grpc_addr: ListenAddr::parse("grpc_addr", &grpc)?,
+            cache_dir: over.cache_dir.clone().or(file.cache_dir),
+            max_staleness: over.max_staleness.or(file.max_staleness),
+            api_key_file: over.api_key_file.clone().or(file.api_key_file),
+            max_body_bytes: over.max_body_bytes.or(file.max_body_bytes).unwrap_or(1 << 20),
+            max_snapshot_bytes: over.max_snapshot_bytes.or(file.max_snapshot_bytes).unwrap_or(2 << 30),
+            max_connections: over.max_connections.or(file.max_connections).unwrap_or(10_000),
+            shutdown_grace: over.shutdown_grace.or(file.shutdown_grace).unwrap_or(Duration::from_secs(10)),
+            poll_interval: over.poll_interval.or(file.poll_interval).unwrap_or(Duration::from_millis(200)),
+            log_format,
+            log_level: over.log_level.clone().or(file.log_level).unwrap_or_else(|| "info".into()),
+        };
+        if cfg.max_body_bytes == 0 {
+            return Err(invalid("max_body_bytes", "must be greater than 0"));
+        }
+        if cfg.max_connections == 0 {
+            return Err(invalid("max_connections", "must be greater than 0"));
+        }
+        if cfg.poll_interval.is_zero() {
+            return Err(invalid("poll_interval", "must be greater than 0"));
+        }
+        Ok(cfg)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn file(yaml: &str) -> FileConfig {
+        yaml_serde::from_str(yaml).unwrap()
+    }
+
+    #[test]
+    fn flags_beat_file_and_paths_resolve_against_the_file() {
+        let f = file("source: snap.yaml\nhttp_addr: 127.0.0.1:1\nshutdown_grace: 3s\n");
+        let cfg = Config::merge(f, Path::new("/etc/permd"), &Overrides::default()).unwrap();
+        assert_eq!(cfg.source, Source::File("/etc/permd/snap.yaml".into()));
+        assert_eq!(cfg.http_addr.to_string(), "127.0.0.1:1");
+        assert_eq!(cfg.shutdown_grace, Duration::from_secs(3));
+        let over = Overrides {
+            source: Some("file:///x/s.json".into()),
+            http_addr: Some("unix:/run/p.sock".into()),
+            ..Overrides::default()
+        };
+        let f = file("source: snap.yaml\nhttp_addr: 127.0.0.1:1\n");
+        let cfg = Config::merge(f, Path::new("/etc/permd"), &over).unwrap();
+        assert_eq!(cfg.source, Source::File("/x/s.json".into()));
+        assert_eq!(cfg.http_addr, ListenAddr::Unix("/run/p.sock".into()));
+        assert_eq!(cfg.grpc_addr.to_string(), "127.0.0.1:7767");
+    }
+
+    #[test]
+    fn bad_values_name_the_field() {
+        assert!(yaml_serde::from_str::<FileConfig>("sourc: x\n").unwrap_err().to_string().contains("sourc"));
+        let cases = [
+            ("source: a.txt\n", "source"),
+            ("source: a.yaml\nhttp_addr: localhost\n", "http_addr"),
+            ("source: a.yaml\nmax_body_bytes: 0\n", "max_body_bytes"),
+            ("source: a.yaml\nsource_protocol: grpc\n", "source_protocol"),
+            ("http_addr: 127.0.0.1:1\n", "source"),
+        ];
+        for (yaml, field) in cases {
+            let err = Config::merge(file(yaml), Path::new(""), &Overrides::default()).unwrap_err();
+            assert!(err.to_string().starts_with(&format!("`{field}`")), "{yaml}: {err}");
+        }
+    }
+}

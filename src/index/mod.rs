@@ -1,0 +1,707 @@
+//! The compiled, immutable index of one snapshot version, `decide()` and the queries. Pure
+//! and synchronous: no tokio, hyper, clock or file access. Every key is interned to a dense
+//! u32; facts live in paged copy-on-write vectors and roaring bitmaps, so `apply(batch)`
+//! yields the next version sharing everything it does not touch.
+
+mod decide;
+mod explain;
+mod paged;
+mod policy;
+
+pub use decide::{Decision, Evidence, Query, Reason, Subject};
+pub use explain::Explanation;
+pub use paged::{Interner, KeyMap, PagedVec};
+pub use policy::{Names, Policy, PolicyItems, STAR};
+
+use crate::model::{
+    self, Attributes, DeltaBatch, Identity, Item, Kind, Op, ResourceRef, Role, RoleAssignment, RoleGrant,
+    Snapshot, User, put,
+};
+use roaring::RoaringBitmap;
+use serde::Serialize;
+use std::sync::{Arc, OnceLock};
+
+/// "No id" in dense id tables.
+pub const NONE: u32 = u32::MAX;
+
+/// An item the index keeps but that can grant nothing: a dangling reference (model.md).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Ignored {
+    pub kind: &'static str,
+    pub item: String,
+    pub reason: String,
+}
+
+impl Ignored {
+    pub fn new(kind: &'static str, item: String, reason: String) -> Ignored {
+        Ignored { kind, item, reason }
+    }
+}
+
+/// Why a batch was not applied; the active index is unchanged.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApplyError {
+    #[error("batch starts at version `{from}` but the active version is `{active}`")]
+    VersionGap { from: u64, active: u64 },
+}
+
+/// Facts about one user: metadata and their role assignments.
+#[derive(Clone, Debug, Default)]
+pub struct UserRec {
+    pub meta: Option<Box<User>>,
+    /// Org-wide assignments as (org id, role-name id), sorted and unique.
+    pub org_roles: Vec<(u32, u32)>,
+    /// Instance assignments as (resource id, org id, role-name id), sorted and unique.
+    pub inst_roles: Vec<(u32, u32, u32)>,
+}
+
+/// A resource instance as the document has it.
+#[derive(Clone, Debug)]
+pub struct ResItem {
+    pub org: u32,
+    /// Parent resource ids in document order.
+    pub parents: Box<[u32]>,
+    pub attributes: Option<Box<Attributes>>,
+}
+
+/// A role grant on one resource.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GrantRec {
+    pub org: u32,
+    pub role: u32,
+    /// Action patterns as (type id or STAR, action id or STAR).
+    pub patterns: Box<[(u32, u32)]>,
+}
+
+/// Everything known under one `type:key`: the instance (if the document has it), the grants
+/// on it and the instance assignments on it.
+#[derive(Clone, Debug, Default)]
+pub struct ResRec {
+    pub resource_type: u32,
+    pub key: Arc<str>,
+    pub item: Option<ResItem>,
+    pub grants: Vec<GrantRec>,
+    /// Instance assignments on this resource as (user id, org id, role-name id), sorted.
+    pub holders: Vec<(u32, u32, u32)>,
+}
+
+/// Item counts per kind, as the document has them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Counts {
+    pub orgs: usize,
+    pub resource_types: usize,
+    pub roles: usize,
+    pub users: usize,
+    pub resources: usize,
+    pub role_assignments: usize,
+    pub role_grants: usize,
+    pub menus: usize,
+}
+
+/// One immutable version of the data, ready to answer.
+#[derive(Clone)]
+pub struct Index {
+    version: u64,
+    pub(crate) names: Names,
+    items: Arc<PolicyItems>,
+    pub(crate) policy: Arc<Policy>,
+    pub(crate) users: PagedVec<Option<Arc<UserRec>>>,
+    pub(crate) resources: PagedVec<Option<Arc<ResRec>>>,
+    /// Per type id: instance key → resource id.
+    res_keys: Vec<KeyMap>,
+    /// Users with an org-wide assignment, per (org id, role-name id).
+    org_role_users: imbl::HashMap<(u32, u32), Arc<RoaringBitmap>>,
+    /// Instances per (org id, type id).
+    org_type_res: imbl::HashMap<(u32, u32), Arc<RoaringBitmap>>,
+    counts: Counts,
+    ignored: Arc<OnceLock<Arc<Vec<Ignored>>>>,
+}
+
+impl std::fmt::Debug for Index {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Index").field("version", &self.version).field("counts", &self.counts).finish()
+    }
+}
+
+impl Index {
+    /// Compiles a validated snapshot.
+    pub fn build(snapshot: &Snapshot) -> Index {
+        let mut ix = Index {
+            version: snapshot.version,
+            names: Names::default(),
+            items: Arc::new(PolicyItems {
+                orgs: snapshot.orgs.clone(),
+                resource_types: snapshot.resource_types.clone(),
+                roles: snapshot.roles.clone(),
+                menus: snapshot.menus.clone(),
+            }),
+            policy: Arc::default(),
+            users: PagedVec::default(),
+            resources: PagedVec::default(),
+            res_keys: Vec::new(),
+            org_role_users: imbl::HashMap::new(),
+            org_type_res: imbl::HashMap::new(),
+            counts: Counts::default(),
+            ignored: Arc::default(),
+        };
+        for u in &snapshot.users {
+            ix.upsert_user(u);
+        }
+        for r in &snapshot.resources {
+            ix.upsert_resource(r);
+        }
+        for a in &snapshot.role_assignments {
+            ix.upsert_assignment(a);
+        }
+        for g in &snapshot.role_grants {
+            ix.upsert_grant(g);
+        }
+        ix.rebuild_policy();
+        ix
+    }
+
+    /// The next version: this one with the batch applied, all or nothing. The result equals
+    /// `Index::build` of the document with the batch's ops applied (model.md §4).
+    pub fn apply(&self, batch: &DeltaBatch) -> Result<Index, ApplyError> {
+        if batch.from_version != self.version {
+            return Err(ApplyError::VersionGap { from: batch.from_version, active: self.version });
+        }
+        let mut next = self.clone();
+        next.ignored = Arc::default();
+        let mut policy_changed = false;
+        for op in &batch.ops {
+            policy_changed |= next.apply_op(op);
+        }
+        if policy_changed {
+            next.rebuild_policy();
+        }
+        next.version = batch.to_version;
+        Ok(next)
+    }
+
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    pub fn counts(&self) -> Counts {
+        self.counts
+    }
+
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    pub fn names(&self) -> &Names {
+        &self.names
+    }
+
+    pub fn policy_items(&self) -> &PolicyItems {
+        &self.items
+    }
+
+    fn rebuild_policy(&mut self) {
+        let items = &self.items;
+        self.counts.orgs = items.orgs.len();
+        self.counts.resource_types = items.resource_types.len();
+        self.counts.roles = items.roles.len();
+        self.counts.menus = items.menus.len();
+        self.policy = Arc::new(Policy::build(items, &mut self.names));
+    }
+
+    /// Applies one op; true when it changed the policy part.
+    fn apply_op(&mut self, op: &Op) -> bool {
+        match op {
+            Op::Upsert(item) => match item {
+                Item::User(u) => self.upsert_user(u),
+                Item::Resource(r) => self.upsert_resource(r),
+                Item::RoleAssignment(a) => self.upsert_assignment(a),
+                Item::RoleGrant(g) => self.upsert_grant(g),
+                Item::Org(v) => {
+                    put(&mut Arc::make_mut(&mut self.items).orgs, v.clone(), |x| x.key == v.key);
+                    return true;
+                }
+                Item::ResourceType(v) => {
+                    put(&mut Arc::make_mut(&mut self.items).resource_types, v.clone(), |x| x.key == v.key);
+                    return true;
+                }
+                Item::Role(v) => {
+                    put(&mut Arc::make_mut(&mut self.items).roles, v.clone(), |x| {
+                        x.key == v.key && x.org == v.org
+                    });
+                    return true;
+                }
+                Item::Menu(v) => {
+                    put(&mut Arc::make_mut(&mut self.items).menus, v.clone(), |x| {
+                        x.platform == v.platform && x.code == v.code
+                    });
+                    return true;
+                }
+            },
+            Op::Delete(id) => match id {
+                Identity::User { key } => self.delete_user(key),
+                Identity::Resource { resource_type, key } => self.delete_resource(resource_type, key),
+                Identity::RoleAssignment(a) => self.delete_assignment(a),
+                Identity::RoleGrant { org, role, resource } => self.delete_grant(org, role, resource),
+                Identity::Org { key } => {
+                    Arc::make_mut(&mut self.items).orgs.retain(|x| &x.key != key);
+                    return true;
+                }
+                Identity::ResourceType { key } => {
+                    Arc::make_mut(&mut self.items).resource_types.retain(|x| &x.key != key);
+                    return true;
+                }
+                Identity::Role { key, org } => {
+                    Arc::make_mut(&mut self.items).roles.retain(|x| !(&x.key == key && &x.org == org));
+                    return true;
+                }
+                Identity::Menu { platform, code } => {
+                    Arc::make_mut(&mut self.items)
+                        .menus
+                        .retain(|x| !(&x.platform == platform && &x.code == code));
+                    return true;
+                }
+            },
+        }
+        false
+    }
+
+    fn user_mut(&mut self, key: &str) -> (u32, &mut UserRec) {
+        let id = self.names.users.intern(key);
+        let slot = self.users.slot(id as usize);
+        (id, Arc::make_mut(slot.get_or_insert_with(Arc::default)))
+    }
+
+    /// The resource id of `type:key`, creating an empty record for a new one.
+    fn res_id(&mut self, resource_type: &str, key: &str) -> u32 {
+        let t = self.names.types.intern(resource_type);
+        if self.res_keys.len() <= t as usize {
+            self.res_keys.resize_with(t as usize + 1, KeyMap::default);
+        }
+        if let Some(id) = self.res_keys.get(t as usize).and_then(|m| m.get(key)) {
+            return id;
+        }
+        let id = self.resources.len() as u32;
+        if let Some(m) = self.res_keys.get_mut(t as usize) {
+            m.insert(key, id);
+        }
+        self.resources.push(Some(Arc::new(ResRec {
+            resource_type: t,
+            key: Arc::from(key),
+            ..ResRec::default()
+        })));
+        id
+    }
+
+    fn res_ref(&mut self, reference: &str) -> u32 {
+        let r = ResourceRef::parse(reference).unwrap_or(ResourceRef { resource_type: reference, key: "" });
+        self.res_id(r.resource_type, r.key)
+    }
+
+    fn res_mut(&mut self, id: u32) -> Option<&mut ResRec> {
+        self.resources.get_mut(id as usize)?.as_mut().map(Arc::make_mut)
+    }
+
+    fn upsert_user(&mut self, u: &User) {
+        let (_, rec) = self.user_mut(&u.key);
+        let added = rec.meta.is_none();
+        rec.meta = Some(Box::new(u.clone()));
+        self.counts.users += usize::from(added);
+    }
+
+    fn delete_user(&mut self, key: &str) {
+        let Some(id) = self.names.users.get(key) else { return };
+        if let Some(Some(rec)) = self.users.get_mut(id as usize)
+            && Arc::make_mut(rec).meta.take().is_some()
+        {
+            self.counts.users -= 1;
+        }
+    }
+
+    fn upsert_resource(&mut self, r: &model::Resource) {
+        let id = self.res_id(&r.resource_type, &r.key);
+        let org = self.names.orgs.intern(&r.org);
+        let parents: Box<[u32]> = r.parents.iter().map(|p| self.res_ref(p)).collect();
+        let Some(rec) = self.res_mut(id) else { return };
+        let t = rec.resource_type;
+        let old = rec.item.replace(ResItem {
+            org,
+            parents,
+            attributes: r.attributes.clone().map(Box::new),
+        });
+        match old {
+            Some(old) => bitmap_remove(&mut self.org_type_res, (old.org, t), id),
+            None => self.counts.resources += 1,
+        }
+        bitmap_insert(&mut self.org_type_res, (org, t), id);
+    }
+
+    fn delete_resource(&mut self, resource_type: &str, key: &str) {
+        let Some(id) = self.lookup_res(resource_type, key) else { return };
+        let Some(rec) = self.res_mut(id) else { return };
+        let t = rec.resource_type;
+        if let Some(old) = rec.item.take() {
+            self.counts.resources -= 1;
+            bitmap_remove(&mut self.org_type_res, (old.org, t), id);
+        }
+    }
+
+    fn upsert_assignment(&mut self, a: &RoleAssignment) {
+        let org = self.names.orgs.intern(&a.org);
+        let role = self.names.roles.intern(&a.role);
+        match &a.resource {
+            None => {
+                let (uid, rec) = self.user_mut(&a.user);
+                if let Err(at) = rec.org_roles.binary_search(&(org, role)) {
+                    rec.org_roles.insert(at, (org, role));
+                    self.counts.role_assignments += 1;
+                    bitmap_insert(&mut self.org_role_users, (org, role), uid);
+                }
+            }
+            Some(reference) => {
+                let res = self.res_ref(reference);
+                let (uid, rec) = self.user_mut(&a.user);
+                if let Err(at) = rec.inst_roles.binary_search(&(res, org, role)) {
+                    rec.inst_roles.insert(at, (res, org, role));
+                    self.counts.role_assignments += 1;
+                    if let Some(r) = self.res_mut(res)
+                        && let Err(at) = r.holders.binary_search(&(uid, org, role))
+                    {
+                        r.holders.insert(at, (uid, org, role));
+                    }
+                }
+            }
+        }
+    }
+
+    fn delete_assignment(&mut self, a: &RoleAssignment) {
+        let (Some(uid), Some(org), Some(role)) =
+            (self.names.users.get(&a.user), self.names.orgs.get(&a.org), self.names.roles.get(&a.role))
+        else {
+            return;
+        };
+        let res = match &a.resource {
+            None => None,
+            Some(reference) => {
+                let r = ResourceRef::parse(reference);
+                match r.and_then(|r| self.lookup_res(r.resource_type, r.key)) {
+                    Some(id) => Some(id),
+                    None => return,
+                }
+            }
+        };
+        let Some(Some(rec)) = self.users.get_mut(uid as usize) else { return };
+        let rec = Arc::make_mut(rec);
+        match res {
+            None => {
+                if let Ok(at) = rec.org_roles.binary_search(&(org, role)) {
+                    rec.org_roles.remove(at);
+                    self.counts.role_assignments -= 1;
+                    bitmap_remove(&mut self.org_role_users, (org, role), uid);
+                }
+            }
+            Some(res) => {
+                if let Ok(at) = rec.inst_roles.binary_search(&(res, org, role)) {
+                    rec.inst_roles.remove(at);
+                    self.counts.role_assignments -= 1;
+                    if let Some(r) = self.res_mut(res)
+                        && let Ok(at) = r.holders.binary_search(&(uid, org, role))
+                    {
+                        r.holders.remove(at);
+                    }
+                }
+            }
+        }
+    }
+
+    fn upsert_grant(&mut self, g: &RoleGrant) {
+        let org = self.names.orgs.intern(&g.org);
+        let role = self.names.roles.intern(&g.role);
+        let patterns: Box<[(u32, u32)]> = g
+            .actions
+            .iter()
+            .filter_map(|p| p.split_once(':'))
+            .map(|(t, a)| {
+                let t = if t == "*" { STAR } else { self.names.types.intern(t) };
+                let a = if a == "*" { STAR } else { self.names.actions.intern(a) };
+                (t, a)
+            })
+            .collect();
+        let res = self.res_ref(&g.resource);
+        let Some(rec) = self.res_mut(res) else { return };
+        let grant = GrantRec { org, role, patterns };
+        match rec.grants.iter_mut().find(|x| x.org == org && x.role == role) {
+            Some(slot) => *slot = grant,
+            None => {
+                rec.grants.push(grant);
+                self.counts.role_grants += 1;
+            }
+        }
+    }
+
+    fn delete_grant(&mut self, org: &str, role: &str, resource: &str) {
+        let (Some(org), Some(role)) = (self.names.orgs.get(org), self.names.roles.get(role)) else {
+            return;
+        };
+        let Some(res) = ResourceRef::parse(resource).and_then(|r| self.lookup_res(r.resource_type, r.key))
+        else {
+            return;
+        };
+        let Some(rec) = self.res_mut(res) else { return };
+        let before = rec.grants.len();
+        rec.grants.retain(|x| !(x.org == org && x.role == role));
+        self.counts.role_grants -= before - rec.grants.len();
+    }
+
+    /// The resource id of `type:key`, whether or not the instance exists.
+    #[inline]
+    pub fn lookup_res(&self, resource_type: &str, key: &str) -> Option<u32> {
+        let t = self.names.types.get(resource_type)?;
+        self.res_keys.get(t as usize)?.get(key)
+    }
+
+    #[inline]
+    pub(crate) fn res(&self, id: u32) -> Option<&ResRec> {
+        self.resources.get(id as usize)?.as_deref()
+    }
+
+    #[inline]
+    pub(crate) fn user(&self, key: &str) -> Option<&UserRec> {
+        let id = self.names.users.get(key)?;
+        self.users.get(id as usize)?.as_deref()
+    }
+
+    /// An instance that exists for decisions: in the document, of a known type, in a known org.
+    #[inline]
+    pub(crate) fn instance(&self, id: u32) -> Option<&ResItem> {
+        let rec = self.res(id)?;
+        let item = rec.item.as_ref()?;
+        (self.policy.type_known(rec.resource_type) && self.policy.org_known(item.org)).then_some(item)
+    }
+
+    /// `type:key` of a resource id.
+    pub fn res_name(&self, id: u32) -> String {
+        match self.res(id) {
+            Some(r) => format!("{}:{}", self.names.types.name(r.resource_type), r.key),
+            None => String::new(),
+        }
+    }
+
+    /// Users holding role-name `role` org-wide in `org` (direct assignments only).
+    pub fn org_role_users(&self, org: &str, role: &str) -> Option<&RoaringBitmap> {
+        let key = (self.names.orgs.get(org)?, self.names.roles.get(role)?);
+        self.org_role_users.get(&key).map(|b| &**b)
+    }
+
+    /// Resource ids of the instances of `resource_type` in `org`.
+    pub fn org_type_instances(&self, org: &str, resource_type: &str) -> Option<&RoaringBitmap> {
+        let key = (self.names.orgs.get(org)?, self.names.types.get(resource_type)?);
+        self.org_type_res.get(&key).map(|b| &**b)
+    }
+
+    /// The items that can grant nothing, computed once per version on first use.
+    pub fn ignored(&self) -> Arc<Vec<Ignored>> {
+        self.ignored.get_or_init(|| Arc::new(self.compute_ignored())).clone()
+    }
+
+    fn compute_ignored(&self) -> Vec<Ignored> {
+        let p = &*self.policy;
+        let names = &self.names;
+        let mut out = p.ignored.clone();
+        let org_name = |o: u32| names.orgs.name(o).to_string();
+        let role_name = |r: u32| names.roles.name(r).to_string();
+        for (id, rec) in self.resources.iter().enumerate() {
+            let Some(rec) = rec else { continue };
+            let id = id as u32;
+            let who = || format!("resource={}", self.res_name(id));
+            if let Some(item) = &rec.item {
+                if !p.type_known(rec.resource_type) {
+                    out.push(Ignored::new("resource", who(), "type is not a known resource type".into()));
+                } else if !p.org_known(item.org) {
+                    out.push(Ignored::new("resource", who(), format!("org `{}` is not a known org", org_name(item.org))));
+                } else {
+                    for &parent in item.parents.iter() {
+                        let why = match self.instance(parent) {
+                            None => "is not a known instance",
+                            Some(pi) if pi.org != item.org => "is in another org",
+                            Some(_) => continue,
+                        };
+                        out.push(Ignored::new("resource", who(), format!("parent `{}` {why}", self.res_name(parent))));
+                    }
+                }
+            }
+            let target = self.instance(id);
+            for g in &rec.grants {
+                let item = format!("org={} role={} resource={}", org_name(g.org), role_name(g.role), self.res_name(id));
+                let why = if !p.org_known(g.org) {
+                    Some("org is not a known org".to_string())
+                } else if p.resolve(g.org, g.role).is_none() {
+                    Some("role does not resolve in its org".to_string())
+                } else {
+                    match target {
+                        None => Some("resource is not a known instance".to_string()),
+                        Some(t) if t.org != g.org => Some("resource is in another org".to_string()),
+                        Some(_) => None,
+                    }
+                };
+                if let Some(why) = why {
+                    out.push(Ignored::new("role_grant", item, why));
+                }
+                for &(t, a) in g.patterns.iter() {
+                    let known = match (t, a) {
+                        (STAR, STAR) => true,
+                        (STAR, a) => p.perms.iter().any(|(_, x)| *x == a),
+                        (t, STAR) => p.type_known(t),
+                        (t, a) => p.perm(t, a).is_some(),
+                    };
+                    if !known {
+                        out.push(Ignored::new(
+                            "role_grant",
+                            format!("org={} role={} resource={}", org_name(g.org), role_name(g.role), self.res_name(id)),
+                            "an action pattern names an unknown type or action".into(),
+                        ));
+                    }
+                }
+            }
+        }
+        for (uid, rec) in self.users.iter().enumerate() {
+            let Some(rec) = rec else { continue };
+            let user = names.users.name(uid as u32);
+            for &(org, role) in &rec.org_roles {
+                let why = if !p.org_known(org) {
+                    "org is not a known org"
+                } else if p.resolve(org, role).is_none() {
+                    "role does not resolve in its org"
+                } else {
+                    continue;
+                };
+                out.push(Ignored::new(
+                    "role_assignment",
+                    format!("user={user} role={} org={}", role_name(role), org_name(org)),
+                    why.into(),
+                ));
+            }
+            for &(res, org, role) in &rec.inst_roles {
+                let why = if !p.org_known(org) {
+                    "org is not a known org"
+                } else if p.resolve(org, role).is_none() {
+                    "role does not resolve in its org"
+                } else {
+                    match self.instance(res) {
+                        None => "resource is not a known instance",
+                        Some(i) if i.org != org => "resource is in another org",
+                        Some(_) => continue,
+                    }
+                };
+                out.push(Ignored::new(
+                    "role_assignment",
+                    format!("user={user} role={} org={} resource={}", role_name(role), org_name(org), self.res_name(res)),
+                    why.into(),
+                ));
+            }
+        }
+        out
+    }
+
+    /// The document this index holds. Orgs, resource types, roles and menus keep document
+    /// order; the other kinds come in id order.
+    pub fn to_snapshot(&self) -> Snapshot {
+        let names = &self.names;
+        let pattern = |(t, a): (u32, u32)| {
+            let t = if t == STAR { "*" } else { names.types.name(t) };
+            let a = if a == STAR { "*" } else { names.actions.name(a) };
+            format!("{t}:{a}")
+        };
+        let mut s = Snapshot {
+            format: 1,
+            version: self.version,
+            orgs: self.items.orgs.clone(),
+            resource_types: self.items.resource_types.clone(),
+            roles: self.items.roles.clone(),
+            menus: self.items.menus.clone(),
+            ..Snapshot::default()
+        };
+        for (uid, rec) in self.users.iter().enumerate() {
+            let Some(rec) = rec else { continue };
+            let user = names.users.name(uid as u32);
+            if let Some(meta) = &rec.meta {
+                s.users.push((**meta).clone());
+            }
+            for &(org, role) in &rec.org_roles {
+                s.role_assignments.push(RoleAssignment {
+                    user: user.into(),
+                    role: names.roles.name(role).into(),
+                    org: names.orgs.name(org).into(),
+                    resource: None,
+                });
+            }
+            for &(res, org, role) in &rec.inst_roles {
+                s.role_assignments.push(RoleAssignment {
+                    user: user.into(),
+                    role: names.roles.name(role).into(),
+                    org: names.orgs.name(org).into(),
+                    resource: Some(self.res_name(res)),
+                });
+            }
+        }
+        for (id, rec) in self.resources.iter().enumerate() {
+            let Some(rec) = rec else { continue };
+            if let Some(item) = &rec.item {
+                s.resources.push(model::Resource {
+                    resource_type: names.types.name(rec.resource_type).into(),
+                    key: rec.key.to_string(),
+                    org: names.orgs.name(item.org).into(),
+                    parents: item.parents.iter().map(|p| self.res_name(*p)).collect(),
+                    attributes: item.attributes.as_deref().cloned(),
+                });
+            }
+            for g in &rec.grants {
+                s.role_grants.push(RoleGrant {
+                    org: names.orgs.name(g.org).into(),
+                    role: names.roles.name(g.role).into(),
+                    resource: self.res_name(id as u32),
+                    actions: g.patterns.iter().map(|p| pattern(*p)).collect(),
+                });
+            }
+        }
+        s
+    }
+
+    /// The role item of a compiled role id.
+    pub fn role_item(&self, role: u32) -> Option<&Role> {
+        let compiled = self.policy.roles.get(role as usize)?;
+        self.items.roles.get(compiled.item)
+    }
+
+    /// Item counts per kind name, for status pages and metrics.
+    pub fn counts_by_kind(&self) -> [(Kind, usize); 8] {
+        let c = self.counts;
+        [
+            (Kind::Org, c.orgs),
+            (Kind::ResourceType, c.resource_types),
+            (Kind::Role, c.roles),
+            (Kind::User, c.users),
+            (Kind::Resource, c.resources),
+            (Kind::RoleAssignment, c.role_assignments),
+            (Kind::RoleGrant, c.role_grants),
+            (Kind::Menu, c.menus),
+        ]
+    }
+}
+
+fn bitmap_insert(map: &mut imbl::HashMap<(u32, u32), Arc<RoaringBitmap>>, key: (u32, u32), id: u32) {
+    Arc::make_mut(map.entry(key).or_default()).insert(id);
+}
+
+fn bitmap_remove(map: &mut imbl::HashMap<(u32, u32), Arc<RoaringBitmap>>, key: (u32, u32), id: u32) {
+    let now_empty = match map.get_mut(&key) {
+        Some(b) => {
+            let b = Arc::make_mut(b);
+            b.remove(id);
+            b.is_empty()
+        }
+        None => false,
+    };
+    if now_empty {
+        map.remove(&key);
+    }
+}

@@ -1,0 +1,183 @@
+//! Persistent containers the index is built from: a paged copy-on-write vector and an
+//! append-only interner. Cloning either is cheap (pointer copies); changing one element
+//! copies only its page, so a delta batch yields a new index without copying the old one.
+
+use std::sync::Arc;
+
+const PAGE_BITS: usize = 8;
+const PAGE: usize = 1 << PAGE_BITS;
+
+/// A vector split into fixed pages shared between versions. Lookups are two indexings.
+#[derive(Clone, Debug)]
+pub struct PagedVec<T> {
+    pages: Vec<Arc<Vec<T>>>,
+    len: usize,
+}
+
+impl<T> Default for PagedVec<T> {
+    fn default() -> Self {
+        PagedVec { pages: Vec::new(), len: 0 }
+    }
+}
+
+impl<T: Clone + Default> PagedVec<T> {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    #[inline]
+    pub fn get(&self, i: usize) -> Option<&T> {
+        if i >= self.len {
+            return None;
+        }
+        self.pages.get(i >> PAGE_BITS)?.get(i & (PAGE - 1))
+    }
+
+    /// A mutable slot, copying its page first if another version shares it.
+    pub fn get_mut(&mut self, i: usize) -> Option<&mut T> {
+        if i >= self.len {
+            return None;
+        }
+        Arc::make_mut(self.pages.get_mut(i >> PAGE_BITS)?).get_mut(i & (PAGE - 1))
+    }
+
+    /// Grows the vector with default values until `i` is a valid index, then gives its slot.
+    pub fn slot(&mut self, i: usize) -> &mut T {
+        while self.len <= i {
+            self.push(T::default());
+        }
+        // The loop above made both the page and the element exist.
+        let page = Arc::make_mut(&mut self.pages[i >> PAGE_BITS]);
+        &mut page[i & (PAGE - 1)]
+    }
+
+    pub fn push(&mut self, value: T) {
+        if self.len & (PAGE - 1) == 0 {
+            self.pages.push(Arc::new(Vec::with_capacity(PAGE)));
+        }
+        if let Some(last) = self.pages.last_mut() {
+            Arc::make_mut(last).push(value);
+            self.len += 1;
+        }
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &T> {
+        self.pages.iter().flat_map(|p| p.iter())
+    }
+}
+
+/// A map from strings to ids: a hash map built once for a whole snapshot, and a persistent
+/// overlay for the keys deltas add afterwards.
+#[derive(Clone, Debug, Default)]
+pub struct KeyMap {
+    base: Arc<std::collections::HashMap<Box<str>, u32, foldhash::fast::RandomState>>,
+    overlay: imbl::HashMap<Arc<str>, u32>,
+}
+
+impl KeyMap {
+    #[inline]
+    pub fn get(&self, key: &str) -> Option<u32> {
+        match self.base.get(key) {
+            Some(id) => Some(*id),
+            None if self.overlay.is_empty() => None,
+            None => self.overlay.get(key).copied(),
+        }
+    }
+
+    /// Adds a key; during a bulk build (the base not yet shared) it goes straight into the base.
+    pub fn insert(&mut self, key: &str, id: u32) {
+        match Arc::get_mut(&mut self.base) {
+            Some(base) if self.overlay.is_empty() => {
+                base.insert(key.into(), id);
+            }
+            _ => {
+                self.overlay.insert(Arc::from(key), id);
+            }
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.base.len() + self.overlay.len()
+    }
+}
+
+/// Dense, append-only ids for one namespace of keys (users, orgs, role names, ...). An id is
+/// never reused within one lineage of versions, so everything that holds ids stays valid
+/// across delta batches.
+#[derive(Clone, Debug, Default)]
+pub struct Interner {
+    ids: KeyMap,
+    names: PagedVec<Arc<str>>,
+}
+
+impl Interner {
+    #[inline]
+    pub fn get(&self, key: &str) -> Option<u32> {
+        self.ids.get(key)
+    }
+
+    pub fn intern(&mut self, key: &str) -> u32 {
+        if let Some(id) = self.ids.get(key) {
+            return id;
+        }
+        let id = self.names.len() as u32;
+        self.ids.insert(key, id);
+        self.names.push(Arc::from(key));
+        id
+    }
+
+    pub fn name(&self, id: u32) -> &str {
+        self.names.get(id as usize).map_or("", |s| s)
+    }
+
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paged_vec_copies_only_touched_pages() {
+        let mut a: PagedVec<u32> = PagedVec::default();
+        for i in 0..1000 {
+            a.push(i);
+        }
+        let mut b = a.clone();
+        *b.get_mut(700).unwrap() = 7;
+        *b.slot(1500) = 15;
+        assert_eq!(a.get(700), Some(&700));
+        assert_eq!(b.get(700), Some(&7));
+        assert_eq!((a.len(), b.len()), (1000, 1501));
+        assert_eq!(b.get(1500), Some(&15));
+        assert_eq!(b.get(1200), Some(&0));
+        assert!(Arc::ptr_eq(&a.pages[0], &b.pages[0]));
+        assert!(!Arc::ptr_eq(&a.pages[2], &b.pages[2]));
+        assert_eq!(a.iter().count(), 1000);
+    }
+
+    #[test]
+    fn interner_is_append_only_across_clones() {
+        let mut a = Interner::default();
+        assert_eq!(a.intern("x"), 0);
+        assert_eq!(a.intern("y"), 1);
+        let mut b = a.clone();
+        assert_eq!(b.intern("z"), 2);
+        assert_eq!(b.intern("x"), 0);
+        assert_eq!(a.get("z"), None);
+        assert_eq!(b.get("z"), Some(2));
+        assert_eq!(b.name(2), "z");
+        assert_eq!(b.len(), 3);
+    }
+}

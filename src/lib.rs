@@ -1,0 +1,23 @@
+//! permd: a sidecar policy decision point. It loads a snapshot of policy and facts, compiles
+//! it into an immutable in-memory index, and answers "may this subject do this action on this
+//! resource?" over HTTP (and gRPC) in microseconds.
+//!
+//! # Layout
+//! - [`model`]: the snapshot document and delta batches (serde), validation. No I/O.
+//! - [`index`]: the compiled index, `decide()` and queries. Pure and synchronous.
+//! - [`store`]: the one `ArcSwap` holding the active index, and its version watch.
+//! - [`sync`]: sources that produce snapshots and batches (file source), off the request path.
+//! - [`api`]: HTTP adapter (hyper 1): decode, call the index, encode.
+//! - [`config`], [`cli`]: configuration (file, `PERMD_*` environment, flags) and commands.
+//!
+//! Data flows one way: source → model → index → store → APIs.
+
+pub mod api;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod index;
+pub mod model;
+pub mod server;
+pub mod store;
+pub mod sync;

@@ -1,0 +1,266 @@
+//! Whole-document validation (model.md "Validation", the reject half): format, key sizes,
+//! permission strings, duplicate identities. Dangling references are not errors here: the
+//! index ignores them and reports them (the "ignore the item" half).
+
+use super::delta::{Identity, Item, Op};
+use super::{Menu, Org, Resource, ResourceType, Role, RoleAssignment, RoleGrant, Snapshot, SnapshotError, User};
+use std::collections::HashSet;
+
+/// The longest key accepted, in bytes.
+pub const MAX_KEY_BYTES: usize = 256;
+
+/// A `type:key` reference to a resource instance, split at the first `:`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResourceRef<'a> {
+    pub resource_type: &'a str,
+    pub key: &'a str,
+}
+
+impl<'a> ResourceRef<'a> {
+    /// Splits `type:key`; `None` when there is no `:`.
+    pub fn parse(s: &'a str) -> Option<ResourceRef<'a>> {
+        s.split_once(':').map(|(resource_type, key)| ResourceRef { resource_type, key })
+    }
+}
+
+fn key(value: &str, at: impl FnOnce() -> String) -> Result<(), SnapshotError> {
+    if value.is_empty() {
+        return Err(SnapshotError::invalid(at(), "must not be empty"));
+    }
+    if value.len() > MAX_KEY_BYTES {
+        return Err(SnapshotError::invalid(
+            at(),
+            format!("is {} bytes; keys are at most {MAX_KEY_BYTES}", value.len()),
+        ));
+    }
+    Ok(())
+}
+
+fn keys(values: &[String], at: &str) -> Result<(), SnapshotError> {
+    for (i, v) in values.iter().enumerate() {
+        key(v, || format!("{at}[{i}]"))?;
+    }
+    Ok(())
+}
+
+/// A `type:key` reference: both sides present and within the key limits.
+fn resource_ref(value: &str, at: impl Fn() -> String) -> Result<(), SnapshotError> {
+    let Some(r) = ResourceRef::parse(value) else {
+        return Err(SnapshotError::invalid(at(), format!("`{value}` is not `type:key`")));
+    };
+    key(r.resource_type, || format!("{} (type)", at()))?;
+    key(r.key, || format!("{} (key)", at()))
+}
+
+/// A permission or grant action pattern: `type:action`, either side may be `*`.
+fn permission(value: &str, at: impl Fn() -> String) -> Result<(), SnapshotError> {
+    match value.split_once(':') {
+        Some((t, a)) if !t.is_empty() && !a.is_empty() => {
+            key(t, &at)?;
+            key(a, &at)
+        }
+        _ => Err(SnapshotError::invalid(at(), format!("`{value}` is not `type:action`"))),
+    }
+}
+
+fn opt_key(value: &Option<String>, at: impl FnOnce() -> String) -> Result<(), SnapshotError> {
+    value.as_deref().map_or(Ok(()), |v| key(v, at))
+}
+
+fn org(v: &Org, at: &str) -> Result<(), SnapshotError> {
+    key(&v.key, || format!("{at}.key"))?;
+    opt_key(&v.parent, || format!("{at}.parent"))
+}
+
+fn resource_type(v: &ResourceType, at: &str) -> Result<(), SnapshotError> {
+    key(&v.key, || format!("{at}.key"))?;
+    keys(&v.actions, &format!("{at}.actions"))
+}
+
+fn role(v: &Role, at: &str) -> Result<(), SnapshotError> {
+    key(&v.key, || format!("{at}.key"))?;
+    opt_key(&v.org, || format!("{at}.org"))?;
+    for (i, p) in v.permissions.iter().enumerate() {
+        permission(p, || format!("{at}.permissions[{i}]"))?;
+    }
+    keys(&v.extends, &format!("{at}.extends"))?;
+    keys(&v.menus, &format!("{at}.menus"))
+}
+
+fn user(v: &User, at: &str) -> Result<(), SnapshotError> {
+    key(&v.key, || format!("{at}.key"))
+}
+
+fn resource(v: &Resource, at: &str) -> Result<(), SnapshotError> {
+    key(&v.resource_type, || format!("{at}.type"))?;
+    key(&v.key, || format!("{at}.key"))?;
+    key(&v.org, || format!("{at}.org"))?;
+    for (i, p) in v.parents.iter().enumerate() {
+        resource_ref(p, || format!("{at}.parents[{i}]"))?;
+    }
+    Ok(())
+}
+
+fn assignment(v: &RoleAssignment, at: &str) -> Result<(), SnapshotError> {
+    key(&v.user, || format!("{at}.user"))?;
+    key(&v.role, || format!("{at}.role"))?;
+    key(&v.org, || format!("{at}.org"))?;
+    match &v.resource {
+        Some(r) => resource_ref(r, || format!("{at}.resource")),
+        None => Ok(()),
+    }
+}
+
+fn grant(v: &RoleGrant, at: &str) -> Result<(), SnapshotError> {
+    key(&v.org, || format!("{at}.org"))?;
+    key(&v.role, || format!("{at}.role"))?;
+    resource_ref(&v.resource, || format!("{at}.resource"))?;
+    for (i, p) in v.actions.iter().enumerate() {
+        permission(p, || format!("{at}.actions[{i}]"))?;
+    }
+    Ok(())
+}
+
+fn menu(v: &Menu, at: &str) -> Result<(), SnapshotError> {
+    key(&v.platform, || format!("{at}.platform"))?;
+    key(&v.code, || format!("{at}.code"))?;
+    opt_key(&v.parent, || format!("{at}.parent"))
+}
+
+/// Checks every item of `list` and that no two share an identity.
+fn each<'a, T, I: std::hash::Hash + Eq + std::fmt::Debug>(
+    list: &'a [T],
+    name: &str,
+    check: impl Fn(&T, &str) -> Result<(), SnapshotError>,
+    identity: impl Fn(&'a T) -> I,
+) -> Result<(), SnapshotError> {
+    let mut seen = HashSet::with_capacity(list.len());
+    for (i, item) in list.iter().enumerate() {
+        let at = format!("{name}[{i}]");
+        check(item, &at)?;
+        let id = identity(item);
+        if seen.contains(&id) {
+            return Err(SnapshotError::Duplicate { field: at, identity: format!("{id:?}") });
+        }
+        seen.insert(id);
+    }
+    Ok(())
+}
+
+/// The reject half of model.md's validation: `Err` means the whole document is refused.
+pub fn validate(s: &Snapshot) -> Result<(), SnapshotError> {
+    if s.format != 1 {
+        return Err(SnapshotError::Format(s.format));
+    }
+    each(&s.orgs, "orgs", org, |v| v.key.as_str())?;
+    each(&s.resource_types, "resource_types", resource_type, |v| v.key.as_str())?;
+    each(&s.roles, "roles", role, |v| (v.org.as_deref(), v.key.as_str()))?;
+    each(&s.users, "users", user, |v| v.key.as_str())?;
+    each(&s.resources, "resources", resource, |v| (v.resource_type.as_str(), v.key.as_str()))?;
+    each(&s.role_assignments, "role_assignments", assignment, |v| v)?;
+    each(&s.role_grants, "role_grants", grant, |v| {
+        (v.org.as_str(), v.role.as_str(), v.resource.as_str())
+    })?;
+    each(&s.menus, "menus", menu, |v| (v.platform.as_str(), v.code.as_str()))?;
+    Ok(())
+}
+
+/// The same structural rules for one delta op; `at` names the op's value.
+pub(super) fn validate_op(op: &Op, at: &str) -> Result<(), SnapshotError> {
+    match op {
+        Op::Upsert(item) => match item {
+            Item::Org(v) => org(v, at),
+            Item::ResourceType(v) => resource_type(v, at),
+            Item::Role(v) => role(v, at),
+            Item::User(v) => user(v, at),
+            Item::Resource(v) => resource(v, at),
+            Item::RoleAssignment(v) => assignment(v, at),
+            Item::RoleGrant(v) => grant(v, at),
+            Item::Menu(v) => menu(v, at),
+        },
+        Op::Delete(id) => match id {
+            Identity::Org { key: k } | Identity::ResourceType { key: k } | Identity::User { key: k } => {
+                key(k, || format!("{at}.key"))
+            }
+            Identity::Role { key: k, org } => {
+                key(k, || format!("{at}.key"))?;
+                opt_key(org, || format!("{at}.org"))
+            }
+            Identity::Resource { resource_type, key: k } => {
+                key(resource_type, || format!("{at}.type"))?;
+                key(k, || format!("{at}.key"))
+            }
+            Identity::RoleAssignment(a) => assignment(a, at),
+            Identity::RoleGrant { org, role, resource } => {
+                key(org, || format!("{at}.org"))?;
+                key(role, || format!("{at}.role"))?;
+                resource_ref(resource, || format!("{at}.resource"))
+            }
+            Identity::Menu { platform, code } => {
+                key(platform, || format!("{at}.platform"))?;
+                key(code, || format!("{at}.code"))
+            }
+        },
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::super::Encoding;
+    use super::*;
+
+    fn load(yaml: &str) -> Result<Snapshot, SnapshotError> {
+        Snapshot::load(yaml.as_bytes(), Encoding::Yaml)
+    }
+
+    #[test]
+    fn accepts_minimal_and_null_lists() {
+        let s = load("format: 1\nversion: 3\norgs:\nroles: []\n").unwrap();
+        assert_eq!(s.version, 3);
+        assert!(s.orgs.is_empty());
+    }
+
+    #[test]
+    fn rejects_with_the_field_named() {
+        let long = "k".repeat(257);
+        let cases = [
+            ("version: 1\n", "missing field `format`"),
+            ("format: 2\nversion: 1\n", "only format 1"),
+            ("format: 1\nversion: -1\n", "does not parse"),
+            ("format: 1\nversion: 1\nroless: []\n", "unknown field `roless`"),
+            ("format: 1\nversion: 1\norgs: [{key: a}, {key: a}]\n", "orgs[1]: duplicate"),
+            ("format: 1\nversion: 1\nroles: [{key: r, permissions: [read]}]\n", "roles[0].permissions[0]"),
+            ("format: 1\nversion: 1\nroles: [{key: r, permissions: [':read']}]\n", "roles[0].permissions[0]"),
+            ("format: 1\nversion: 1\norgs: [{key: ''}]\n", "orgs[0].key: must not be empty"),
+            ("format: 1\nversion: 1\nresources: [{type: t, key: k, org: o, parents: ['t']}]\n", "resources[0].parents[0]"),
+            ("format: 1\nversion: 1\nrole_assignments: [{user: u, role: r}]\n", "missing field `org`"),
+            ("format: 1\nversion: 1\nusers: [{key: u, emial: x}]\n", "unknown field `emial`"),
+        ];
+        for (doc, want) in cases {
+            let err = load(doc).unwrap_err().to_string();
+            assert!(err.contains(want), "{doc:?}: `{err}` should contain `{want}`");
+        }
+        let err = load(&format!("format: 1\nversion: 1\nusers: [{{key: {long}}}]\n")).unwrap_err();
+        assert!(err.to_string().contains("users[0].key: is 257 bytes"));
+    }
+
+    #[test]
+    fn roles_with_same_key_in_different_orgs_are_distinct() {
+        load("format: 1\nversion: 1\nroles: [{key: r}, {key: r, org: a}, {key: r, org: b}]\n").unwrap();
+        assert!(load("format: 1\nversion: 1\nroles: [{key: r, org: a}, {key: r, org: a}]\n").is_err());
+    }
+
+    #[test]
+    fn three_encodings_read_the_same_document() {
+        let s = load(
+            "format: 1\nversion: 7\norgs: [{key: acme, attributes: {region: eu, n: 1}}]\n\
+             role_assignments: [{user: u, role: r, org: acme, resource: 'doc:1'}]\n",
+        )
+        .unwrap();
+        for enc in [Encoding::Json, Encoding::MessagePack, Encoding::Yaml] {
+            let bytes = s.encode(enc).unwrap();
+            assert_eq!(Snapshot::load(&bytes, enc).unwrap(), s, "{enc:?}");
+        }
+    }
+}

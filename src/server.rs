@@ -1,0 +1,152 @@
+//! Listeners and the serve loop: bind (TCP or Unix socket), accept with a connection limit,
+//! serve HTTP/1.1 and h2c with hyper, and shut down gracefully: stop accepting, let in-flight
+//! requests finish within the grace period.
+
+use crate::api::http::{HttpState, handle};
+use crate::config::{Config, ListenAddr};
+use crate::store::Store;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::Semaphore;
+
+/// A bound listener.
+pub enum Listener {
+    Tcp(TcpListener),
+    Unix(UnixListener, std::path::PathBuf),
+}
+
+impl Listener {
+    pub async fn bind(addr: &ListenAddr) -> std::io::Result<Listener> {
+        match addr {
+            ListenAddr::Tcp(a) => Ok(Listener::Tcp(TcpListener::bind(a).await?)),
+            ListenAddr::Unix(path) => {
+                // A socket file left by an earlier run would make bind fail.
+                if std::fs::symlink_metadata(path).is_ok_and(|m| {
+                    std::os::unix::fs::FileTypeExt::is_socket(&m.file_type())
+                }) {
+                    std::fs::remove_file(path)?;
+                }
+                Ok(Listener::Unix(UnixListener::bind(path)?, path.clone()))
+            }
+        }
+    }
+
+    /// The bound address, with the real port when 0 was asked for.
+    pub fn local_addr(&self) -> String {
+        match self {
+            Listener::Tcp(l) => l.local_addr().map_or_else(|e| e.to_string(), |a| a.to_string()),
+            Listener::Unix(_, p) => format!("unix:{}", p.display()),
+        }
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        if let Listener::Unix(_, path) = self {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+fn spawn_conn<IO>(io: IO, state: Arc<HttpState>, builder: &auto::Builder<TokioExecutor>, graceful: &GracefulShutdown, permit: tokio::sync::OwnedSemaphorePermit)
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = service_fn(move |req| handle(req, state.clone()));
+    let conn = builder.serve_connection(TokioIo::new(io), svc).into_owned();
+    let conn = graceful.watch(conn);
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            // A client going away mid-request is routine, not an error of ours.
+            tracing::debug!(error = %e, "connection ended with an error");
+        }
+        drop(permit);
+    });
+}
+
+/// Serves HTTP on `listener` until `shutdown` resolves, then drains within `grace`.
+pub async fn serve_http(
+    listener: Listener,
+    state: Arc<HttpState>,
+    max_connections: usize,
+    grace: Duration,
+    shutdown: impl Future<Output = ()>,
+) {
+    let builder = auto::Builder::new(TokioExecutor::new());
+    let graceful = GracefulShutdown::new();
+    let limit = Arc::new(Semaphore::new(max_connections));
+    tokio::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            _ = &mut shutdown => break,
+            p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+        };
+        let accepted = tokio::select! {
+            _ = &mut shutdown => break,
+            a = accept(&listener) => a,
+        };
+        match accepted {
+            Ok(Accepted::Tcp(s)) => {
+                let _ = s.set_nodelay(true);
+                spawn_conn(s, state.clone(), &builder, &graceful, permit)
+            }
+            Ok(Accepted::Unix(s)) => spawn_conn(s, state.clone(), &builder, &graceful, permit),
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    drop(listener);
+    tokio::select! {
+        _ = graceful.shutdown() => tracing::info!("all connections closed"),
+        _ = tokio::time::sleep(grace) => tracing::warn!(grace_ms = grace.as_millis() as u64, "grace period over; closing remaining connections"),
+    }
+}
+
+enum Accepted {
+    Tcp(tokio::net::TcpStream),
+    Unix(tokio::net::UnixStream),
+}
+
+async fn accept(l: &Listener) -> std::io::Result<Accepted> {
+    match l {
+        Listener::Tcp(l) => l.accept().await.map(|(s, _)| Accepted::Tcp(s)),
+        Listener::Unix(l, _) => l.accept().await.map(|(s, _)| Accepted::Unix(s)),
+    }
+}
+
+/// Runs the sidecar with `cfg` until `shutdown` resolves: binds, starts the source, serves.
+pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let store = Store::new(cfg.source.display());
+    let http = Listener::bind(&cfg.http_addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on http_addr `{}`: {e}", cfg.http_addr))?;
+    tracing::info!(addr = %http.local_addr(), "http listening");
+    tracing::info!(addr = %cfg.grpc_addr, "grpc_addr accepted; the gRPC face is not served by this build yet");
+    let source = crate::sync::spawn(&cfg, store.clone());
+    let state = Arc::new(HttpState {
+        store: store.clone(),
+        max_body_bytes: cfg.max_body_bytes,
+        max_staleness: cfg.max_staleness,
+    });
+    let drain = {
+        let store = store.clone();
+        async move {
+            shutdown.await;
+            store.begin_shutdown();
+            tracing::info!("shutting down: readiness is false, no new connections");
+        }
+    };
+    serve_http(http, state, cfg.max_connections, cfg.shutdown_grace, drain).await;
+    source.abort();
+    Ok(())
+}
