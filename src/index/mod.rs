@@ -7,6 +7,8 @@ mod decide;
 mod explain;
 mod paged;
 mod policy;
+#[cfg(test)]
+mod tests;
 
 pub use decide::{Decision, Evidence, Query, Reason, Subject};
 pub use explain::Explanation;
