@@ -23,12 +23,12 @@ pub enum Command {
     /// One decision from a snapshot file or a running permd; exit 0 allow, 1 deny, 2 error.
     Check(CheckArgs),
     /// Parse and validate a snapshot document; print what is rejected or ignored.
-    Validate {
-        file: PathBuf,
-    },
+    Validate { file: PathBuf },
     /// Snapshot tools.
     #[command(subcommand)]
     Snapshot(SnapshotCommand),
+    /// Serve the Kubernetes mutating admission webhook that injects the permd sidecar.
+    InjectWebhook(crate::inject::Options),
 }
 
 #[derive(Debug, clap::Args)]
@@ -98,8 +98,12 @@ pub enum SnapshotCommand {
 }
 
 fn encoding(path: &Path) -> Result<Encoding, String> {
-    Encoding::from_path(&path.to_string_lossy())
-        .ok_or_else(|| format!("`{}`: the extension must be .yaml, .yml, .json, .msgpack or .mpk", path.display()))
+    Encoding::from_path(&path.to_string_lossy()).ok_or_else(|| {
+        format!(
+            "`{}`: the extension must be .yaml, .yml, .json, .msgpack or .mpk",
+            path.display()
+        )
+    })
 }
 
 /// Reads and validates a snapshot file.
@@ -156,15 +160,25 @@ pub fn check(args: &CheckArgs) -> ExitCode {
     if let Some(url) = &args.url {
         return remote_check(url, &q, args.explain);
     }
-    let Some(path) = &args.snapshot else { return fail("one of --snapshot or --url is required") };
+    let Some(path) = &args.snapshot else {
+        return fail("one of --snapshot or --url is required");
+    };
     let ix = match read_snapshot(path) {
         Ok(s) => Index::build(&s),
         Err(e) => return fail(e),
     };
     let d = ix.decide(&q);
-    println!("{} {} version={}", if d.allow { "allow" } else { "deny" }, d.reason.as_str(), d.version);
+    println!(
+        "{} {} version={}",
+        if d.allow { "allow" } else { "deny" },
+        d.reason.as_str(),
+        d.version
+    );
     if args.explain {
-        println!("{}", serde_json::to_string_pretty(&ix.explain(&q, &d)).unwrap_or_default());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&ix.explain(&q, &d)).unwrap_or_default()
+        );
     }
     if d.allow { ExitCode::SUCCESS } else { ExitCode::from(1) }
 }
@@ -192,7 +206,10 @@ fn remote_check(url: &str, q: &Query<'_>, explain: bool) -> ExitCode {
     };
     let v: serde_json::Value = serde_json::from_slice(&text).unwrap_or_default();
     if status != 200 {
-        return fail(format!("{target} answered {status}: {}", String::from_utf8_lossy(&text)));
+        return fail(format!(
+            "{target} answered {status}: {}",
+            String::from_utf8_lossy(&text)
+        ));
     }
     let ok = v.get("ok").and_then(|o| o.as_bool()).unwrap_or(false);
     println!(
@@ -232,14 +249,27 @@ pub fn snapshot(cmd: &SnapshotCommand) -> ExitCode {
             let size = std::fs::metadata(file).map(|m| m.len()).unwrap_or(0);
             println!("file: {} ({size} bytes)", file.display());
             println!("version: {}", ix.version());
-            println!("decode+validate: {:.3}s  index build: {:.3}s", parsed.as_secs_f64(), built.as_secs_f64());
+            println!(
+                "decode+validate: {:.3}s  index build: {:.3}s",
+                parsed.as_secs_f64(),
+                built.as_secs_f64()
+            );
             for (kind, n) in ix.counts_by_kind() {
                 println!("  {:<16} {n}", kind.as_str());
             }
             println!("ignored items: {}", ix.ignored().len());
             ExitCode::SUCCESS
         }
-        SnapshotCommand::Generate { users, assignments, resources, orgs, depth, grants, seed, out } => {
+        SnapshotCommand::Generate {
+            users,
+            assignments,
+            resources,
+            orgs,
+            depth,
+            grants,
+            seed,
+            out,
+        } => {
             let p = generate::Params {
                 users: *users,
                 assignments: *assignments,

@@ -17,6 +17,9 @@ pub async fn post_json(url: &str, body: Vec<u8>) -> Result<(u16, Bytes), String>
         .map_err(|e| e.to_string())?;
     let resp = client.request(req).await.map_err(|e| e.to_string())?;
     let status = resp.status().as_u16();
-    let body = Limited::new(resp.into_body(), MAX_ANSWER).collect().await.map_err(|e| e.to_string())?;
+    let body = Limited::new(resp.into_body(), MAX_ANSWER)
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?;
     Ok((status, body.to_bytes()))
 }

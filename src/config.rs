@@ -20,7 +20,10 @@ pub enum ConfigError {
 }
 
 fn invalid(field: &'static str, message: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid { field, message: message.into() }
+    ConfigError::Invalid {
+        field,
+        message: message.into(),
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -132,7 +135,8 @@ pub struct FileConfig {
 
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
     let s: Option<String> = Option::deserialize(d)?;
-    s.map(|s| humantime::parse_duration(&s).map_err(serde::de::Error::custom)).transpose()
+    s.map(|s| humantime::parse_duration(&s).map_err(serde::de::Error::custom))
+        .transpose()
 }
 
 /// Values given on the command line or in `PERMD_*` variables (clap merges those two).
@@ -208,8 +212,10 @@ impl Config {
         let path = config_path.or_else(|| default.exists().then_some(default));
         let (file, base) = match path {
             Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.display().to_string(),
+                    source,
+                })?;
                 let file: FileConfig = yaml_serde::from_str(&text).map_err(|e| ConfigError::Parse {
                     path: path.display().to_string(),
                     message: e.to_string(),
@@ -227,17 +233,31 @@ impl Config {
             (Some(s), _) => (s.clone(), PathBuf::new()),
             (None, Some(s)) => (s.clone(), file_base.to_path_buf()),
             (None, None) => {
-                return Err(invalid("source", "no source given: pass --source, PERMD_SOURCE or `source:` in the config file"));
+                return Err(invalid(
+                    "source",
+                    "no source given: pass --source, PERMD_SOURCE or `source:` in the config file",
+                ));
             }
         };
         if let Some(p) = over.source_protocol.as_ref().or(file.source_protocol.as_ref())
             && p != "permd"
             && p != "permit"
         {
-            return Err(invalid("source_protocol", format!("`{p}`: expected `permd` or `permit`")));
+            return Err(invalid(
+                "source_protocol",
+                format!("`{p}`: expected `permd` or `permit`"),
+            ));
         }
-        let http = over.http_addr.clone().or(file.http_addr).unwrap_or_else(|| "127.0.0.1:7766".into());
-        let grpc = over.grpc_addr.clone().or(file.grpc_addr).unwrap_or_else(|| "127.0.0.1:7767".into());
+        let http = over
+            .http_addr
+            .clone()
+            .or(file.http_addr)
+            .unwrap_or_else(|| "127.0.0.1:7766".into());
+        let grpc = over
+            .grpc_addr
+            .clone()
+            .or(file.grpc_addr)
+            .unwrap_or_else(|| "127.0.0.1:7767".into());
         let log_format = match over.log_format.as_deref() {
             Some("json") => LogFormat::Json,
             Some(_) => LogFormat::Text,
@@ -253,10 +273,20 @@ impl Config {
             max_body_bytes: over.max_body_bytes.or(file.max_body_bytes).unwrap_or(1 << 20),
             max_snapshot_bytes: over.max_snapshot_bytes.or(file.max_snapshot_bytes).unwrap_or(2 << 30),
             max_connections: over.max_connections.or(file.max_connections).unwrap_or(10_000),
-            shutdown_grace: over.shutdown_grace.or(file.shutdown_grace).unwrap_or(Duration::from_secs(10)),
-            poll_interval: over.poll_interval.or(file.poll_interval).unwrap_or(Duration::from_millis(200)),
+            shutdown_grace: over
+                .shutdown_grace
+                .or(file.shutdown_grace)
+                .unwrap_or(Duration::from_secs(10)),
+            poll_interval: over
+                .poll_interval
+                .or(file.poll_interval)
+                .unwrap_or(Duration::from_millis(200)),
             log_format,
-            log_level: over.log_level.clone().or(file.log_level).unwrap_or_else(|| "info".into()),
+            log_level: over
+                .log_level
+                .clone()
+                .or(file.log_level)
+                .unwrap_or_else(|| "info".into()),
         };
         if cfg.max_body_bytes == 0 {
             return Err(invalid("max_body_bytes", "must be greater than 0"));
@@ -301,7 +331,12 @@ mod tests {
 
     #[test]
     fn bad_values_name_the_field() {
-        assert!(yaml_serde::from_str::<FileConfig>("sourc: x\n").unwrap_err().to_string().contains("sourc"));
+        assert!(
+            yaml_serde::from_str::<FileConfig>("sourc: x\n")
+                .unwrap_err()
+                .to_string()
+                .contains("sourc")
+        );
         let cases = [
             ("source: a.txt\n", "source"),
             ("source: a.yaml\nhttp_addr: localhost\n", "http_addr"),

@@ -17,6 +17,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod index;
+pub mod inject;
 pub mod model;
 pub mod server;
 pub mod store;

@@ -16,13 +16,16 @@ fn main() -> ExitCode {
         Command::Check(args) => cli::check(&args),
         Command::Validate { file } => cli::validate(&file),
         Command::Snapshot(cmd) => cli::snapshot(&cmd),
+        Command::InjectWebhook(opts) => inject_webhook(opts),
     }
 }
 
 fn init_logs(cfg: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_new(&cfg.log_level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match cfg.log_format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
@@ -49,6 +52,24 @@ fn serve(args: cli::ServeArgs) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "permd stopped");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn inject_webhook(opts: permd::inject::Options) -> ExitCode {
+    tracing_subscriber::fmt().with_writer(std::io::stderr).init();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(permd::inject::run(opts)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
     }

@@ -28,9 +28,9 @@ impl Listener {
             ListenAddr::Tcp(a) => Ok(Listener::Tcp(TcpListener::bind(a).await?)),
             ListenAddr::Unix(path) => {
                 // A socket file left by an earlier run would make bind fail.
-                if std::fs::symlink_metadata(path).is_ok_and(|m| {
-                    std::os::unix::fs::FileTypeExt::is_socket(&m.file_type())
-                }) {
+                if std::fs::symlink_metadata(path)
+                    .is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()))
+                {
                     std::fs::remove_file(path)?;
                 }
                 Ok(Listener::Unix(UnixListener::bind(path)?, path.clone()))
@@ -55,8 +55,13 @@ impl Drop for Listener {
     }
 }
 
-fn spawn_conn<IO>(io: IO, state: Arc<HttpState>, builder: &auto::Builder<TokioExecutor>, graceful: &GracefulShutdown, permit: tokio::sync::OwnedSemaphorePermit)
-where
+fn spawn_conn<IO>(
+    io: IO,
+    state: Arc<HttpState>,
+    builder: &auto::Builder<TokioExecutor>,
+    graceful: &GracefulShutdown,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let svc = service_fn(move |req| handle(req, state.clone()));

@@ -35,7 +35,10 @@ impl Store {
         Arc::new(Store {
             active: ArcSwapOption::empty(),
             version: watch::Sender::new(None),
-            status: Mutex::new(SyncStatus { source: source.into(), ..SyncStatus::default() }),
+            status: Mutex::new(SyncStatus {
+                source: source.into(),
+                ..SyncStatus::default()
+            }),
             rejected: AtomicU64::new(0),
             shutting_down: AtomicBool::new(false),
         })
@@ -131,7 +134,11 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn min_version_waits_for_the_watch() {
         let store = Store::new("test");
-        let s = Snapshot { format: 1, version: 5, ..Snapshot::default() };
+        let s = Snapshot {
+            format: 1,
+            version: 5,
+            ..Snapshot::default()
+        };
         store.publish(Index::build(&s));
         assert_eq!(store.at_least(5, Duration::ZERO).await.map(|i| i.version()), Some(5));
         assert!(store.at_least(6, Duration::from_millis(100)).await.is_none());
@@ -140,7 +147,15 @@ mod tests {
             tokio::spawn(async move { store.at_least(6, Duration::from_secs(5)).await.map(|i| i.version()) })
         };
         tokio::time::sleep(Duration::from_millis(10)).await;
-        let next = store.load().unwrap().apply(&DeltaBatch { from_version: 5, to_version: 6, ops: vec![] }).unwrap();
+        let next = store
+            .load()
+            .unwrap()
+            .apply(&DeltaBatch {
+                from_version: 5,
+                to_version: 6,
+                ops: vec![],
+            })
+            .unwrap();
         store.publish(next);
         assert_eq!(waiter.await.unwrap(), Some(6));
     }

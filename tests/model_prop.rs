@@ -53,10 +53,19 @@ impl<'a> Naive<'a> {
     }
     /// Role identity: (org, key).
     fn resolve(&self, o: &str, name: &str) -> Option<(Option<String>, String)> {
-        if self.s.roles.iter().any(|r| r.key == name && r.org.as_deref() == Some(o)) {
+        if self
+            .s
+            .roles
+            .iter()
+            .any(|r| r.key == name && r.org.as_deref() == Some(o))
+        {
             return Some((Some(o.to_string()), name.to_string()));
         }
-        self.s.roles.iter().any(|r| r.key == name && r.org.is_none()).then(|| (None, name.to_string()))
+        self.s
+            .roles
+            .iter()
+            .any(|r| r.key == name && r.org.is_none())
+            .then(|| (None, name.to_string()))
     }
     fn role(&self, id: &(Option<String>, String)) -> Option<&'a Role> {
         self.s.roles.iter().find(|r| r.org == id.0 && r.key == id.1)
@@ -69,7 +78,12 @@ impl<'a> Naive<'a> {
             for ext in &role.extends {
                 let target = match &r.0 {
                     Some(o) => self.resolve(o, ext),
-                    None => self.s.roles.iter().any(|x| x.key == *ext && x.org.is_none()).then(|| (None, ext.clone())),
+                    None => self
+                        .s
+                        .roles
+                        .iter()
+                        .any(|x| x.key == *ext && x.org.is_none())
+                        .then(|| (None, ext.clone())),
                 };
                 if let Some(t) = target
                     && seen.insert(t.clone())
@@ -114,7 +128,9 @@ impl<'a> Naive<'a> {
             for p in &y.parents {
                 if let Some(pr) = self.instance_ref(p)
                     && pr.org == y.org
-                    && !out.iter().any(|z| z.resource_type == pr.resource_type && z.key == pr.key)
+                    && !out
+                        .iter()
+                        .any(|z| z.resource_type == pr.resource_type && z.key == pr.key)
                 {
                     out.push(pr);
                 }
@@ -134,7 +150,9 @@ impl<'a> Naive<'a> {
         if !self.org_known(&o) {
             return (false, "unknown_org");
         }
-        let Some(actions) = self.type_actions(q.resource_type) else { return (false, "unknown_resource_type") };
+        let Some(actions) = self.type_actions(q.resource_type) else {
+            return (false, "unknown_resource_type");
+        };
         if !actions.iter().any(|a| a == q.action) {
             return (false, "unknown_action");
         }
@@ -148,30 +166,40 @@ impl<'a> Naive<'a> {
         if self.some_permits(&self.expand(&held), t, a) {
             return (true, "org_role");
         }
-        let Some(x) = x else { return (false, "no_matching_grant") };
+        let Some(x) = x else {
+            return (false, "no_matching_grant");
+        };
         let anc = self.res_anc(x);
         let in_anc = |r: &Resource| anc.iter().any(|y| y.resource_type == r.resource_type && y.key == r.key);
         if let Subject::User(u) = q.subject {
             for asg in self.s.role_assignments.iter().filter(|a| a.user == u) {
-                let Some(y) = asg.resource.as_deref().and_then(|r| self.instance_ref(r)) else { continue };
+                let Some(y) = asg.resource.as_deref().and_then(|r| self.instance_ref(r)) else {
+                    continue;
+                };
                 if !in_anc(y) || asg.org != y.org {
                     continue;
                 }
-                let Some(r) = self.resolve(&asg.org, &asg.role) else { continue };
+                let Some(r) = self.resolve(&asg.org, &asg.role) else {
+                    continue;
+                };
                 if self.some_permits(&self.expand(&BTreeSet::from([r])), t, a) {
                     return (true, "resource_role");
                 }
             }
         }
         for g in &self.s.role_grants {
-            let Some(y) = self.instance_ref(&g.resource) else { continue };
+            let Some(y) = self.instance_ref(&g.resource) else {
+                continue;
+            };
             if !in_anc(y) || g.org != y.org || !self.org_known(&g.org) {
                 continue;
             }
             if !g.actions.iter().any(|p| Self::pattern_matches(p, t, a)) {
                 continue;
             }
-            let Some(r) = self.resolve(&g.org, &g.role) else { continue };
+            let Some(r) = self.resolve(&g.org, &g.role) else {
+                continue;
+            };
             if self.expand(&self.org_roles(&q.subject, &g.org)).contains(&r) {
                 return (true, "role_grant");
             }
@@ -219,7 +247,12 @@ fn rand_org(rng: &mut SmallRng) -> Org {
 fn rand_type(rng: &mut SmallRng) -> ResourceType {
     let n = rng.random_range(0..4);
     let actions = (0..n).map(|_| pick(rng, &ACTIONS[..3]).to_string()).collect();
-    ResourceType { key: pick(rng, &TYPES[..3]).into(), actions, name: None, description: None }
+    ResourceType {
+        key: pick(rng, &TYPES[..3]).into(),
+        actions,
+        name: None,
+        description: None,
+    }
 }
 fn rand_role(rng: &mut SmallRng) -> Role {
     let np = rng.random_range(0..3);
@@ -235,7 +268,13 @@ fn rand_role(rng: &mut SmallRng) -> Role {
     }
 }
 fn rand_user(rng: &mut SmallRng) -> User {
-    User { key: pick(rng, &USERS).into(), email: maybe(rng, 0.5, |_| "e@x".to_string()), first_name: None, last_name: None, attributes: None }
+    User {
+        key: pick(rng, &USERS).into(),
+        email: maybe(rng, 0.5, |_| "e@x".to_string()),
+        first_name: None,
+        last_name: None,
+        attributes: None,
+    }
 }
 fn rand_resource(rng: &mut SmallRng) -> Resource {
     let np = rng.random_range(0..3);
@@ -284,21 +323,31 @@ fn rand_snapshot(rng: &mut SmallRng) -> Snapshot {
     let c = n(rng, 6);
     let orgs = dedup((0..c).map(|_| rand_org(rng)).collect(), |o: &Org| o.key.clone());
     let c = n(rng, 4);
-    let types = dedup((0..c).map(|_| rand_type(rng)).collect(), |t: &ResourceType| t.key.clone());
+    let types = dedup((0..c).map(|_| rand_type(rng)).collect(), |t: &ResourceType| {
+        t.key.clone()
+    });
     let c = n(rng, 8);
-    let roles = dedup((0..c).map(|_| rand_role(rng)).collect(), |r: &Role| (r.org.clone(), r.key.clone()));
+    let roles = dedup((0..c).map(|_| rand_role(rng)).collect(), |r: &Role| {
+        (r.org.clone(), r.key.clone())
+    });
     let c = n(rng, 3);
     let users = dedup((0..c).map(|_| rand_user(rng)).collect(), |u: &User| u.key.clone());
     let c = n(rng, 12);
-    let resources =
-        dedup((0..c).map(|_| rand_resource(rng)).collect(), |r: &Resource| (r.resource_type.clone(), r.key.clone()));
+    let resources = dedup((0..c).map(|_| rand_resource(rng)).collect(), |r: &Resource| {
+        (r.resource_type.clone(), r.key.clone())
+    });
     let c = n(rng, 14);
-    let assignments = dedup((0..c).map(|_| rand_assignment(rng)).collect(), |a: &RoleAssignment| a.clone());
+    let assignments = dedup((0..c).map(|_| rand_assignment(rng)).collect(), |a: &RoleAssignment| {
+        a.clone()
+    });
     let c = n(rng, 6);
-    let grants =
-        dedup((0..c).map(|_| rand_grant(rng)).collect(), |g: &RoleGrant| (g.org.clone(), g.role.clone(), g.resource.clone()));
+    let grants = dedup((0..c).map(|_| rand_grant(rng)).collect(), |g: &RoleGrant| {
+        (g.org.clone(), g.role.clone(), g.resource.clone())
+    });
     let c = n(rng, 3);
-    let menus = dedup((0..c).map(|_| rand_menu(rng)).collect(), |m: &Menu| (m.platform.clone(), m.code.clone()));
+    let menus = dedup((0..c).map(|_| rand_menu(rng)).collect(), |m: &Menu| {
+        (m.platform.clone(), m.code.clone())
+    });
     let s = Snapshot {
         format: 1,
         version: rng.random_range(1..100),
@@ -319,24 +368,43 @@ fn rand_op(rng: &mut SmallRng) -> Op {
     let upsert = rng.random_bool(0.6);
     match rng.random_range(0..8) {
         0 if upsert => Op::Upsert(Item::Org(rand_org(rng))),
-        0 => Op::Delete(Identity::Org { key: pick(rng, &ORGS).into() }),
+        0 => Op::Delete(Identity::Org {
+            key: pick(rng, &ORGS).into(),
+        }),
         1 if upsert => Op::Upsert(Item::ResourceType(rand_type(rng))),
-        1 => Op::Delete(Identity::ResourceType { key: pick(rng, &TYPES).into() }),
+        1 => Op::Delete(Identity::ResourceType {
+            key: pick(rng, &TYPES).into(),
+        }),
         2 if upsert => Op::Upsert(Item::Role(rand_role(rng))),
-        2 => Op::Delete(Identity::Role { key: pick(rng, &ROLES).into(), org: maybe(rng, 0.3, |r| pick(r, &ORGS).to_string()) }),
+        2 => Op::Delete(Identity::Role {
+            key: pick(rng, &ROLES).into(),
+            org: maybe(rng, 0.3, |r| pick(r, &ORGS).to_string()),
+        }),
         3 if upsert => Op::Upsert(Item::User(rand_user(rng))),
-        3 => Op::Delete(Identity::User { key: pick(rng, &USERS).into() }),
+        3 => Op::Delete(Identity::User {
+            key: pick(rng, &USERS).into(),
+        }),
         4 if upsert => Op::Upsert(Item::Resource(rand_resource(rng))),
-        4 => Op::Delete(Identity::Resource { resource_type: pick(rng, &TYPES).into(), key: pick(rng, &KEYS).into() }),
+        4 => Op::Delete(Identity::Resource {
+            resource_type: pick(rng, &TYPES).into(),
+            key: pick(rng, &KEYS).into(),
+        }),
         5 if upsert => Op::Upsert(Item::RoleAssignment(rand_assignment(rng))),
         5 => Op::Delete(Identity::RoleAssignment(rand_assignment(rng))),
         6 if upsert => Op::Upsert(Item::RoleGrant(rand_grant(rng))),
         6 => {
             let g = rand_grant(rng);
-            Op::Delete(Identity::RoleGrant { org: g.org, role: g.role, resource: g.resource })
+            Op::Delete(Identity::RoleGrant {
+                org: g.org,
+                role: g.role,
+                resource: g.resource,
+            })
         }
         _ if upsert => Op::Upsert(Item::Menu(rand_menu(rng))),
-        _ => Op::Delete(Identity::Menu { platform: "web".into(), code: pick(rng, &["m0", "m1", "m2"]).into() }),
+        _ => Op::Delete(Identity::Menu {
+            platform: "web".into(),
+            code: pick(rng, &["m0", "m1", "m2"]).into(),
+        }),
     }
 }
 
@@ -375,9 +443,11 @@ fn check_agrees(ix: &Index, s: &Snapshot, rng: &mut SmallRng, n: usize) -> Resul
 /// model does not fix an order.
 fn normal(mut s: Snapshot) -> Snapshot {
     s.users.sort_by(|a, b| a.key.cmp(&b.key));
-    s.resources.sort_by(|a, b| (&a.resource_type, &a.key).cmp(&(&b.resource_type, &b.key)));
+    s.resources
+        .sort_by(|a, b| (&a.resource_type, &a.key).cmp(&(&b.resource_type, &b.key)));
     s.role_assignments.sort();
-    s.role_grants.sort_by(|a, b| (&a.org, &a.role, &a.resource).cmp(&(&b.org, &b.role, &b.resource)));
+    s.role_grants
+        .sort_by(|a, b| (&a.org, &a.role, &a.resource).cmp(&(&b.org, &b.role, &b.resource)));
     s
 }
 

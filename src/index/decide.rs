@@ -94,9 +94,19 @@ pub enum Evidence {
     /// Step 4 for a role subject: the resolved role.
     RoleSubject { role: u32 },
     /// Step 5: the instance assignment on resource `resource`.
-    InstanceAssignment { resource: u32, org: u32, role_name: u32, role: u32 },
+    InstanceAssignment {
+        resource: u32,
+        org: u32,
+        role_name: u32,
+        role: u32,
+    },
     /// Step 6: the grant on `resource` to `grant_role`, held through the subject's `via` role.
-    Grant { resource: u32, org: u32, grant_role: u32, via: u32 },
+    Grant {
+        resource: u32,
+        org: u32,
+        grant_role: u32,
+        via: u32,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -137,7 +147,12 @@ impl Ancestors {
 
 impl Index {
     fn decision(&self, reason: Reason, evidence: Evidence) -> Decision {
-        Decision { allow: reason.allows(), reason, version: self.version, evidence }
+        Decision {
+            allow: reason.allows(),
+            reason,
+            version: self.version,
+            evidence,
+        }
     }
 
     /// model.md §2. Never fails: anything unknown is a deny with its reason.
@@ -189,9 +204,18 @@ impl Index {
                     if anc.binary_search(&org_a).is_err() {
                         continue;
                     }
-                    let Some(role) = p.resolve(org_a, role_name) else { continue };
+                    let Some(role) = p.resolve(org_a, role_name) else {
+                        continue;
+                    };
                     if p.permits(role, perm) {
-                        return self.decision(Reason::OrgRole, Evidence::OrgAssignment { org: org_a, role_name, role });
+                        return self.decision(
+                            Reason::OrgRole,
+                            Evidence::OrgAssignment {
+                                org: org_a,
+                                role_name,
+                                role,
+                            },
+                        );
                     }
                     held.push(role);
                 }
@@ -228,7 +252,12 @@ impl Index {
             {
                 return self.decision(
                     Reason::ResourceRole,
-                    Evidence::InstanceAssignment { resource: res, org: org_a, role_name, role },
+                    Evidence::InstanceAssignment {
+                        resource: res,
+                        org: org_a,
+                        role_name,
+                        role,
+                    },
                 );
             }
         }
@@ -238,12 +267,27 @@ impl Index {
             for &y in &ancestors.list {
                 let Some(rec) = self.res(y) else { continue };
                 for g in &rec.grants {
-                    if g.org != o || !g.patterns.iter().any(|&(pt, pa)| (pt == STAR || pt == t) && (pa == STAR || pa == a)) {
+                    if g.org != o
+                        || !g
+                            .patterns
+                            .iter()
+                            .any(|&(pt, pa)| (pt == STAR || pt == t) && (pa == STAR || pa == a))
+                    {
                         continue;
                     }
-                    let Some(grant_role) = p.resolve(g.org, g.role) else { continue };
+                    let Some(grant_role) = p.resolve(g.org, g.role) else {
+                        continue;
+                    };
                     if let Some(&via) = held.iter().find(|&&h| p.expand(h).binary_search(&grant_role).is_ok()) {
-                        return self.decision(Reason::RoleGrant, Evidence::Grant { resource: y, org: g.org, grant_role, via });
+                        return self.decision(
+                            Reason::RoleGrant,
+                            Evidence::Grant {
+                                resource: y,
+                                org: g.org,
+                                grant_role,
+                                via,
+                            },
+                        );
                     }
                 }
             }
@@ -254,7 +298,10 @@ impl Index {
     /// `ResAnc(x)` within org `o`: `x` and every instance reachable through `parents`, skipping
     /// links to unknown instances or into another org (those are ignored items).
     fn res_ancestors(&self, x: u32, o: u32) -> Ancestors {
-        let mut anc = Ancestors { list: SmallVec::new(), big: None };
+        let mut anc = Ancestors {
+            list: SmallVec::new(),
+            big: None,
+        };
         anc.insert(x);
         let mut i = 0;
         while let Some(&y) = anc.list.get(i) {

@@ -1,7 +1,7 @@
 //! `explain`: the names behind a decision — the assignment or grant that allowed it, or the
 //! step that denied it and why.
 
-use super::{Decision, Evidence, Index, Query, Reason, Subject, STAR};
+use super::{Decision, Evidence, Index, Query, Reason, STAR, Subject};
 use crate::model::{RoleAssignment, RoleGrant};
 use serde::Serialize;
 
@@ -41,7 +41,10 @@ impl Index {
     pub fn explain(&self, q: &Query<'_>, d: &Decision) -> Explanation {
         let names = &self.names;
         let node_type = q.group_type.unwrap_or(q.resource_type);
-        let instance = q.resource_key.and_then(|k| self.lookup_res(node_type, k)).filter(|id| self.instance(*id).is_some());
+        let instance = q
+            .resource_key
+            .and_then(|k| self.lookup_res(node_type, k))
+            .filter(|id| self.instance(*id).is_some());
         let org = match q.org {
             Some(o) => Some(o.to_string()),
             None => match instance.and_then(|id| self.instance(id)) {
@@ -80,10 +83,20 @@ impl Index {
                 e.role = Some(self.role_label(role));
             }
             Evidence::RoleSubject { role } => {
-                e.message = format!("role `{}` permits {}:{}", self.role_label(role), q.resource_type, q.action);
+                e.message = format!(
+                    "role `{}` permits {}:{}",
+                    self.role_label(role),
+                    q.resource_type,
+                    q.action
+                );
                 e.role = Some(self.role_label(role));
             }
-            Evidence::InstanceAssignment { resource, org, role_name, role } => {
+            Evidence::InstanceAssignment {
+                resource,
+                org,
+                role_name,
+                role,
+            } => {
                 let assignment = RoleAssignment {
                     user: user.into(),
                     role: names.roles.name(role_name).into(),
@@ -100,10 +113,17 @@ impl Index {
                 e.assignment = Some(assignment);
                 e.role = Some(self.role_label(role));
             }
-            Evidence::Grant { resource, org, grant_role, via } => {
+            Evidence::Grant {
+                resource,
+                org,
+                grant_role,
+                via,
+            } => {
                 let rec = self.res(resource);
                 let grant = rec.and_then(|r| {
-                    r.grants.iter().find(|g| g.org == org && self.policy.resolve(g.org, g.role) == Some(grant_role))
+                    r.grants
+                        .iter()
+                        .find(|g| g.org == org && self.policy.resolve(g.org, g.role) == Some(grant_role))
                 });
                 let actions = grant.map_or_else(Vec::new, |g| {
                     g.patterns

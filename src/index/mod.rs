@@ -16,8 +16,8 @@ pub use paged::{Interner, KeyMap, PagedVec};
 pub use policy::{Names, Policy, PolicyItems, STAR};
 
 use crate::model::{
-    self, Attributes, DeltaBatch, Identity, Item, Kind, Op, ResourceRef, Role, RoleAssignment, RoleGrant,
-    Snapshot, User, put,
+    self, Attributes, DeltaBatch, Identity, Item, Kind, Op, ResourceRef, Role, RoleAssignment, RoleGrant, Snapshot,
+    User, put,
 };
 use roaring::RoaringBitmap;
 use serde::Serialize;
@@ -121,7 +121,10 @@ pub struct Index {
 
 impl std::fmt::Debug for Index {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Index").field("version", &self.version).field("counts", &self.counts).finish()
+        f.debug_struct("Index")
+            .field("version", &self.version)
+            .field("counts", &self.counts)
+            .finish()
     }
 }
 
@@ -166,7 +169,10 @@ impl Index {
     /// `Index::build` of the document with the batch's ops applied (model.md §4).
     pub fn apply(&self, batch: &DeltaBatch) -> Result<Index, ApplyError> {
         if batch.from_version != self.version {
-            return Err(ApplyError::VersionGap { from: batch.from_version, active: self.version });
+            return Err(ApplyError::VersionGap {
+                from: batch.from_version,
+                active: self.version,
+            });
         }
         let mut next = self.clone();
         next.ignored = Arc::default();
@@ -223,7 +229,9 @@ impl Index {
                     return true;
                 }
                 Item::ResourceType(v) => {
-                    put(&mut Arc::make_mut(&mut self.items).resource_types, v.clone(), |x| x.key == v.key);
+                    put(&mut Arc::make_mut(&mut self.items).resource_types, v.clone(), |x| {
+                        x.key == v.key
+                    });
                     return true;
                 }
                 Item::Role(v) => {
@@ -253,7 +261,9 @@ impl Index {
                     return true;
                 }
                 Identity::Role { key, org } => {
-                    Arc::make_mut(&mut self.items).roles.retain(|x| !(&x.key == key && &x.org == org));
+                    Arc::make_mut(&mut self.items)
+                        .roles
+                        .retain(|x| !(&x.key == key && &x.org == org));
                     return true;
                 }
                 Identity::Menu { platform, code } => {
@@ -295,7 +305,10 @@ impl Index {
     }
 
     fn res_ref(&mut self, reference: &str) -> u32 {
-        let r = ResourceRef::parse(reference).unwrap_or(ResourceRef { resource_type: reference, key: "" });
+        let r = ResourceRef::parse(reference).unwrap_or(ResourceRef {
+            resource_type: reference,
+            key: "",
+        });
         self.res_id(r.resource_type, r.key)
     }
 
@@ -338,7 +351,9 @@ impl Index {
     }
 
     fn delete_resource(&mut self, resource_type: &str, key: &str) {
-        let Some(id) = self.lookup_res(resource_type, key) else { return };
+        let Some(id) = self.lookup_res(resource_type, key) else {
+            return;
+        };
         let Some(rec) = self.res_mut(id) else { return };
         let t = rec.resource_type;
         if let Some(old) = rec.item.take() {
@@ -376,9 +391,11 @@ impl Index {
     }
 
     fn delete_assignment(&mut self, a: &RoleAssignment) {
-        let (Some(uid), Some(org), Some(role)) =
-            (self.names.users.get(&a.user), self.names.orgs.get(&a.org), self.names.roles.get(&a.role))
-        else {
+        let (Some(uid), Some(org), Some(role)) = (
+            self.names.users.get(&a.user),
+            self.names.orgs.get(&a.org),
+            self.names.roles.get(&a.role),
+        ) else {
             return;
         };
         let res = match &a.resource {
@@ -391,7 +408,9 @@ impl Index {
                 }
             }
         };
-        let Some(Some(rec)) = self.users.get_mut(uid as usize) else { return };
+        let Some(Some(rec)) = self.users.get_mut(uid as usize) else {
+            return;
+        };
         let rec = Arc::make_mut(rec);
         match res {
             None => {
@@ -444,8 +463,7 @@ impl Index {
         let (Some(org), Some(role)) = (self.names.orgs.get(org), self.names.roles.get(role)) else {
             return;
         };
-        let Some(res) = ResourceRef::parse(resource).and_then(|r| self.lookup_res(r.resource_type, r.key))
-        else {
+        let Some(res) = ResourceRef::parse(resource).and_then(|r| self.lookup_res(r.resource_type, r.key)) else {
             return;
         };
         let Some(rec) = self.res_mut(res) else { return };
@@ -517,9 +535,17 @@ impl Index {
             let who = || format!("resource={}", self.res_name(id));
             if let Some(item) = &rec.item {
                 if !p.type_known(rec.resource_type) {
-                    out.push(Ignored::new("resource", who(), "type is not a known resource type".into()));
+                    out.push(Ignored::new(
+                        "resource",
+                        who(),
+                        "type is not a known resource type".into(),
+                    ));
                 } else if !p.org_known(item.org) {
-                    out.push(Ignored::new("resource", who(), format!("org `{}` is not a known org", org_name(item.org))));
+                    out.push(Ignored::new(
+                        "resource",
+                        who(),
+                        format!("org `{}` is not a known org", org_name(item.org)),
+                    ));
                 } else {
                     for &parent in item.parents.iter() {
                         let why = match self.instance(parent) {
@@ -527,13 +553,22 @@ impl Index {
                             Some(pi) if pi.org != item.org => "is in another org",
                             Some(_) => continue,
                         };
-                        out.push(Ignored::new("resource", who(), format!("parent `{}` {why}", self.res_name(parent))));
+                        out.push(Ignored::new(
+                            "resource",
+                            who(),
+                            format!("parent `{}` {why}", self.res_name(parent)),
+                        ));
                     }
                 }
             }
             let target = self.instance(id);
             for g in &rec.grants {
-                let item = format!("org={} role={} resource={}", org_name(g.org), role_name(g.role), self.res_name(id));
+                let item = format!(
+                    "org={} role={} resource={}",
+                    org_name(g.org),
+                    role_name(g.role),
+                    self.res_name(id)
+                );
                 let why = if !p.org_known(g.org) {
                     Some("org is not a known org".to_string())
                 } else if p.resolve(g.org, g.role).is_none() {
@@ -558,7 +593,12 @@ impl Index {
                     if !known {
                         out.push(Ignored::new(
                             "role_grant",
-                            format!("org={} role={} resource={}", org_name(g.org), role_name(g.role), self.res_name(id)),
+                            format!(
+                                "org={} role={} resource={}",
+                                org_name(g.org),
+                                role_name(g.role),
+                                self.res_name(id)
+                            ),
                             "an action pattern names an unknown type or action".into(),
                         ));
                     }
@@ -596,7 +636,12 @@ impl Index {
                 };
                 out.push(Ignored::new(
                     "role_assignment",
-                    format!("user={user} role={} org={} resource={}", role_name(role), org_name(org), self.res_name(res)),
+                    format!(
+                        "user={user} role={} org={} resource={}",
+                        role_name(role),
+                        org_name(org),
+                        self.res_name(res)
+                    ),
                     why.into(),
                 ));
             }

@@ -16,7 +16,10 @@ pub struct PagedVec<T> {
 
 impl<T> Default for PagedVec<T> {
     fn default() -> Self {
-        PagedVec { pages: Vec::new(), len: 0 }
+        PagedVec {
+            pages: Vec::new(),
+            len: 0,
+        }
     }
 }
 
@@ -98,10 +101,6 @@ impl KeyMap {
                 self.overlay.insert(Arc::from(key), id);
             }
         }
-    }
-
-    pub fn len(&self) -> usize {
-        self.base.len() + self.overlay.len()
     }
 }
 

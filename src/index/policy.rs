@@ -40,13 +40,16 @@ pub struct CompiledRole {
     pub item: usize,
 }
 
+/// A type's actions as (action id, permission id), sorted by action id.
+type Actions = Box<[(u32, u32)]>;
+
 #[derive(Debug, Default)]
 pub struct Policy {
     org_known: Vec<bool>,
     /// Per org id: the sorted ids of `OrgAnc(o)` (the org itself included).
     org_anc: Vec<Box<[u32]>>,
     /// Per type id: its actions as (action id, permission id), sorted; `None` for unknown types.
-    type_actions: Vec<Option<Box<[(u32, u32)]>>>,
+    type_actions: Vec<Option<Actions>>,
     /// Per permission id: (type id, action id).
     pub perms: Vec<(u32, u32)>,
     pub roles: Vec<CompiledRole>,
@@ -109,7 +112,9 @@ impl Policy {
     #[inline]
     pub fn permits(&self, role: u32, perm: u32) -> bool {
         let word = role as usize * self.words + (perm as usize >> 6);
-        self.role_perms.get(word).is_some_and(|w| w & (1u64 << (perm & 63)) != 0)
+        self.role_perms
+            .get(word)
+            .is_some_and(|w| w & (1u64 << (perm & 63)) != 0)
     }
 
     /// `Expand({role})`, sorted.
@@ -183,7 +188,9 @@ impl Policy {
 
     /// The permission ids one permission string names; unknown parts give none.
     fn perms_of(&self, perm: &str, names: &Names) -> Vec<u32> {
-        let Some((t, a)) = perm.split_once(':') else { return Vec::new() };
+        let Some((t, a)) = perm.split_once(':') else {
+            return Vec::new();
+        };
         let action = if a == "*" { None } else { names.actions.get(a) };
         if a != "*" && action.is_none() {
             return Vec::new();
@@ -236,7 +243,8 @@ impl Policy {
             if let Some(org) = compiled.org
                 && !self.org_known(org)
             {
-                self.ignored.push(Ignored::new("role", who.clone(), "org is not a known org".into()));
+                self.ignored
+                    .push(Ignored::new("role", who.clone(), "org is not a known org".into()));
             }
             for perm in &role.permissions {
                 let ids = self.perms_of(perm, names);
@@ -294,8 +302,11 @@ impl Policy {
     }
 
     fn check_menus(&mut self, items: &PolicyItems) {
-        let codes: HashSet<(&str, &str)> =
-            items.menus.iter().map(|m| (m.platform.as_str(), m.code.as_str())).collect();
+        let codes: HashSet<(&str, &str)> = items
+            .menus
+            .iter()
+            .map(|m| (m.platform.as_str(), m.code.as_str()))
+            .collect();
         let any_code: HashSet<&str> = items.menus.iter().map(|m| m.code.as_str()).collect();
         for m in &items.menus {
             if let Some(parent) = &m.parent

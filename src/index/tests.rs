@@ -54,7 +54,14 @@ fn ix() -> Index {
 }
 
 fn user<'a>(u: &'a str, action: &'a str, t: &'a str, key: Option<&'a str>, org: Option<&'a str>) -> Query<'a> {
-    Query { subject: Subject::User(u), action, resource_type: t, resource_key: key, org, group_type: None }
+    Query {
+        subject: Subject::User(u),
+        action,
+        resource_type: t,
+        resource_key: key,
+        org,
+        group_type: None,
+    }
 }
 
 fn reason(ix: &Index, q: Query<'_>) -> Reason {
@@ -67,62 +74,127 @@ fn reason(ix: &Index, q: Query<'_>) -> Reason {
 #[test]
 fn step1_unknown_org() {
     let ix = ix();
-    assert_eq!(reason(&ix, user("alice", "read", "document", None, Some("nope"))), Reason::UnknownOrg);
+    assert_eq!(
+        reason(&ix, user("alice", "read", "document", None, Some("nope"))),
+        Reason::UnknownOrg
+    );
     // The instance's org is unknown, so it does not exist: no org given resolves to `default`.
-    assert_eq!(reason(&ix, user("alice", "read", "document", Some("orphan"), None)), Reason::NoMatchingGrant);
+    assert_eq!(
+        reason(&ix, user("alice", "read", "document", Some("orphan"), None)),
+        Reason::NoMatchingGrant
+    );
 }
 
 #[test]
 fn step2_unknown_type_and_action() {
     let ix = ix();
-    assert_eq!(reason(&ix, user("alice", "read", "video", None, Some("acme"))), Reason::UnknownResourceType);
-    assert_eq!(reason(&ix, user("alice", "play", "document", None, Some("acme"))), Reason::UnknownAction);
+    assert_eq!(
+        reason(&ix, user("alice", "read", "video", None, Some("acme"))),
+        Reason::UnknownResourceType
+    );
+    assert_eq!(
+        reason(&ix, user("alice", "play", "document", None, Some("acme"))),
+        Reason::UnknownAction
+    );
 }
 
 #[test]
 fn step3_tenant_isolation() {
     let ix = ix();
     // superuser-like access in one org never reaches an instance of another.
-    assert_eq!(reason(&ix, user("alice", "read", "document", Some("g1"), Some("acme"))), Reason::TenantMismatch);
-    assert_eq!(reason(&ix, user("dave", "read", "document", Some("photo"), Some("globex"))), Reason::TenantMismatch);
+    assert_eq!(
+        reason(&ix, user("alice", "read", "document", Some("g1"), Some("acme"))),
+        Reason::TenantMismatch
+    );
+    assert_eq!(
+        reason(&ix, user("dave", "read", "document", Some("photo"), Some("globex"))),
+        Reason::TenantMismatch
+    );
 }
 
 #[test]
 fn step4_org_roles_with_hierarchy_and_extends() {
     let ix = ix();
-    assert_eq!(reason(&ix, user("alice", "write", "document", Some("photo"), None)), Reason::OrgRole);
+    assert_eq!(
+        reason(&ix, user("alice", "write", "document", Some("photo"), None)),
+        Reason::OrgRole
+    );
     // `extends`: editor holds viewer's read.
-    assert_eq!(reason(&ix, user("alice", "read", "folder", Some("shared"), None)), Reason::OrgRole);
+    assert_eq!(
+        reason(&ix, user("alice", "read", "folder", Some("shared"), None)),
+        Reason::OrgRole
+    );
     // An org-wide role in acme flows down to acme-eu, not up or sideways.
-    assert_eq!(reason(&ix, user("alice", "read", "document", None, Some("acme-eu"))), Reason::OrgRole);
-    assert_eq!(reason(&ix, user("alice", "read", "document", None, Some("globex"))), Reason::NoMatchingGrant);
+    assert_eq!(
+        reason(&ix, user("alice", "read", "document", None, Some("acme-eu"))),
+        Reason::OrgRole
+    );
+    assert_eq!(
+        reason(&ix, user("alice", "read", "document", None, Some("globex"))),
+        Reason::NoMatchingGrant
+    );
     // The org-scoped `viewer` of globex shadows the global one there: no document:read.
-    assert_eq!(reason(&ix, user("dave", "read", "document", None, Some("globex"))), Reason::NoMatchingGrant);
-    assert_eq!(reason(&ix, user("dave", "read", "folder", None, Some("globex"))), Reason::OrgRole);
+    assert_eq!(
+        reason(&ix, user("dave", "read", "document", None, Some("globex"))),
+        Reason::NoMatchingGrant
+    );
+    assert_eq!(
+        reason(&ix, user("dave", "read", "folder", None, Some("globex"))),
+        Reason::OrgRole
+    );
     // Cycles in org parents and role extends are reachability, not errors.
-    assert_eq!(reason(&ix, user("erin", "delete", "document", None, Some("loop-b"))), Reason::OrgRole);
+    assert_eq!(
+        reason(&ix, user("erin", "delete", "document", None, Some("loop-b"))),
+        Reason::OrgRole
+    );
     // A type-level check (no key, or a key naming no instance) stops after step 4.
-    assert_eq!(reason(&ix, user("bob", "read", "document", Some("ghost"), Some("acme"))), Reason::NoMatchingGrant);
+    assert_eq!(
+        reason(&ix, user("bob", "read", "document", Some("ghost"), Some("acme"))),
+        Reason::NoMatchingGrant
+    );
 }
 
 #[test]
 fn step5_instance_roles_down_the_tree() {
     let ix = ix();
-    assert_eq!(reason(&ix, user("bob", "read", "document", Some("photo"), None)), Reason::ResourceRole);
-    assert_eq!(reason(&ix, user("bob", "write", "document", Some("photo"), None)), Reason::NoMatchingGrant);
+    assert_eq!(
+        reason(&ix, user("bob", "read", "document", Some("photo"), None)),
+        Reason::ResourceRole
+    );
+    assert_eq!(
+        reason(&ix, user("bob", "write", "document", Some("photo"), None)),
+        Reason::NoMatchingGrant
+    );
     // A parent link into another org is ignored: bob's role on globex's folder does not reach.
-    assert_eq!(reason(&ix, user("bob", "read", "document", Some("stray"), None)), Reason::NoMatchingGrant);
+    assert_eq!(
+        reason(&ix, user("bob", "read", "document", Some("stray"), None)),
+        Reason::NoMatchingGrant
+    );
 }
 
 #[test]
 fn step6_role_grants_and_scoped_roles() {
     let ix = ix();
-    assert_eq!(reason(&ix, user("carol", "play", "camera", Some("cam1"), None)), Reason::RoleGrant);
-    assert_eq!(reason(&ix, user("carol", "export", "camera", Some("cam1"), None)), Reason::NoMatchingGrant);
+    assert_eq!(
+        reason(&ix, user("carol", "play", "camera", Some("cam1"), None)),
+        Reason::RoleGrant
+    );
+    assert_eq!(
+        reason(&ix, user("carol", "export", "camera", Some("cam1"), None)),
+        Reason::NoMatchingGrant
+    );
     // `guard` is scoped to acme: frank's assignment in globex does not resolve.
-    assert_eq!(reason(&ix, user("frank", "play", "camera", Some("cam1"), Some("acme"))), Reason::NoMatchingGrant);
+    assert_eq!(
+        reason(&ix, user("frank", "play", "camera", Some("cam1"), Some("acme"))),
+        Reason::NoMatchingGrant
+    );
     let ignored = ix.ignored();
-    assert!(ignored.iter().any(|i| i.kind == "role_assignment" && i.item.contains("user=frank")), "{ignored:?}");
+    assert!(
+        ignored
+            .iter()
+            .any(|i| i.kind == "role_assignment" && i.item.contains("user=frank")),
+        "{ignored:?}"
+    );
 }
 
 #[test]
@@ -136,11 +208,34 @@ fn role_subjects_and_group_type_checks() {
         org,
         group_type: group,
     };
-    assert_eq!(ix.decide(&role("editor", "read", "document", None, Some("acme"), None)).reason, Reason::OrgRole);
-    assert_eq!(ix.decide(&role("guard", "play", "camera", Some("hq"), Some("acme"), Some("site"))).reason, Reason::RoleGrant);
+    assert_eq!(
+        ix.decide(&role("editor", "read", "document", None, Some("acme"), None))
+            .reason,
+        Reason::OrgRole
+    );
+    assert_eq!(
+        ix.decide(&role("guard", "play", "camera", Some("hq"), Some("acme"), Some("site")))
+            .reason,
+        Reason::RoleGrant
+    );
     // A role subject skips step 5.
-    assert_eq!(ix.decide(&role("guard", "play", "camera", Some("hq"), Some("globex"), Some("site"))).reason, Reason::TenantMismatch);
-    assert_eq!(ix.decide(&role("nobody", "read", "document", None, Some("acme"), None)).reason, Reason::NoMatchingGrant);
+    assert_eq!(
+        ix.decide(&role(
+            "guard",
+            "play",
+            "camera",
+            Some("hq"),
+            Some("globex"),
+            Some("site")
+        ))
+        .reason,
+        Reason::TenantMismatch
+    );
+    assert_eq!(
+        ix.decide(&role("nobody", "read", "document", None, Some("acme"), None))
+            .reason,
+        Reason::NoMatchingGrant
+    );
     // At a node: "may carol play cameras in site hq?"
     let mut q = user("carol", "play", "camera", Some("hq"), None);
     q.group_type = Some("site");
@@ -153,7 +248,10 @@ fn explanations_name_the_evidence() {
     let q = user("bob", "read", "document", Some("photo"), None);
     let e = ix.explain(&q, &ix.decide(&q));
     let a = e.assignment.unwrap();
-    assert_eq!((a.user.as_str(), a.role.as_str(), a.resource.as_deref()), ("bob", "viewer", Some("folder:shared")));
+    assert_eq!(
+        (a.user.as_str(), a.role.as_str(), a.resource.as_deref()),
+        ("bob", "viewer", Some("folder:shared"))
+    );
     let q = user("carol", "play", "camera", Some("cam1"), None);
     let e = ix.explain(&q, &ix.decide(&q));
     assert_eq!(e.grant.unwrap().resource, "site:hq");
@@ -169,10 +267,17 @@ fn apply_shares_untouched_data_and_leaves_the_old_version() {
         {"op": "delete", "kind": "role_assignment", "value": {"user": "alice", "role": "editor", "org": "acme"}},
         {"op": "upsert", "kind": "role_assignment", "value": {"user": "zoe", "role": "superuser", "org": "acme"}}]}"#;
     let new = old.apply(&DeltaBatch::from_json(line).unwrap()).unwrap();
-    assert_eq!(reason(&old, user("alice", "write", "document", Some("photo"), None)), Reason::OrgRole);
+    assert_eq!(
+        reason(&old, user("alice", "write", "document", Some("photo"), None)),
+        Reason::OrgRole
+    );
     let d = new.decide(&user("alice", "write", "document", Some("photo"), None));
     assert_eq!((d.reason, d.version), (Reason::NoMatchingGrant, 8));
-    assert_eq!(new.decide(&user("zoe", "delete", "document", Some("photo"), None)).reason, Reason::OrgRole);
+    assert_eq!(
+        new.decide(&user("zoe", "delete", "document", Some("photo"), None))
+            .reason,
+        Reason::OrgRole
+    );
     assert_eq!(new.counts().role_assignments, old.counts().role_assignments);
     assert_eq!(new.org_role_users("acme", "superuser").map(|b| b.len()), Some(1));
     assert!(old.org_role_users("acme", "superuser").is_none());

@@ -74,12 +74,11 @@ impl Sidecar {
     /// Parses and checks a sidecar document: at least one container, every container and
     /// volume named, no name twice.
     pub fn from_json(bytes: &[u8]) -> Result<Self, InjectError> {
-        let doc: Value = serde_json::from_slice(bytes)
-            .map_err(|e| InjectError::InvalidSidecar(format!("not valid JSON: {e}")))?;
+        let doc: Value =
+            serde_json::from_slice(bytes).map_err(|e| InjectError::InvalidSidecar(format!("not valid JSON: {e}")))?;
         if !doc.is_object() {
             return Err(InjectError::InvalidSidecar(
-                "not a sidecar document: expected an object {\"containers\", \"volumes\"}"
-                    .to_owned(),
+                "not a sidecar document: expected an object {\"containers\", \"volumes\"}".to_owned(),
             ));
         }
         let sidecar: Sidecar = serde_json::from_value(doc)
@@ -89,19 +88,14 @@ impl Sidecar {
                 "containers is empty: nothing to inject".to_owned(),
             ));
         }
-        for (list, items) in [
-            ("containers", &sidecar.containers),
-            ("volumes", &sidecar.volumes),
-        ] {
+        for (list, items) in [("containers", &sidecar.containers), ("volumes", &sidecar.volumes)] {
             let mut seen = HashSet::new();
             for (i, item) in items.iter().enumerate() {
                 let name = item
                     .get("name")
                     .and_then(Value::as_str)
                     .filter(|n| !n.is_empty())
-                    .ok_or_else(|| {
-                        InjectError::InvalidSidecar(format!("{list}[{i}].name is missing"))
-                    })?;
+                    .ok_or_else(|| InjectError::InvalidSidecar(format!("{list}[{i}].name is missing")))?;
                 if !seen.insert(name) {
                     return Err(InjectError::InvalidSidecar(format!(
                         "{list}[{i}].name {name:?} appears twice"
@@ -195,10 +189,7 @@ pub fn review(body: &[u8], sidecar: &Sidecar) -> Result<Value, InjectError> {
     {
         return Ok(response(uid, None));
     }
-    if let Some(kind) = request
-        .get("kind")
-        .and_then(|k| k.get("kind"))
-        .and_then(Value::as_str)
+    if let Some(kind) = request.get("kind").and_then(|k| k.get("kind")).and_then(Value::as_str)
         && kind != "Pod"
     {
         return Err(InjectError::NotAPod(format!("{kind:?}")));
@@ -218,9 +209,7 @@ pub fn review(body: &[u8], sidecar: &Sidecar) -> Result<Value, InjectError> {
         Some(m) => optional_object(m.get("annotations"), "request.object.metadata.annotations")?,
         None => None,
     };
-    if !annotation_is_true(annotations, INJECT_ANNOTATION)
-        || annotation_is_true(annotations, INJECTED_ANNOTATION)
-    {
+    if !annotation_is_true(annotations, INJECT_ANNOTATION) || annotation_is_true(annotations, INJECTED_ANNOTATION) {
         return Ok(response(uid, None));
     }
 
@@ -231,13 +220,13 @@ pub fn review(body: &[u8], sidecar: &Sidecar) -> Result<Value, InjectError> {
             field: "request.object.spec",
             expected: "an object",
         })?;
-    let containers =
-        spec.get("containers")
-            .and_then(Value::as_array)
-            .ok_or(InjectError::InvalidField {
-                field: "request.object.spec.containers",
-                expected: "an array",
-            })?;
+    let containers = spec
+        .get("containers")
+        .and_then(Value::as_array)
+        .ok_or(InjectError::InvalidField {
+            field: "request.object.spec.containers",
+            expected: "an array",
+        })?;
     let volumes = match spec.get("volumes") {
         None | Some(Value::Null) => None,
         Some(Value::Array(v)) => Some(v),
@@ -253,9 +242,7 @@ pub fn review(body: &[u8], sidecar: &Sidecar) -> Result<Value, InjectError> {
         .iter()
         .filter_map(|c| c.get("name").and_then(Value::as_str))
         .collect();
-    if existing.contains(SIDECAR_CONTAINER)
-        || sidecar.container_names().any(|n| existing.contains(n))
-    {
+    if existing.contains(SIDECAR_CONTAINER) || sidecar.container_names().any(|n| existing.contains(n)) {
         return Ok(response(uid, None));
     }
 
@@ -283,11 +270,7 @@ fn volume_patch(existing: Option<&Vec<Value>>, wanted: &[Map<String, Value>]) ->
         .collect();
     let new: Vec<Value> = wanted
         .iter()
-        .filter(|v| {
-            v.get("name")
-                .and_then(Value::as_str)
-                .is_none_or(|n| !have.contains(n))
-        })
+        .filter(|v| v.get("name").and_then(Value::as_str).is_none_or(|n| !have.contains(n)))
         .cloned()
         .map(Value::Object)
         .collect();
@@ -350,12 +333,8 @@ fn response(uid: &str, patch: Option<&[Value]>) -> Value {
     answer.insert("uid".to_owned(), Value::String(uid.to_owned()));
     answer.insert("allowed".to_owned(), Value::Bool(true));
     if let Some(patch) = patch {
-        let encoded = base64::engine::general_purpose::STANDARD
-            .encode(Value::Array(patch.to_vec()).to_string());
-        answer.insert(
-            "patchType".to_owned(),
-            Value::String("JSONPatch".to_owned()),
-        );
+        let encoded = base64::engine::general_purpose::STANDARD.encode(Value::Array(patch.to_vec()).to_string());
+        answer.insert("patchType".to_owned(), Value::String("JSONPatch".to_owned()));
         answer.insert("patch".to_owned(), Value::String(encoded));
     }
     json!({

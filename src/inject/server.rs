@@ -103,10 +103,7 @@ where
 
     drop(listener);
     tracing::info!("inject webhook stopping");
-    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await.is_err() {
         tracing::warn!("connections still open after the drain timeout; closing them");
     }
     Ok(())
@@ -126,8 +123,8 @@ async fn tls_config(cert: &Path, key: &Path) -> anyhow::Result<ServerConfig> {
     let key_pem = tokio::fs::read(key)
         .await
         .with_context(|| format!("reading TLS key {}", key.display()))?;
-    let key_der = PrivateKeyDer::from_pem_slice(&key_pem)
-        .map_err(|e| anyhow::anyhow!("TLS key {}: {e}", key.display()))?;
+    let key_der =
+        PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| anyhow::anyhow!("TLS key {}: {e}", key.display()))?;
 
     // The provider is named explicitly, so that it does not matter which rustls crypto
     // features other crates enable.
@@ -157,19 +154,13 @@ where
     // The API server calls e.g. /mutate?timeout=5s: route on the path alone.
     match (req.method(), req.uri().path()) {
         (&Method::POST, "/mutate") => mutate(req, sidecar).await,
-        (&Method::GET | &Method::HEAD, "/healthz") => {
-            json_response(StatusCode::OK, &json!({ "status": "ok" }))
-        }
+        (&Method::GET | &Method::HEAD, "/healthz") => json_response(StatusCode::OK, &json!({ "status": "ok" })),
         (_, "/mutate" | "/healthz") => error_response(
             StatusCode::METHOD_NOT_ALLOWED,
             "method_not_allowed",
             &format!("{} is not allowed on {}", req.method(), req.uri().path()),
         ),
-        (_, path) => error_response(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            &format!("no route for {path}"),
-        ),
+        (_, path) => error_response(StatusCode::NOT_FOUND, "not_found", &format!("no route for {path}")),
     }
 }
 
@@ -186,11 +177,7 @@ where
     if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
         return too_large();
     }
-    let collected = tokio::time::timeout(
-        BODY_TIMEOUT,
-        Limited::new(req.into_body(), MAX_BODY_BYTES).collect(),
-    )
-    .await;
+    let collected = tokio::time::timeout(BODY_TIMEOUT, Limited::new(req.into_body(), MAX_BODY_BYTES).collect()).await;
     let body = match collected {
         Ok(Ok(collected)) => collected.to_bytes(),
         Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => return too_large(),
@@ -202,18 +189,12 @@ where
             );
         }
         Err(_) => {
-            return error_response(
-                StatusCode::REQUEST_TIMEOUT,
-                "timeout",
-                "body not received in time",
-            );
+            return error_response(StatusCode::REQUEST_TIMEOUT, "timeout", "body not received in time");
         }
     };
     match review(&body, sidecar) {
         Ok(answer) => {
-            let patched = answer
-                .pointer("/response/patch")
-                .is_some_and(|p| !p.is_null());
+            let patched = answer.pointer("/response/patch").is_some_and(|p| !p.is_null());
             let uid = answer
                 .pointer("/response/uid")
                 .and_then(Value::as_str)
@@ -237,10 +218,7 @@ fn too_large() -> Response<Full<Bytes>> {
 }
 
 fn error_response(status: StatusCode, code: &str, message: &str) -> Response<Full<Bytes>> {
-    json_response(
-        status,
-        &json!({ "error": { "code": code, "message": message } }),
-    )
+    json_response(status, &json!({ "error": { "code": code, "message": message } }))
 }
 
 fn json_response(status: StatusCode, body: &Value) -> Response<Full<Bytes>> {

@@ -17,13 +17,10 @@ use super::*;
 type TestResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
 
 const ANNOTATED: &str = include_str!("../../tests/fixtures/admission/pod-annotated.json");
-const NO_VOLUMES: &str =
-    include_str!("../../tests/fixtures/admission/pod-annotated-no-volumes.json");
+const NO_VOLUMES: &str = include_str!("../../tests/fixtures/admission/pod-annotated-no-volumes.json");
 const NOT_ANNOTATED: &str = include_str!("../../tests/fixtures/admission/pod-not-annotated.json");
-const ALREADY_INJECTED: &str =
-    include_str!("../../tests/fixtures/admission/pod-already-injected.json");
-const WITH_PERMD: &str =
-    include_str!("../../tests/fixtures/admission/pod-with-permd-container.json");
+const ALREADY_INJECTED: &str = include_str!("../../tests/fixtures/admission/pod-already-injected.json");
+const WITH_PERMD: &str = include_str!("../../tests/fixtures/admission/pod-with-permd-container.json");
 const NOT_A_POD: &str = include_str!("../../tests/fixtures/admission/not-a-pod.json");
 const MISSING_UID: &str = include_str!("../../tests/fixtures/admission/missing-uid.json");
 const V1BETA1: &str = include_str!("../../tests/fixtures/admission/v1beta1.json");
@@ -44,22 +41,17 @@ fn pod_of(review_doc: &Value) -> Result<Value, String> {
 }
 
 /// The decoded JSON Patch of a review response, if any.
-fn patch_of(
-    answer: &Value,
-) -> Result<Option<json_patch::Patch>, Box<dyn std::error::Error + Send + Sync>> {
+fn patch_of(answer: &Value) -> Result<Option<json_patch::Patch>, Box<dyn std::error::Error + Send + Sync>> {
     let response = at(answer, "/response")?;
     match response.get("patch") {
         None => {
-            assert!(
-                response.get("patchType").is_none(),
-                "patchType without patch"
-            );
+            assert!(response.get("patchType").is_none(), "patchType without patch");
             Ok(None)
         }
         Some(encoded) => {
             assert_eq!(response.get("patchType"), Some(&json!("JSONPatch")));
-            let raw = base64::engine::general_purpose::STANDARD
-                .decode(encoded.as_str().ok_or("patch is not a string")?)?;
+            let raw =
+                base64::engine::general_purpose::STANDARD.decode(encoded.as_str().ok_or("patch is not a string")?)?;
             Ok(Some(serde_json::from_slice(&raw)?))
         }
     }
@@ -84,9 +76,7 @@ fn review_and_apply(
 
 fn with_pod(doc: &Value, pod: Value) -> Result<Value, String> {
     let mut doc = doc.clone();
-    let slot = doc
-        .pointer_mut("/request/object")
-        .ok_or("no request.object")?;
+    let slot = doc.pointer_mut("/request/object").ok_or("no request.object")?;
     *slot = pod;
     Ok(doc)
 }
@@ -104,10 +94,7 @@ fn annotated_pod_is_injected_exactly_once() -> TestResult {
     let sidecar = sidecar()?;
     let doc: Value = serde_json::from_str(ANNOTATED)?;
     let (answer, pod) = review_and_apply(&doc, &sidecar)?;
-    assert!(
-        patch_of(&answer)?.is_some(),
-        "no patch for an annotated pod"
-    );
+    assert!(patch_of(&answer)?.is_some(), "no patch for an annotated pod");
 
     assert_eq!(names(at(&pod, "/spec/containers")?), ["app", "permd"]);
     let injected = at(&pod, "/spec/containers/1")?;
@@ -170,10 +157,7 @@ fn pod_without_volumes_gets_the_volumes_array() -> TestResult {
             .any(|op| op.get("path") == Some(&json!("/spec/volumes"))),
         "the volumes array is created: {patch}"
     );
-    assert_eq!(
-        names(at(&pod, "/spec/volumes")?),
-        ["permd-cache", "permd-socket"]
-    );
+    assert_eq!(names(at(&pod, "/spec/volumes")?), ["permd-cache", "permd-socket"]);
     assert_eq!(names(at(&pod, "/spec/containers")?), ["app", "permd"]);
     Ok(())
 }
@@ -249,10 +233,7 @@ fn only_create_is_patched() -> TestResult {
 #[test]
 fn annotations_and_metadata_are_created_when_absent() -> TestResult {
     let cases = [
-        (
-            json!({"metadata": {"name": "p"}, "spec": {}}),
-            "/metadata/annotations",
-        ),
+        (json!({"metadata": {"name": "p"}, "spec": {}}), "/metadata/annotations"),
         (json!({"spec": {}}), "/metadata"),
         (
             json!({"metadata": {"annotations": {"a": "b"}}, "spec": {}}),
@@ -266,11 +247,7 @@ fn annotations_and_metadata_are_created_when_absent() -> TestResult {
         assert_eq!(op.get("path"), Some(&json!(path)));
         let patch: json_patch::Patch = serde_json::from_value(json!([op]))?;
         json_patch::patch(&mut pod, &patch)?;
-        assert_eq!(
-            at(&pod, "/metadata/annotations/permd.io~1injected")?,
-            "true",
-            "{pod}"
-        );
+        assert_eq!(at(&pod, "/metadata/annotations/permd.io~1injected")?, "true", "{pod}");
     }
     Ok(())
 }
@@ -303,13 +280,11 @@ fn malformed_reviews_are_errors_naming_the_field() -> TestResult {
             "request",
         ),
         (
-            json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {"uid": ""}})
-                .to_string(),
+            json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {"uid": ""}}).to_string(),
             "request.uid",
         ),
         (
-            json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {"uid": 7}})
-                .to_string(),
+            json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {"uid": 7}}).to_string(),
             "request.uid",
         ),
         (
@@ -341,11 +316,7 @@ fn malformed_reviews_are_errors_naming_the_field() -> TestResult {
             json!([]),
             "request.object.metadata.annotations",
         ),
-        (
-            "/request/object/metadata",
-            json!(1),
-            "request.object.metadata",
-        ),
+        ("/request/object/metadata", json!(1), "request.object.metadata"),
     ] {
         let mut doc = annotated.clone();
         if let Some(v) = doc.pointer_mut(pointer) {
@@ -396,10 +367,7 @@ fn sidecar_documents_are_checked() {
         (r#"{"containers": []}"#, "containers is empty"),
         (r#"{"volumes": []}"#, "containers is empty"),
         (r#"{"containers": [{"image": "x"}]}"#, "containers[0].name"),
-        (
-            r#"{"containers": [{"name": "permd"}, {"name": "permd"}]}"#,
-            "twice",
-        ),
+        (r#"{"containers": [{"name": "permd"}, {"name": "permd"}]}"#, "twice"),
         (
             r#"{"containers": [{"name": "permd"}], "volumes": [{"emptyDir": {}}]}"#,
             "volumes[0].name",
@@ -434,9 +402,7 @@ async fn call(
     let resp = handle(req, sidecar).await;
     let status = resp.status();
     assert_eq!(
-        resp.headers()
-            .get(http::header::CONTENT_TYPE)
-            .map(|v| v.as_bytes()),
+        resp.headers().get(http::header::CONTENT_TYPE).map(|v| v.as_bytes()),
         Some(&b"application/json"[..])
     );
     let body = resp.into_body().collect().await?.to_bytes();
@@ -446,13 +412,7 @@ async fn call(
 #[tokio::test]
 async fn handler_statuses() -> TestResult {
     let sidecar = sidecar()?;
-    let (status, body) = call(
-        &sidecar,
-        Method::POST,
-        "/mutate?timeout=5s",
-        ANNOTATED.into(),
-    )
-    .await?;
+    let (status, body) = call(&sidecar, Method::POST, "/mutate?timeout=5s", ANNOTATED.into()).await?;
     assert_eq!(status, StatusCode::OK);
     assert!(patch_of(&body)?.is_some());
 
@@ -474,15 +434,9 @@ async fn handler_statuses() -> TestResult {
     let req = Request::builder()
         .method(Method::POST)
         .uri("/mutate")
-        .header(
-            http::header::CONTENT_LENGTH,
-            (MAX_BODY_BYTES + 1).to_string(),
-        )
+        .header(http::header::CONTENT_LENGTH, (MAX_BODY_BYTES + 1).to_string())
         .body(Full::new(Bytes::from_static(b"{}")))?;
-    assert_eq!(
-        handle(req, &sidecar).await.status(),
-        StatusCode::PAYLOAD_TOO_LARGE
-    );
+    assert_eq!(handle(req, &sidecar).await.status(), StatusCode::PAYLOAD_TOO_LARGE);
     // Exactly at the limit is read (and then judged on content).
     let mut padded = ANNOTATED.as_bytes().to_vec();
     padded.resize(MAX_BODY_BYTES, b' ');
@@ -518,8 +472,7 @@ fn pki() -> Result<Pki, Box<dyn std::error::Error + Send + Sync>> {
     let ca_cert = ca_params.self_signed(&ca_key)?;
     let issuer = rcgen::Issuer::from_params(&ca_params, &ca_key);
     let server_key = rcgen::KeyPair::generate()?;
-    let server_params =
-        rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])?;
+    let server_params = rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])?;
     let server_cert = server_params.signed_by(&server_key, &issuer)?;
 
     let dir = tempfile::tempdir()?;
@@ -553,9 +506,7 @@ async fn post_tls(
     body: &str,
 ) -> Result<(StatusCode, Value), Box<dyn std::error::Error + Send + Sync>> {
     let tcp = tokio::net::TcpStream::connect(addr).await?;
-    let tls = connector
-        .connect(ServerName::try_from("localhost")?, tcp)
-        .await?;
+    let tls = connector.connect(ServerName::try_from("localhost")?, tcp).await?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
     tokio::spawn(conn);
     let req = Request::builder()
@@ -586,22 +537,13 @@ async fn serves_reviews_over_tls() -> TestResult {
 
     let mut roots = rustls::RootCertStore::empty();
     roots.add(pki.ca_der.clone())?;
-    let client = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let client = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
     let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
 
-    let (status, answer) = post_tls(
-        &connector,
-        addr,
-        Method::POST,
-        "/mutate?timeout=5s",
-        ANNOTATED,
-    )
-    .await?;
+    let (status, answer) = post_tls(&connector, addr, Method::POST, "/mutate?timeout=5s", ANNOTATED).await?;
     assert_eq!(status, StatusCode::OK);
     let doc: Value = serde_json::from_str(ANNOTATED)?;
     assert_eq!(at(&answer, "/response/uid")?, at(&doc, "/request/uid")?);
@@ -609,13 +551,11 @@ async fn serves_reviews_over_tls() -> TestResult {
     json_patch::patch(&mut pod, &patch_of(&answer)?.ok_or("no patch")?)?;
     assert_eq!(names(at(&pod, "/spec/containers")?), ["app", "permd"]);
 
-    let (status, answer) =
-        post_tls(&connector, addr, Method::POST, "/mutate", NOT_ANNOTATED).await?;
+    let (status, answer) = post_tls(&connector, addr, Method::POST, "/mutate", NOT_ANNOTATED).await?;
     assert_eq!(status, StatusCode::OK);
     assert!(patch_of(&answer)?.is_none());
 
-    let (status, body) =
-        post_tls(&connector, addr, Method::POST, "/mutate", "{\"kind\": 1}").await?;
+    let (status, body) = post_tls(&connector, addr, Method::POST, "/mutate", "{\"kind\": 1}").await?;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(at(&body, "/error/code")?, "invalid_argument");
 
@@ -623,12 +563,10 @@ async fn serves_reviews_over_tls() -> TestResult {
     assert_eq!((status, body), (StatusCode::OK, json!({"status": "ok"})));
 
     // A client that does not trust the CA is refused at the handshake.
-    let untrusting = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()?
-    .with_root_certificates(rustls::RootCertStore::empty())
-    .with_no_client_auth();
+    let untrusting = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
     let refused = post_tls(
         &tokio_rustls::TlsConnector::from(Arc::new(untrusting)),
         addr,
@@ -651,10 +589,7 @@ async fn run_fails_cleanly_on_bad_files() -> TestResult {
 
     let mut opts = options(&pki, addr);
     opts.tls_cert = pki.dir.path().join("missing.crt");
-    let err = run(opts)
-        .await
-        .err()
-        .ok_or("run accepted a missing certificate")?;
+    let err = run(opts).await.err().ok_or("run accepted a missing certificate")?;
     assert!(format!("{err:#}").contains("missing.crt"), "{err:#}");
 
     let mut opts = options(&pki, addr);
@@ -664,10 +599,7 @@ async fn run_fails_cleanly_on_bad_files() -> TestResult {
 
     let mut opts = options(&pki, addr);
     opts.sidecar_file = pki.dir.path().join("tls.key"); // not JSON
-    let err = run(opts)
-        .await
-        .err()
-        .ok_or("run accepted a bad sidecar file")?;
+    let err = run(opts).await.err().ok_or("run accepted a bad sidecar file")?;
     assert!(format!("{err:#}").contains("sidecar"), "{err:#}");
     Ok(())
 }

@@ -81,14 +81,33 @@ pub enum Item {
 /// The identity fields of an item, as a delete carries them.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Identity {
-    Org { key: String },
-    ResourceType { key: String },
-    Role { key: String, org: Option<String> },
-    User { key: String },
-    Resource { resource_type: String, key: String },
+    Org {
+        key: String,
+    },
+    ResourceType {
+        key: String,
+    },
+    Role {
+        key: String,
+        org: Option<String>,
+    },
+    User {
+        key: String,
+    },
+    Resource {
+        resource_type: String,
+        key: String,
+    },
     RoleAssignment(RoleAssignment),
-    RoleGrant { org: String, role: String, resource: String },
-    Menu { platform: String, code: String },
+    RoleGrant {
+        org: String,
+        role: String,
+        resource: String,
+    },
+    Menu {
+        platform: String,
+        code: String,
+    },
 }
 
 impl Item {
@@ -215,12 +234,14 @@ impl DeltaBatch {
     /// Decodes one NDJSON line and validates it structurally (keys, permission strings,
     /// versions). References to unknown items are not errors here: they are ignored items.
     pub fn from_json(line: &[u8]) -> Result<DeltaBatch, SnapshotError> {
-        let raw: RawBatch =
-            serde_json::from_slice(line).map_err(|e| SnapshotError::Parse(e.to_string()))?;
+        let raw: RawBatch = serde_json::from_slice(line).map_err(|e| SnapshotError::Parse(e.to_string()))?;
         if raw.to_version <= raw.from_version {
             return Err(SnapshotError::invalid(
                 "to_version",
-                format!("`{}` is not greater than from_version `{}`", raw.to_version, raw.from_version),
+                format!(
+                    "`{}` is not greater than from_version `{}`",
+                    raw.to_version, raw.from_version
+                ),
             ));
         }
         let mut ops = Vec::with_capacity(raw.ops.len());
@@ -243,7 +264,11 @@ impl DeltaBatch {
             super::validate::validate_op(&op, &vat)?;
             ops.push(op);
         }
-        Ok(DeltaBatch { from_version: raw.from_version, to_version: raw.to_version, ops })
+        Ok(DeltaBatch {
+            from_version: raw.from_version,
+            to_version: raw.to_version,
+            ops,
+        })
     }
 
     /// Encodes the batch as one JSON line (no trailing newline).
@@ -270,9 +295,15 @@ impl Item {
 impl Identity {
     fn decode(kind: Kind, value: Value, at: &str) -> Result<Identity, SnapshotError> {
         Ok(match kind {
-            Kind::Org => Identity::Org { key: field::<KeyId>(value, at)?.key },
-            Kind::ResourceType => Identity::ResourceType { key: field::<KeyId>(value, at)?.key },
-            Kind::User => Identity::User { key: field::<KeyId>(value, at)?.key },
+            Kind::Org => Identity::Org {
+                key: field::<KeyId>(value, at)?.key,
+            },
+            Kind::ResourceType => Identity::ResourceType {
+                key: field::<KeyId>(value, at)?.key,
+            },
+            Kind::User => Identity::User {
+                key: field::<KeyId>(value, at)?.key,
+            },
             Kind::Role => {
                 let RoleId { key, org } = field(value, at)?;
                 Identity::Role { key, org }
@@ -282,8 +313,18 @@ impl Identity {
                 Identity::Resource { resource_type, key }
             }
             Kind::RoleAssignment => {
-                let AssignmentId { user, role, org, resource } = field(value, at)?;
-                Identity::RoleAssignment(RoleAssignment { user, role, org, resource })
+                let AssignmentId {
+                    user,
+                    role,
+                    org,
+                    resource,
+                } = field(value, at)?;
+                Identity::RoleAssignment(RoleAssignment {
+                    user,
+                    role,
+                    org,
+                    resource,
+                })
             }
             Kind::RoleGrant => {
                 let GrantId { org, role, resource } = field(value, at)?;
@@ -300,9 +341,11 @@ impl Identity {
 impl Serialize for Op {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let (op, kind, value) = match self {
-            Op::Upsert(item) => {
-                ("upsert", item.kind(), item.to_value().map_err(serde::ser::Error::custom)?)
-            }
+            Op::Upsert(item) => (
+                "upsert",
+                item.kind(),
+                item.to_value().map_err(serde::ser::Error::custom)?,
+            ),
             Op::Delete(id) => ("delete", id.kind(), id.to_value()),
         };
         let mut map = s.serialize_map(Some(3))?;
@@ -353,6 +396,9 @@ mod tests {
             let err = DeltaBatch::from_json(line).unwrap_err().to_string();
             assert!(err.starts_with(field), "{err} should name {field}");
         }
-        assert!(matches!(DeltaBatch::from_json(b"{\"from_ver"), Err(SnapshotError::Parse(_))));
+        assert!(matches!(
+            DeltaBatch::from_json(b"{\"from_ver"),
+            Err(SnapshotError::Parse(_))
+        ));
     }
 }

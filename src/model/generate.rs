@@ -21,7 +21,15 @@ pub struct Params {
 
 impl Default for Params {
     fn default() -> Self {
-        Params { users: 100_000, assignments: 1_000_000, resources: 100_000, orgs: 100, depth: 8, grants: 1_000, seed: 1 }
+        Params {
+            users: 100_000,
+            assignments: 1_000_000,
+            resources: 100_000,
+            orgs: 100,
+            depth: 8,
+            grants: 1_000,
+            seed: 1,
+        }
     }
 }
 
@@ -41,7 +49,12 @@ fn role(key: &str, permissions: &[&str], extends: &[&str]) -> Role {
 }
 
 fn rtype(key: &str, actions: &[&str]) -> ResourceType {
-    ResourceType { key: key.into(), actions: actions.iter().map(|s| s.to_string()).collect(), name: None, description: None }
+    ResourceType {
+        key: key.into(),
+        actions: actions.iter().map(|s| s.to_string()).collect(),
+        name: None,
+        description: None,
+    }
 }
 
 /// Org key of tenant `i`: tenants come in groups of ten under the group's first tenant.
@@ -52,11 +65,25 @@ pub fn org_key(i: usize) -> String {
 pub fn generate(p: &Params) -> Snapshot {
     let mut rng = SmallRng::seed_from_u64(p.seed);
     let n_orgs = p.orgs.max(1);
-    let mut s = Snapshot { format: 1, version: 1, ..Snapshot::default() };
-    s.orgs.push(Org { key: "default".into(), parent: None, name: None, attributes: None });
+    let mut s = Snapshot {
+        format: 1,
+        version: 1,
+        ..Snapshot::default()
+    };
+    s.orgs.push(Org {
+        key: "default".into(),
+        parent: None,
+        name: None,
+        attributes: None,
+    });
     for i in 0..n_orgs {
         let parent = (i % 10 != 0).then(|| org_key(i - i % 10));
-        s.orgs.push(Org { key: org_key(i), parent, name: None, attributes: None });
+        s.orgs.push(Org {
+            key: org_key(i),
+            parent,
+            name: None,
+            attributes: None,
+        });
     }
     s.resource_types = vec![
         rtype("folder", &["read", "write", "share"]),
@@ -82,16 +109,24 @@ pub fn generate(p: &Params) -> Snapshot {
                 break 'orgs;
             }
             let is_folder = j == 0 || rng.random_range(0..5) == 0;
-            let candidates: Vec<usize> =
-                (0..folders.len()).filter(|&f| folders.get(f).is_some_and(|(_, d)| *d + 1 < p.depth.max(1))).collect();
+            let candidates: Vec<usize> = (0..folders.len())
+                .filter(|&f| folders.get(f).is_some_and(|(_, d)| *d + 1 < p.depth.max(1)))
+                .collect();
             let parent = if folders.is_empty() {
                 None
             } else if is_folder && !candidates.is_empty() {
-                candidates.get(rng.random_range(0..candidates.len())).and_then(|&f| folders.get(f)).cloned()
+                candidates
+                    .get(rng.random_range(0..candidates.len()))
+                    .and_then(|&f| folders.get(f))
+                    .cloned()
             } else {
                 folders.get(rng.random_range(0..folders.len())).cloned()
             };
-            let (rtype, key) = if is_folder { ("folder", format!("f{o}-{j}")) } else { ("document", format!("d{o}-{j}")) };
+            let (rtype, key) = if is_folder {
+                ("folder", format!("f{o}-{j}"))
+            } else {
+                ("document", format!("d{o}-{j}"))
+            };
             let depth = parent.as_ref().map_or(0, |(_, d)| d + 1);
             s.resources.push(Resource {
                 resource_type: rtype.into(),
@@ -115,8 +150,12 @@ pub fn generate(p: &Params) -> Snapshot {
         let u = rng.random_range(0..users);
         let o = rng.random_range(0..n_orgs);
         let (r, resource) = if rng.random_range(0..5) == 0 {
-            let Some(folders) = folders_by_org.get(o).filter(|f| !f.is_empty()) else { continue };
-            let f = folders.get(rng.random_range(0..folders.len())).map(|(k, _)| format!("folder:{k}"));
+            let Some(folders) = folders_by_org.get(o).filter(|f| !f.is_empty()) else {
+                continue;
+            };
+            let f = folders
+                .get(rng.random_range(0..folders.len()))
+                .map(|(k, _)| format!("folder:{k}"));
             (rng.random_range(0..2), f)
         } else {
             (rng.random_range(0..ORG_ROLES.len()), None)
@@ -135,8 +174,12 @@ pub fn generate(p: &Params) -> Snapshot {
     let mut granted = HashSet::new();
     for _ in 0..p.grants {
         let o = rng.random_range(0..n_orgs);
-        let Some(folders) = folders_by_org.get(o).filter(|f| !f.is_empty()) else { continue };
-        let Some((k, _)) = folders.get(rng.random_range(0..folders.len())) else { continue };
+        let Some(folders) = folders_by_org.get(o).filter(|f| !f.is_empty()) else {
+            continue;
+        };
+        let Some((k, _)) = folders.get(rng.random_range(0..folders.len())) else {
+            continue;
+        };
         if granted.insert(k.clone()) {
             s.role_grants.push(RoleGrant {
                 org: org_key(o),
@@ -156,7 +199,15 @@ mod tests {
 
     #[test]
     fn generated_snapshots_are_valid_and_deterministic() {
-        let p = Params { users: 50, assignments: 400, resources: 300, orgs: 12, depth: 4, grants: 10, seed: 9 };
+        let p = Params {
+            users: 50,
+            assignments: 400,
+            resources: 300,
+            orgs: 12,
+            depth: 4,
+            grants: 10,
+            seed: 9,
+        };
         let a = generate(&p);
         super::super::validate(&a).unwrap();
         assert_eq!(a, generate(&p));

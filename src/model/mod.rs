@@ -199,7 +199,10 @@ pub enum SnapshotError {
 
 impl SnapshotError {
     pub(crate) fn invalid(field: impl Into<String>, problem: impl Into<String>) -> Self {
-        SnapshotError::Invalid { field: field.into(), problem: problem.into() }
+        SnapshotError::Invalid {
+            field: field.into(),
+            problem: problem.into(),
+        }
     }
 }
 
@@ -224,7 +227,9 @@ impl Snapshot {
     /// Encodes the document; MessagePack uses field names (`to_vec_named`).
     pub fn encode(&self, encoding: Encoding) -> Result<Vec<u8>, SnapshotError> {
         let out = match encoding {
-            Encoding::Yaml => yaml_serde::to_string(self).map(String::into_bytes).map_err(|e| e.to_string()),
+            Encoding::Yaml => yaml_serde::to_string(self)
+                .map(String::into_bytes)
+                .map_err(|e| e.to_string()),
             Encoding::Json => serde_json::to_vec_pretty(self).map_err(|e| e.to_string()),
             Encoding::MessagePack => rmp_serde::to_vec_named(self).map_err(|e| e.to_string()),
         };
@@ -272,7 +277,9 @@ impl Snapshot {
             }
             Item::RoleGrant(v) => {
                 let (o, r, res) = (v.org.clone(), v.role.clone(), v.resource.clone());
-                put(&mut self.role_grants, v, |x| x.org == o && x.role == r && x.resource == res)
+                put(&mut self.role_grants, v, |x| {
+                    x.org == o && x.role == r && x.resource == res
+                })
             }
             Item::Menu(v) => {
                 let (p, c) = (v.platform.clone(), v.code.clone());
@@ -295,9 +302,7 @@ impl Snapshot {
             I::RoleGrant { org, role, resource } => self
                 .role_grants
                 .retain(|x| !(&x.org == org && &x.role == role && &x.resource == resource)),
-            I::Menu { platform, code } => {
-                self.menus.retain(|x| !(&x.platform == platform && &x.code == code))
-            }
+            I::Menu { platform, code } => self.menus.retain(|x| !(&x.platform == platform && &x.code == code)),
         }
     }
 }

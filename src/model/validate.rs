@@ -19,7 +19,8 @@ pub struct ResourceRef<'a> {
 impl<'a> ResourceRef<'a> {
     /// Splits `type:key`; `None` when there is no `:`.
     pub fn parse(s: &'a str) -> Option<ResourceRef<'a>> {
-        s.split_once(':').map(|(resource_type, key)| ResourceRef { resource_type, key })
+        s.split_once(':')
+            .map(|(resource_type, key)| ResourceRef { resource_type, key })
     }
 }
 
@@ -140,7 +141,10 @@ fn each<'a, T, I: std::hash::Hash + Eq + std::fmt::Debug>(
         check(item, &at)?;
         let id = identity(item);
         if seen.contains(&id) {
-            return Err(SnapshotError::Duplicate { field: at, identity: format!("{id:?}") });
+            return Err(SnapshotError::Duplicate {
+                field: at,
+                identity: format!("{id:?}"),
+            });
         }
         seen.insert(id);
     }
@@ -156,7 +160,9 @@ pub fn validate(s: &Snapshot) -> Result<(), SnapshotError> {
     each(&s.resource_types, "resource_types", resource_type, |v| v.key.as_str())?;
     each(&s.roles, "roles", role, |v| (v.org.as_deref(), v.key.as_str()))?;
     each(&s.users, "users", user, |v| v.key.as_str())?;
-    each(&s.resources, "resources", resource, |v| (v.resource_type.as_str(), v.key.as_str()))?;
+    each(&s.resources, "resources", resource, |v| {
+        (v.resource_type.as_str(), v.key.as_str())
+    })?;
     each(&s.role_assignments, "role_assignments", assignment, |v| v)?;
     each(&s.role_grants, "role_grants", grant, |v| {
         (v.org.as_str(), v.role.as_str(), v.resource.as_str())
@@ -229,13 +235,34 @@ mod tests {
             ("format: 2\nversion: 1\n", "only format 1"),
             ("format: 1\nversion: -1\n", "does not parse"),
             ("format: 1\nversion: 1\nroless: []\n", "unknown field `roless`"),
-            ("format: 1\nversion: 1\norgs: [{key: a}, {key: a}]\n", "orgs[1]: duplicate"),
-            ("format: 1\nversion: 1\nroles: [{key: r, permissions: [read]}]\n", "roles[0].permissions[0]"),
-            ("format: 1\nversion: 1\nroles: [{key: r, permissions: [':read']}]\n", "roles[0].permissions[0]"),
-            ("format: 1\nversion: 1\norgs: [{key: ''}]\n", "orgs[0].key: must not be empty"),
-            ("format: 1\nversion: 1\nresources: [{type: t, key: k, org: o, parents: ['t']}]\n", "resources[0].parents[0]"),
-            ("format: 1\nversion: 1\nrole_assignments: [{user: u, role: r}]\n", "missing field `org`"),
-            ("format: 1\nversion: 1\nusers: [{key: u, emial: x}]\n", "unknown field `emial`"),
+            (
+                "format: 1\nversion: 1\norgs: [{key: a}, {key: a}]\n",
+                "orgs[1]: duplicate",
+            ),
+            (
+                "format: 1\nversion: 1\nroles: [{key: r, permissions: [read]}]\n",
+                "roles[0].permissions[0]",
+            ),
+            (
+                "format: 1\nversion: 1\nroles: [{key: r, permissions: [':read']}]\n",
+                "roles[0].permissions[0]",
+            ),
+            (
+                "format: 1\nversion: 1\norgs: [{key: ''}]\n",
+                "orgs[0].key: must not be empty",
+            ),
+            (
+                "format: 1\nversion: 1\nresources: [{type: t, key: k, org: o, parents: ['t']}]\n",
+                "resources[0].parents[0]",
+            ),
+            (
+                "format: 1\nversion: 1\nrole_assignments: [{user: u, role: r}]\n",
+                "missing field `org`",
+            ),
+            (
+                "format: 1\nversion: 1\nusers: [{key: u, emial: x}]\n",
+                "unknown field `emial`",
+            ),
         ];
         for (doc, want) in cases {
             let err = load(doc).unwrap_err().to_string();

@@ -24,19 +24,28 @@ async fn fingerprint(path: &Path) -> std::io::Result<Fingerprint> {
     let inode = std::os::unix::fs::MetadataExt::ino(&meta);
     #[cfg(not(unix))]
     let inode = 0;
-    Ok(Fingerprint { len: meta.len(), modified: meta.modified().ok(), inode })
+    Ok(Fingerprint {
+        len: meta.len(),
+        modified: meta.modified().ok(),
+        inode,
+    })
 }
 
 /// Reads at most `limit` bytes; a longer file is an error rather than an unbounded buffer.
 async fn read_bounded(path: &Path, limit: usize) -> Result<Vec<u8>, String> {
-    let file = tokio::fs::File::open(path).await.map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
+    let file = tokio::fs::File::open(path)
+        .await
+        .map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
     let mut bytes = Vec::new();
     file.take(limit as u64 + 1)
         .read_to_end(&mut bytes)
         .await
         .map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
     if bytes.len() > limit {
-        return Err(format!("`{}` is larger than max_snapshot_bytes ({limit} bytes)", path.display()));
+        return Err(format!(
+            "`{}` is larger than max_snapshot_bytes ({limit} bytes)",
+            path.display()
+        ));
     }
     Ok(bytes)
 }

@@ -13,8 +13,11 @@ use std::sync::Arc;
 /// Starts the configured source on the current runtime.
 pub fn spawn(cfg: &Config, store: Arc<Store>) -> tokio::task::JoinHandle<()> {
     match &cfg.source {
-        Source::File(path) => {
-            tokio::spawn(watch_file(path.clone(), store, cfg.poll_interval, cfg.max_snapshot_bytes))
-        }
+        Source::File(path) => tokio::spawn(watch_file(
+            path.clone(),
+            store,
+            cfg.poll_interval,
+            cfg.max_snapshot_bytes,
+        )),
     }
 }

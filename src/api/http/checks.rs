@@ -42,7 +42,9 @@ impl MinVersion {
                     .ok_or_else(|| RequestError::invalid(format!("header `{name}` must be an unsigned integer"))),
             }
         };
-        let Some(min) = num("x-permd-min-version")? else { return Ok(None) };
+        let Some(min) = num("x-permd-min-version")? else {
+            return Ok(None);
+        };
         let wait_ms = num("x-permd-wait-ms")?.unwrap_or(1000).min(MAX_WAIT_MS);
         Ok(Some(MinVersion { min, wait_ms }))
     }
@@ -53,14 +55,17 @@ impl Ctx<'_> {
     async fn index(&self) -> Result<Arc<Index>, RequestError> {
         let store = &self.state.store;
         match self.min_version {
-            None => store.load().ok_or_else(|| RequestError::Unavailable("no snapshot is active yet".into())),
-            Some(mv) => store.at_least(mv.min, Duration::from_millis(mv.wait_ms)).await.ok_or_else(|| {
-                RequestError::VersionNotReached {
+            None => store
+                .load()
+                .ok_or_else(|| RequestError::Unavailable("no snapshot is active yet".into())),
+            Some(mv) => store
+                .at_least(mv.min, Duration::from_millis(mv.wait_ms))
+                .await
+                .ok_or_else(|| RequestError::VersionNotReached {
                     min: mv.min,
                     wait_ms: mv.wait_ms,
                     active: store.load().map_or_else(|| "none".into(), |i| i.version().to_string()),
-                }
-            }),
+                }),
         }
     }
 }
@@ -132,7 +137,10 @@ pub async fn allowed_bulk(ctx: &Ctx<'_>, body: &[u8]) -> Result<Response<Full<By
         },
     };
     if checks.len() > MAX_BATCH {
-        return Err(RequestError::invalid(format!("{} checks given; at most {MAX_BATCH} per request", checks.len())));
+        return Err(RequestError::invalid(format!(
+            "{} checks given; at most {MAX_BATCH} per request",
+            checks.len()
+        )));
     }
     let queries = checks
         .iter()
@@ -153,7 +161,13 @@ pub async fn allowed_bulk(ctx: &Ctx<'_>, body: &[u8]) -> Result<Response<Full<By
             }
         })
         .collect();
-    Ok(json(StatusCode::OK, &BulkOut { allow, version: ix.version() }))
+    Ok(json(
+        StatusCode::OK,
+        &BulkOut {
+            allow,
+            version: ix.version(),
+        },
+    ))
 }
 
 #[derive(Serialize)]
@@ -199,7 +213,11 @@ fn az_out(ix: &Index, q: &Query<'_>, explain: bool) -> AzOut {
     let d = ix.decide(q);
     AzOut {
         decision: d.allow,
-        context: AzContext { reason: d.reason.as_str(), version: d.version, debug: debug(ix, q, &d, explain) },
+        context: AzContext {
+            reason: d.reason.as_str(),
+            version: d.version,
+            debug: debug(ix, q, &d, explain),
+        },
     }
 }
 
@@ -230,7 +248,11 @@ pub async fn evaluations(ctx: &Ctx<'_>, body: &[u8]) -> Result<Response<Full<Byt
             items.len()
         )));
     }
-    let semantic = req.options.as_ref().and_then(|o| o.evaluations_semantic.as_ref()).map(|s| &*s.0);
+    let semantic = req
+        .options
+        .as_ref()
+        .and_then(|o| o.evaluations_semantic.as_ref())
+        .map(|s| &*s.0);
     let stop_on: Option<bool> = match semantic {
         None | Some("execute_all") => None,
         Some("deny_on_first_deny") => Some(false),

@@ -3,8 +3,8 @@
 
 use super::RequestError;
 use crate::index::{Query, Subject};
-use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::Deserialize;
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
 use std::borrow::Cow;
 use std::fmt;
 
@@ -100,7 +100,11 @@ impl<'de: 'a, 'a> Deserialize<'de> for ResourceIn<'a> {
                     None => (Cow::Owned(o), None),
                 },
             };
-            ResourceIn { resource_type: Some(Text(t)), key: k.map(Text), tenant: None }
+            ResourceIn {
+                resource_type: Some(Text(t)),
+                key: k.map(Text),
+                tenant: None,
+            }
         }
         impl<'de> Visitor<'de> for V {
             type Value = ResourceIn<'de>;
@@ -282,7 +286,10 @@ impl<'a> AzEvaluation<'a> {
     }
 
     pub fn query(&self, at: &str) -> Result<Query<'_>, RequestError> {
-        let subject = self.subject.as_ref().ok_or_else(|| RequestError::invalid(format!("`{at}subject` is required")))?;
+        let subject = self
+            .subject
+            .as_ref()
+            .ok_or_else(|| RequestError::invalid(format!("`{at}subject` is required")))?;
         let id = required(text(&subject.id), &format!("{at}subject.id"))?;
         let subject = match text(&subject.kind) {
             Some("user") => Subject::User(id),
@@ -294,8 +301,14 @@ impl<'a> AzEvaluation<'a> {
             }
             None => return Err(RequestError::invalid(format!("`{at}subject.type` is required"))),
         };
-        let action = required(self.action.as_ref().and_then(|a| text(&a.name)), &format!("{at}action.name"))?;
-        let res = self.resource.as_ref().ok_or_else(|| RequestError::invalid(format!("`{at}resource` is required")))?;
+        let action = required(
+            self.action.as_ref().and_then(|a| text(&a.name)),
+            &format!("{at}action.name"),
+        )?;
+        let res = self
+            .resource
+            .as_ref()
+            .ok_or_else(|| RequestError::invalid(format!("`{at}resource` is required")))?;
         Ok(Query {
             subject,
             action,
@@ -320,11 +333,16 @@ mod tests {
         let b: AllowedBody = serde_json::from_slice(body).unwrap();
         let q = b.query("").unwrap();
         assert_eq!(q.subject, Subject::User("alice"));
-        assert_eq!((q.resource_type, q.resource_key, q.org), ("document", Some("photo"), Some("acme")));
-        let b: AllowedBody = serde_json::from_slice(br#"{"user": "bob", "action": "read", "resource": "folder:a:b"}"#).unwrap();
+        assert_eq!(
+            (q.resource_type, q.resource_key, q.org),
+            ("document", Some("photo"), Some("acme"))
+        );
+        let b: AllowedBody =
+            serde_json::from_slice(br#"{"user": "bob", "action": "read", "resource": "folder:a:b"}"#).unwrap();
         let q = b.query("").unwrap();
         assert_eq!((q.resource_type, q.resource_key, q.org), ("folder", Some("a:b"), None));
-        let b: AllowedBody = serde_json::from_slice(br#"{"user": "b\u0062", "action": "read", "resource": "folder"}"#).unwrap();
+        let b: AllowedBody =
+            serde_json::from_slice(br#"{"user": "b\u0062", "action": "read", "resource": "folder"}"#).unwrap();
         let q = b.query("").unwrap();
         assert_eq!((q.subject, q.resource_key), (Subject::User("bb"), None));
     }
@@ -333,9 +351,15 @@ mod tests {
     fn missing_fields_are_named() {
         let cases: [(&[u8], &str); 4] = [
             (br#"{"action": "read", "resource": "d"}"#, "`user`"),
-            (br#"{"user": {"name": "x"}, "action": "read", "resource": "d"}"#, "`user`"),
+            (
+                br#"{"user": {"name": "x"}, "action": "read", "resource": "d"}"#,
+                "`user`",
+            ),
             (br#"{"user": "u", "action": "", "resource": "d"}"#, "`action`"),
-            (br#"{"user": "u", "action": "a", "resource": {"key": "k"}}"#, "`resource.type`"),
+            (
+                br#"{"user": "u", "action": "a", "resource": {"key": "k"}}"#,
+                "`resource.type`",
+            ),
         ];
         for (body, field) in cases {
             let b: AllowedBody = serde_json::from_slice(body).unwrap();

@@ -82,7 +82,15 @@ impl RequestError {
             RequestError::MethodNotAllowed { allow, .. } => Some(*allow),
             _ => None,
         };
-        let mut resp = json(status, &Body { error: Inner { code: self.code(), message: self.to_string() } });
+        let mut resp = json(
+            status,
+            &Body {
+                error: Inner {
+                    code: self.code(),
+                    message: self.to_string(),
+                },
+            },
+        );
         if let Some(allow) = allow {
             resp.headers_mut().insert(ALLOW, http::HeaderValue::from_static(allow));
         }
@@ -95,12 +103,16 @@ pub fn json<T: Serialize>(status: StatusCode, body: &T) -> Response<Full<Bytes>>
     let bytes = serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec());
     let mut resp = Response::new(Full::new(Bytes::from(bytes)));
     *resp.status_mut() = status;
-    resp.headers_mut().insert(CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
     resp
 }
 
 /// The one entry point hyper calls.
-pub async fn handle<B>(req: Request<B>, state: Arc<HttpState>) -> Result<Response<Full<Bytes>>, std::convert::Infallible>
+pub async fn handle<B>(
+    req: Request<B>,
+    state: Arc<HttpState>,
+) -> Result<Response<Full<Bytes>>, std::convert::Infallible>
 where
     B: hyper::body::Body<Data = Bytes> + Send,
     B::Error: std::error::Error + Send + Sync + 'static,
@@ -124,7 +136,10 @@ where
     };
     let head_ok = want == Method::GET && method == Method::HEAD;
     if method != want && !head_ok {
-        return Err(RequestError::MethodNotAllowed { method: method.to_string(), allow });
+        return Err(RequestError::MethodNotAllowed {
+            method: method.to_string(),
+            allow,
+        });
     }
     match path.as_str() {
         "/healthz" => return Ok(ops::healthz()),
@@ -133,13 +148,17 @@ where
         "/.well-known/authzen-configuration" => return Ok(ops::authzen_configuration(&req)),
         _ => {}
     }
-    let explain_param = req
-        .uri()
-        .query()
-        .is_some_and(|q| q.split('&').any(|kv| kv == "explain=true" || kv == "explain=1" || kv == "explain"));
+    let explain_param = req.uri().query().is_some_and(|q| {
+        q.split('&')
+            .any(|kv| kv == "explain=true" || kv == "explain=1" || kv == "explain")
+    });
     let min_version = checks::MinVersion::from_headers(req.headers())?;
     let body = read_body(req, state.max_body_bytes).await?;
-    let ctx = checks::Ctx { state, explain: explain_param, min_version };
+    let ctx = checks::Ctx {
+        state,
+        explain: explain_param,
+        min_version,
+    };
     match path.as_str() {
         "/allowed" => checks::allowed(&ctx, &body).await,
         "/allowed/bulk" => checks::allowed_bulk(&ctx, &body).await,
@@ -168,7 +187,10 @@ where
             return Err(RequestError::UnsupportedMediaType(essence.to_string()));
         }
     }
-    if let Some(len) = req.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+    if let Some(len) = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
         && len > limit as u64
     {
         return Err(RequestError::TooLarge(limit));
@@ -190,7 +212,9 @@ pub fn decode<'a, T: serde::Deserialize<'a>>(body: &'a [u8]) -> Result<T, Reques
                 Err(e) if e.path().iter().next().is_some() => {
                     Err(RequestError::invalid(format!("`{}`: {}", e.path(), e.inner())))
                 }
-                _ => Err(RequestError::invalid(format!("body is not valid JSON for this endpoint: {plain}"))),
+                _ => Err(RequestError::invalid(format!(
+                    "body is not valid JSON for this endpoint: {plain}"
+                ))),
             }
         }
     }

@@ -52,8 +52,21 @@ pub fn readyz(state: &HttpState) -> Response<Full<Bytes>> {
     } else {
         "ready"
     };
-    let code = if status == "ready" { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    json(code, &Ready { status, version, age_seconds: age, source: st.source, online: st.online })
+    let code = if status == "ready" {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    json(
+        code,
+        &Ready {
+            status,
+            version,
+            age_seconds: age,
+            source: st.source,
+            online: st.online,
+        },
+    )
 }
 
 pub fn status(state: &HttpState) -> Response<Full<Bytes>> {
@@ -76,7 +89,10 @@ pub fn status(state: &HttpState) -> Response<Full<Bytes>> {
             });
             (json!(counts), ignored)
         }
-        None => (json!({}), json!({ "total": 0, "by_kind": {}, "items": [], "truncated": false })),
+        None => (
+            json!({}),
+            json!({ "total": 0, "by_kind": {}, "items": [], "truncated": false }),
+        ),
     };
     let body = json!({
         "source": st.source,
