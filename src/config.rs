@@ -118,6 +118,7 @@ pub struct FileConfig {
     pub source_protocol: Option<String>,
     pub http_addr: Option<String>,
     pub grpc_addr: Option<String>,
+    pub admin_addr: Option<String>,
     pub cache_dir: Option<PathBuf>,
     #[serde(default, deserialize_with = "duration")]
     pub max_staleness: Option<Duration>,
@@ -154,6 +155,10 @@ pub struct Overrides {
     /// gRPC listen address (ip:port or unix:/path); default 127.0.0.1:7767.
     #[arg(long, env = "PERMD_GRPC_ADDR")]
     pub grpc_addr: Option<String>,
+    /// Optional admin listener (ip:port or unix:/path) serving only /healthz, /readyz and
+    /// /v1/status, e.g. on the pod IP for probes while checks stay on loopback.
+    #[arg(long, env = "PERMD_ADMIN_ADDR")]
+    pub admin_addr: Option<String>,
     /// Directory for the on-disk cache of the active version.
     #[arg(long, env = "PERMD_CACHE_DIR")]
     pub cache_dir: Option<PathBuf>,
@@ -192,6 +197,7 @@ pub struct Config {
     pub source: Source,
     pub http_addr: ListenAddr,
     pub grpc_addr: ListenAddr,
+    pub admin_addr: Option<ListenAddr>,
     pub cache_dir: Option<PathBuf>,
     pub max_staleness: Option<Duration>,
     pub api_key_file: Option<PathBuf>,
@@ -267,6 +273,10 @@ impl Config {
             source: Source::parse(&source, &base)?,
             http_addr: ListenAddr::parse("http_addr", &http)?,
             grpc_addr: ListenAddr::parse("grpc_addr", &grpc)?,
+            admin_addr: match over.admin_addr.clone().or(file.admin_addr) {
+                Some(a) => Some(ListenAddr::parse("admin_addr", &a)?),
+                None => None,
+            },
             cache_dir: over.cache_dir.clone().or(file.cache_dir),
             max_staleness: over.max_staleness.or(file.max_staleness),
             api_key_file: over.api_key_file.clone().or(file.api_key_file),

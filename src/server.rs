@@ -135,23 +135,59 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
     let http = Listener::bind(&cfg.http_addr)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on http_addr `{}`: {e}", cfg.http_addr))?;
+    let admin = match &cfg.admin_addr {
+        Some(addr) => Some(
+            Listener::bind(addr)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot listen on admin_addr `{addr}`: {e}"))?,
+        ),
+        None => None,
+    };
+    if let Some(admin) = &admin {
+        tracing::info!(addr = %admin.local_addr(), "admin listening");
+    }
     tracing::info!(addr = %http.local_addr(), "http listening");
     tracing::info!(addr = %cfg.grpc_addr, "grpc_addr accepted; the gRPC face is not served by this build yet");
     let source = crate::sync::spawn(&cfg, store.clone());
-    let state = Arc::new(HttpState {
-        store: store.clone(),
-        max_body_bytes: cfg.max_body_bytes,
-        max_staleness: cfg.max_staleness,
-    });
-    let drain = {
-        let store = store.clone();
-        async move {
-            shutdown.await;
-            store.begin_shutdown();
-            tracing::info!("shutting down: readiness is false, no new connections");
-        }
+    let state = |admin_only| {
+        Arc::new(HttpState {
+            store: store.clone(),
+            max_body_bytes: cfg.max_body_bytes,
+            max_staleness: cfg.max_staleness,
+            admin_only,
+        })
     };
-    serve_http(http, state, cfg.max_connections, cfg.shutdown_grace, drain).await;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let admin_task = admin.map(|listener| {
+        let serve = serve_http(
+            listener,
+            state(true),
+            cfg.max_connections,
+            cfg.shutdown_grace,
+            stopped(stop_rx.clone()),
+        );
+        tokio::spawn(serve)
+    });
+    let trigger = async {
+        shutdown.await;
+        store.begin_shutdown();
+        tracing::info!("shutting down: readiness is false, no new connections");
+        let _ = stop_tx.send(true);
+    };
+    let serve = serve_http(
+        http,
+        state(false),
+        cfg.max_connections,
+        cfg.shutdown_grace,
+        stopped(stop_rx),
+    );
+    tokio::join!(trigger, serve);
+    if let Some(task) = admin_task {
+        let _ = task.await;
+    }
     source.abort();
     Ok(())
 }

@@ -585,3 +585,24 @@ fn cli_check_validate_and_snapshot_tools() {
         (Some(0), "allow role_grant version=42")
     );
 }
+
+#[test]
+fn admin_listener_serves_operations_only() {
+    let mut p = Permd::start(Some(&example()), &["--admin-addr", "127.0.0.1:0"]);
+    p.ready();
+    let admin = p.admin.clone().expect("admin address logged");
+    let http = std::mem::replace(&mut p.addr, admin);
+    assert_eq!(p.get("/readyz").0, 200);
+    assert_eq!(p.get("/v1/status").1["version"], 42);
+    let (st, v) = p.post(
+        "/allowed",
+        json!({"user": "alice", "action": "write", "resource": "document:photo"}),
+    );
+    assert_eq!((st, v["error"]["code"].as_str()), (404, Some("not_found")));
+    p.addr = http;
+    let (st, v) = p.post(
+        "/allowed",
+        json!({"user": "alice", "action": "write", "resource": "document:photo"}),
+    );
+    assert_eq!((st, v["allow"].as_bool()), (200, Some(true)));
+}

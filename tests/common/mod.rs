@@ -19,6 +19,8 @@ pub fn example() -> String {
 pub struct Permd {
     pub child: Child,
     pub addr: String,
+    /// The admin listener's address, when one was asked for.
+    pub admin: Option<String>,
     _dir: tempfile::TempDir,
     pub snapshot: PathBuf,
 }
@@ -43,10 +45,11 @@ impl Permd {
                 "/dev/null",
             ])
             .args(extra);
-        let (child, addr) = launch(cmd);
+        let (child, addr, admin) = launch(cmd);
         Permd {
             child,
             addr,
+            admin,
             _dir: dir,
             snapshot,
         }
@@ -66,11 +69,12 @@ impl Permd {
             "--log-format",
             "json",
         ]);
-        let (child, addr) = launch(cmd);
+        let (child, addr, admin) = launch(cmd);
         let snapshot = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/example-snapshot.yaml");
         Permd {
             child,
             addr,
+            admin,
             _dir: dir,
             snapshot,
         }
@@ -136,22 +140,31 @@ impl Permd {
 }
 
 /// Spawns permd and reads its address from the JSON log line `http listening`.
-fn launch(mut cmd: Command) -> (Child, String) {
+fn launch(mut cmd: Command) -> (Child, String, Option<String>) {
     let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
     let stderr = child.stderr.take().unwrap();
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             let v: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
-            if v["fields"]["message"] == "http listening" {
-                let _ = tx.send(v["fields"]["addr"].as_str().unwrap_or_default().to_string());
+            let message = v["fields"]["message"].as_str().unwrap_or_default();
+            if message.ends_with(" listening") {
+                let addr = v["fields"]["addr"].as_str().unwrap_or_default().to_string();
+                let _ = tx.send((message.to_string(), addr));
             }
         }
     });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(20))
-        .expect("permd reports its address");
-    (child, addr)
+    let mut admin = None;
+    loop {
+        let (message, addr) = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("permd reports its address");
+        match message.as_str() {
+            "admin listening" => admin = Some(addr),
+            "http listening" => return (child, addr, admin),
+            _ => {}
+        }
+    }
 }
 
 impl Drop for Permd {

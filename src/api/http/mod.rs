@@ -18,6 +18,8 @@ pub struct HttpState {
     pub store: Arc<Store>,
     pub max_body_bytes: usize,
     pub max_staleness: Option<std::time::Duration>,
+    /// The admin listener: operations endpoints only, no checks.
+    pub admin_only: bool,
 }
 
 /// A request permd will not answer, mapped to its status and JSON error in `into_response`.
@@ -134,6 +136,9 @@ where
         "/healthz" | "/readyz" | "/v1/status" | "/.well-known/authzen-configuration" => (Method::GET, "GET, HEAD"),
         _ => return Err(RequestError::NotFound(path)),
     };
+    if state.admin_only && want == Method::POST {
+        return Err(RequestError::NotFound(path));
+    }
     let head_ok = want == Method::GET && method == Method::HEAD;
     if method != want && !head_ok {
         return Err(RequestError::MethodNotAllowed {
