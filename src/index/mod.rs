@@ -162,7 +162,26 @@ impl Index {
             ix.upsert_grant(g);
         }
         ix.rebuild_policy();
+        ix.shrink();
         ix
+    }
+
+    /// Drops the spare capacity insertion left behind; a full build does it once at the end.
+    fn shrink(&mut self) {
+        for i in 0..self.users.len() {
+            if let Some(Some(rec)) = self.users.get_mut(i) {
+                let rec = Arc::make_mut(rec);
+                rec.org_roles.shrink_to_fit();
+                rec.inst_roles.shrink_to_fit();
+            }
+        }
+        for i in 0..self.resources.len() {
+            if let Some(Some(rec)) = self.resources.get_mut(i) {
+                let rec = Arc::make_mut(rec);
+                rec.grants.shrink_to_fit();
+                rec.holders.shrink_to_fit();
+            }
+        }
     }
 
     /// The next version: this one with the batch applied, all or nothing. The result equals

@@ -38,6 +38,8 @@ CRD_KINDS = {"ServiceMonitor", "PodMonitor"}
 WORKLOAD_KINDS = {"Deployment", "DaemonSet", "StatefulSet"}
 
 MINIMAL = {"config": {"source": "https://control.example.com/base"}}
+ADMIN_PORT = 7768
+ADMIN_ADDR = f"0.0.0.0:{ADMIN_PORT}"
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -125,14 +127,40 @@ def check_monitor_shape(doc: dict[str, Any]) -> None:
         assert ep["scheme"] == "http"
         assert isinstance(ep["port"], str) and ep["port"]
         assert re.fullmatch(r"[0-9]+[smh]", ep["interval"])
+    # Scrapes go to the admin listener, never to the decision port.
     if doc["kind"] == "ServiceMonitor":
-        assert endpoints[0]["port"] == "http"
+        assert endpoints[0]["port"] == "admin"
     else:
-        assert endpoints[0]["port"] == "permd-http"
+        assert endpoints[0]["port"] == "permd-admin"
 
 
 def pod_templates(docs: list[dict[str, Any]]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
     return [(d, d["spec"]["template"]) for d in docs if d["kind"] in WORKLOAD_KINDS]
+
+
+def ports_of(c: dict[str, Any]) -> dict[str, int]:
+    return {p["name"]: p["containerPort"] for p in c.get("ports", [])}
+
+
+def on_loopback(addr: str) -> bool:
+    """Reachable from the pod only: a loopback TCP address or a Unix socket."""
+    return addr.startswith(("127.0.0.1:", "unix:/"))
+
+
+def check_sidecar_addresses(c: dict[str, Any], *, unix: bool = False) -> None:
+    """A sidecar's decision API (HTTP, gRPC) stays in the pod; only the admin port is on the pod IP."""
+    env = env_of(c)
+    if unix:
+        assert env["PERMD_HTTP_ADDR"] == "unix:/var/run/permd/http.sock"
+        assert env["PERMD_GRPC_ADDR"] == "unix:/var/run/permd/grpc.sock"
+    else:
+        assert env["PERMD_HTTP_ADDR"] == "127.0.0.1:7766"
+        assert env["PERMD_GRPC_ADDR"] == "127.0.0.1:7767"
+    assert env["PERMD_ADMIN_ADDR"] == ADMIN_ADDR
+    for name in ("PERMD_HTTP_ADDR", "PERMD_GRPC_ADDR"):
+        assert on_loopback(env[name]) and not env[name].startswith("0.0.0.0"), (name, env[name])
+    # The pod IP gets the admin port and nothing else.
+    assert ports_of(c) == {"permd-admin": ADMIN_PORT}
 
 
 def check_permd_container(c: dict[str, Any], *, probes: bool = True, config_volume: bool = True) -> None:
@@ -149,13 +177,17 @@ def check_permd_container(c: dict[str, Any], *, probes: bool = True, config_volu
     if config_volume:
         assert mounts["/etc/permd"]["readOnly"] is True
         assert c["args"] == ["serve", "--config", "/etc/permd/permd.yaml"]
+    # The admin listener is on the pod IP in every mode.
+    assert env_of(c)["PERMD_ADMIN_ADDR"] == ADMIN_ADDR
+    assert ports_of(c)["permd-admin"] == ADMIN_PORT
     if probes:
         assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
         assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
         assert c["startupProbe"]["httpGet"]["path"] == "/healthz"
-        http_port = next(p["containerPort"] for p in c["ports"] if p["name"] == "permd-http")
         for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
-            assert c[probe]["httpGet"]["port"] == http_port
+            port = c[probe]["httpGet"]["port"]
+            assert port == "permd-admin", (probe, port)
+            assert ports_of(c)[port] == ADMIN_PORT
     else:
         for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
             assert probe not in c
@@ -192,7 +224,8 @@ def test_common_content(ci_case: tuple[dict, list]) -> None:
     cfg = yaml.safe_load(cm["data"]["permd.yaml"])
     assert cfg["source"] == values["config"]["source"]
     assert cfg["cache_dir"] == "/var/cache/permd"
-    assert "http_addr" not in cfg and "grpc_addr" not in cfg
+    # The addresses are per container (PERMD_*_ADDR), not in the shared file.
+    assert not {"http_addr", "grpc_addr", "admin_addr"} & set(cfg)
     assert not any("key" in k and k != "api_key_file" for k in cfg), cfg
     if values.get("snapshot"):
         assert cm["data"]["snapshot.yaml"] == values["snapshot"]
@@ -214,7 +247,7 @@ def test_common_content(ci_case: tuple[dict, list]) -> None:
         ann = template["metadata"]["annotations"]
         assert re.fullmatch(r"[0-9a-f]{64}", ann["checksum/permd-config"])
         assert ann["prometheus.io/scrape"] == "true"
-        assert ann["prometheus.io/port"] == "7766"
+        assert ann["prometheus.io/port"] == str(ADMIN_PORT)
         assert ann["prometheus.io/path"] == "/metrics"
         spec = template["spec"]
         assert spec["securityContext"]["runAsNonRoot"] is True
@@ -222,8 +255,10 @@ def test_common_content(ci_case: tuple[dict, list]) -> None:
         c = container(spec, "permd")
         check_permd_container(c)
         env = env_of(c)
+        # A shared PDP must be reachable from other pods.
         assert env["PERMD_HTTP_ADDR"] == "0.0.0.0:7766"
         assert env["PERMD_GRPC_ADDR"] == "0.0.0.0:7767"
+        assert ports_of(c) == {"permd-http": 7766, "permd-grpc": 7767, "permd-admin": ADMIN_PORT}
         secret_name = values.get("apiKey", {}).get("existingSecret") or f"{RELEASE}-permd-api-key"
         assert env["PERMD_API_KEY"]["secretKeyRef"]["name"] == secret_name
         volumes = {v["name"]: v for v in spec["volumes"]}
@@ -251,6 +286,7 @@ def test_deployment_mode() -> None:
     ports = {p["name"]: p for p in svc["spec"]["ports"]}
     assert ports["http"]["port"] == 7766 and ports["http"]["targetPort"] == "permd-http"
     assert ports["grpc"]["port"] == 7767 and ports["grpc"]["targetPort"] == "permd-grpc"
+    assert set(ports) == {"http", "grpc"}  # admin: only on request (or for a ServiceMonitor)
     assert svc["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"]
     assert "internalTrafficPolicy" not in svc["spec"]
     assert one(docs, "ServiceAccount")["automountServiceAccountToken"] is False
@@ -326,8 +362,7 @@ def test_webhook_and_servicemonitor() -> None:
     assert env["PERMD_SOURCE"] == values["config"]["source"]
     assert env["PERMD_CACHE_DIR"] == "/var/cache/permd"
     assert env["PERMD_MAX_BODY_BYTES"] == "1048576"
-    assert env["PERMD_HTTP_ADDR"] == "0.0.0.0:7766"
-    assert env["PERMD_GRPC_ADDR"] == "127.0.0.1:7767"
+    check_sidecar_addresses(c)
     assert env["PERMD_API_KEY"]["secretKeyRef"]["name"] == "permd-upstream"
     assert [v["name"] for v in sidecar["volumes"]] == ["permd-cache"]
     fake_pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
@@ -336,6 +371,11 @@ def test_webhook_and_servicemonitor() -> None:
 
     sm = one(docs, "ServiceMonitor")
     assert sm["spec"]["selector"]["matchLabels"] == shared["spec"]["selector"]["matchLabels"]
+    # The ServiceMonitor scrapes the Service's admin port, which it turns on.
+    shared_svc = one(docs, "Service", f"{RELEASE}-permd")
+    svc_ports = {p["name"]: p for p in shared_svc["spec"]["ports"]}
+    assert svc_ports["admin"]["port"] == ADMIN_PORT and svc_ports["admin"]["targetPort"] == "permd-admin"
+    assert sm["spec"]["endpoints"][0]["port"] == "admin"
     assert sm["metadata"]["labels"]["release"] == "prometheus"
 
 
@@ -371,15 +411,66 @@ def test_source_is_required() -> None:
         render({})
 
 
-def test_loopback_sidecar_has_no_unreachable_probes() -> None:
-    values = merged(MINIMAL, {"mode": "sidecar", "sidecar": {"exposeHttp": False}, "webhook": {
-        "enabled": True, "tlsSecretName": "t"}})
+@pytest.mark.parametrize("unix", [False, True], ids=["tcp", "unix-socket"])
+def test_injected_sidecar_keeps_decisions_on_loopback(unix: bool) -> None:
+    values = merged(MINIMAL, {"mode": "sidecar", "unixSocket": {"enabled": unix},
+                              "webhook": {"enabled": True, "tlsSecretName": "t"}})
     docs = render(values)
     sidecar = json.loads(one(docs, "ConfigMap", f"{RELEASE}-permd-webhook-sidecar")["data"]["sidecar.json"])
     (c,) = sidecar["containers"]
-    check_permd_container(c, probes=False, config_volume=False)
-    assert "ports" not in c
-    assert env_of(c)["PERMD_HTTP_ADDR"] == "127.0.0.1:7766"
+    check_permd_container(c, config_volume=False)
+    check_sidecar_addresses(c, unix=unix)
+
+
+def test_sidecar_mode_pod_monitor_scrapes_admin_port() -> None:
+    docs = render(load_values(CHART / "ci" / "sidecar-values.yaml"))
+    (ep,) = one(docs, "PodMonitor")["spec"]["podMetricsEndpoints"]
+    assert ep["port"] == "permd-admin" and ep["path"] == "/metrics"
+
+
+def test_admin_port_is_configurable() -> None:
+    docs = render(merged(MINIMAL, {"mode": "deployment", "admin": {"port": 9090},
+                                   "service": {"exposeAdmin": True, "adminPort": 19090}}))
+    tpl = one(docs, "Deployment")["spec"]["template"]
+    c = container(tpl["spec"], "permd")
+    assert env_of(c)["PERMD_ADMIN_ADDR"] == "0.0.0.0:9090"
+    assert ports_of(c)["permd-admin"] == 9090
+    assert c["readinessProbe"]["httpGet"]["port"] == "permd-admin"
+    assert tpl["metadata"]["annotations"]["prometheus.io/port"] == "9090"
+    ports = {p["name"]: p for p in one(docs, "Service")["spec"]["ports"]}
+    assert ports["admin"]["port"] == 19090 and ports["admin"]["targetPort"] == "permd-admin"
+    validate_manifests(docs)
+
+
+def test_admin_port_must_not_clash() -> None:
+    with pytest.raises(helm.HelmError, match="admin.port"):
+        render(merged(MINIMAL, {"mode": "deployment", "config": {"http_addr": "0.0.0.0:7768"}}))
+    with pytest.raises(helm.HelmError, match="admin.port"):
+        render(merged(MINIMAL, {"mode": "deployment", "admin": {"port": 7767}}))
+
+
+def test_expose_http_is_gone() -> None:
+    # The old opt-out-of-loopback switch is rejected rather than silently ignored.
+    assert lint_errors(merged(MINIMAL, {"sidecar": {"exposeHttp": True}}))
+    assert lint_errors(merged(MINIMAL, {"admin": {"port": 0}}))
+    assert lint_errors(merged(MINIMAL, {"admin": {"bogus": 1}}))
+    assert lint_errors(merged(MINIMAL, {"config": {"admin_addr": "0.0.0.0:7768"}}))
+
+
+def test_sidecar_http_on_pod_ip_is_an_explicit_opt_in() -> None:
+    values = merged(MINIMAL, {"config": {"http_addr": "0.0.0.0:7766"},
+                              "webhook": {"enabled": True, "tlsSecretName": "t"}})
+    sidecar = json.loads(one(render(values), "ConfigMap", f"{RELEASE}-permd-webhook-sidecar")["data"]["sidecar.json"])
+    (c,) = sidecar["containers"]
+    assert env_of(c)["PERMD_HTTP_ADDR"] == "0.0.0.0:7766"
+    assert ports_of(c) == {"permd-http": 7766, "permd-admin": ADMIN_PORT}
+    check_permd_container(c, config_volume=False)  # probes stay on the admin port
+
+
+def test_probes_can_be_disabled() -> None:
+    values = merged(MINIMAL, {"probes": {"enabled": False}, "webhook": {"enabled": True, "tlsSecretName": "t"}})
+    sidecar = json.loads(one(render(values), "ConfigMap", f"{RELEASE}-permd-webhook-sidecar")["data"]["sidecar.json"])
+    check_permd_container(sidecar["containers"][0], probes=False, config_volume=False)
 
 
 def test_shared_modes_ignore_unix_socket() -> None:
@@ -425,8 +516,7 @@ def test_app_chart_gets_permd_sidecar(app_chart: Path) -> None:
     c = container(spec, "permd")
     check_permd_container(c)
     env = env_of(c)
-    assert env["PERMD_HTTP_ADDR"] == "0.0.0.0:7766"  # reachable by kubelet probes
-    assert env["PERMD_GRPC_ADDR"] == "unix:/var/run/permd/grpc.sock"
+    check_sidecar_addresses(c, unix=True)  # decisions on the shared sockets, admin on the pod IP
     assert env["PERMD_API_KEY"]["secretKeyRef"] == {"name": "app-permd-api-key", "key": "api-key"}
     # The Unix socket directory is shared by the app and permd.
     app = container(spec, "app")
@@ -442,7 +532,7 @@ def test_app_chart_gets_permd_sidecar(app_chart: Path) -> None:
     assert labels["permd.io/sidecar"] == "true"
     ann = tpl["metadata"]["annotations"]
     assert re.fullmatch(r"[0-9a-f]{64}", ann["checksum/permd-config"])
-    assert ann["prometheus.io/port"] == "7766"
+    assert ann["prometheus.io/port"] == str(ADMIN_PORT)
 
     # The app pod's checksum is the one permd's own pods get for the same config.
     shared = render(merged(yaml.safe_load((app_chart / "values.yaml").read_text())["permd"], {"mode": "deployment"}))
@@ -453,3 +543,10 @@ def test_app_chart_gets_permd_sidecar(app_chart: Path) -> None:
     changed = render({"permd": {"config": {"log_level": "debug"}}}, chart=app_chart)
     changed_ann = one(changed, "Deployment")["spec"]["template"]["metadata"]["annotations"]
     assert changed_ann["checksum/permd-config"] != ann["checksum/permd-config"]
+
+    # Without the sockets, the decision API is on loopback.
+    tcp = render({"permd": {"unixSocket": {"enabled": False}}}, chart=app_chart)
+    tcp_spec = one(tcp, "Deployment")["spec"]["template"]["spec"]
+    tcp_c = container(tcp_spec, "permd")
+    check_permd_container(tcp_c)
+    check_sidecar_addresses(tcp_c)

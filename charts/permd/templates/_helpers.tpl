@@ -5,7 +5,7 @@ Public (for an application chart that has permd as a dependency; see README.md):
   permd.sidecar                YAML {containers: [permd], volumes: [...]}; use with fromYaml
   permd.sidecar.containers     the containers list items (the permd container)
   permd.sidecar.volumes        the volumes list items it needs
-  permd.sidecar.podAnnotations checksum/permd-config (+ prometheus.io/* when scrapeable)
+  permd.sidecar.podAnnotations checksum/permd-config (+ prometheus.io/* on the admin port)
   permd.sidecar.podLabels      permd.io/sidecar: "true" (what the PodMonitor selects)
   permd.sidecar.appVolumeMounts  the Unix socket mount for the app container (unixSocket.enabled)
 Each takes either the caller's root context (`.`: permd's values are then read from
@@ -104,7 +104,7 @@ app.kubernetes.io/managed-by: {{ .Release.Service | default "Helm" }}
 {{- end -}}
 {{- end -}}
 
-{{/* The config keys written to permd.yaml (everything but the addresses; empty ones left out). */}}
+{{/* The config keys written to permd.yaml (everything but the addresses, which go in PERMD_*_ADDR; empty ones left out). */}}
 {{- define "permd.configMap" -}}
 {{- $_ := required "config.source is required (e.g. https://control.example.com/base or file:///etc/permd/snapshot.yaml)" .Values.config.source -}}
 {{- $cfg := dict -}}
@@ -127,16 +127,16 @@ app.kubernetes.io/managed-by: {{ .Release.Service | default "Helm" }}
 
 {{/*
 Effective listen addresses. Args: dict "ctx" $ctx "role" ("sidecar" | "shared").
-Shared (deployment/daemonset): 0.0.0.0. Sidecar: see values.yaml `sidecar` and `unixSocket`.
-config.http_addr / config.grpc_addr win when set.
+Shared (deployment/daemonset): 0.0.0.0, since a shared PDP must be reachable from other pods.
+Sidecar: loopback, or the Unix sockets with unixSocket.enabled; the pod IP only gets the admin
+listener. config.http_addr / config.grpc_addr win when set (an explicit opt-in, e.g. to expose
+a sidecar's decision API on the pod IP).
 */}}
 {{- define "permd.httpAddr" -}}
 {{- $v := .ctx.Values -}}
 {{- if $v.config.http_addr -}}
 {{- $v.config.http_addr -}}
 {{- else if eq .role "shared" -}}
-0.0.0.0:7766
-{{- else if $v.sidecar.exposeHttp -}}
 0.0.0.0:7766
 {{- else if $v.unixSocket.enabled -}}
 {{- printf "unix:%s/http.sock" (trimSuffix "/" $v.unixSocket.mountPath) -}}
@@ -156,6 +156,14 @@ config.http_addr / config.grpc_addr win when set.
 {{- else -}}
 127.0.0.1:7767
 {{- end -}}
+{{- end -}}
+
+{{/*
+The admin listener (admin_addr): /healthz, /readyz, /v1/status (and /metrics), never a check
+endpoint. Always on the pod IP, in every mode, so kubelet probes and Prometheus reach it.
+*/}}
+{{- define "permd.adminAddr" -}}
+{{- printf "0.0.0.0:%v" (int64 .Values.admin.port) -}}
 {{- end -}}
 
 {{/* The TCP port of an address ("" for a unix: address). */}}
@@ -203,8 +211,15 @@ injected: like sidecar, but configured entirely through PERMD_* environment (no 
 {{- $addrRole := ternary "shared" "sidecar" (eq .role "shared") -}}
 {{- $http := include "permd.httpAddr" (dict "ctx" $ctx "role" $addrRole) -}}
 {{- $grpc := include "permd.grpcAddr" (dict "ctx" $ctx "role" $addrRole) -}}
+{{- $admin := include "permd.adminAddr" $ctx -}}
+{{- $adminPort := include "permd.addrPort" $admin -}}
 {{- $httpExposed := include "permd.addrExposed" $http -}}
 {{- $grpcExposed := include "permd.addrExposed" $grpc -}}
+{{- range $name, $addr := dict "http_addr" $http "grpc_addr" $grpc -}}
+{{- if eq (include "permd.addrPort" $addr) $adminPort -}}
+{{- fail (printf "config.%s (%s) uses admin.port %s: give the admin listener its own port" $name $addr $adminPort) -}}
+{{- end -}}
+{{- end -}}
 {{- $secret := include "permd.apiKeySecretName" $ctx -}}
 name: permd
 image: {{ include "permd.image" $ctx | quote }}
@@ -218,7 +233,6 @@ args:
   - --config
   - /etc/permd/permd.yaml
 {{- end }}
-{{- if or $httpExposed $grpcExposed }}
 ports:
   {{- if $httpExposed }}
   - name: permd-http
@@ -230,12 +244,16 @@ ports:
     containerPort: {{ include "permd.addrPort" $grpc }}
     protocol: TCP
   {{- end }}
-{{- end }}
+  - name: permd-admin
+    containerPort: {{ $adminPort }}
+    protocol: TCP
 env:
   - name: PERMD_HTTP_ADDR
     value: {{ $http | quote }}
   - name: PERMD_GRPC_ADDR
     value: {{ $grpc | quote }}
+  - name: PERMD_ADMIN_ADDR
+    value: {{ $admin | quote }}
   {{- if eq .role "injected" }}
   {{- $cfg := include "permd.configMap" $ctx | fromYaml }}
   {{- range $k := keys $cfg | sortAlpha }}
@@ -257,21 +275,21 @@ env:
   {{- with $v.env }}
   {{- toYaml . | nindent 2 }}
   {{- end }}
-{{- if and $v.probes.enabled $httpExposed }}
+{{- if $v.probes.enabled }}
 startupProbe:
   httpGet:
     path: /healthz
-    port: {{ include "permd.addrPort" $http }}
+    port: permd-admin
   {{- toYaml $v.probes.startup | nindent 2 }}
 livenessProbe:
   httpGet:
     path: /healthz
-    port: {{ include "permd.addrPort" $http }}
+    port: permd-admin
   {{- toYaml $v.probes.liveness | nindent 2 }}
 readinessProbe:
   httpGet:
     path: /readyz
-    port: {{ include "permd.addrPort" $http }}
+    port: permd-admin
   {{- toYaml $v.probes.readiness | nindent 2 }}
 {{- end }}
 resources:
@@ -295,12 +313,10 @@ volumeMounts:
 {{/* Pod annotations for a pod running permd. Args: dict "ctx" $ctx "role" ... */}}
 {{- define "permd.podAnnotationsFor" -}}
 {{- $ctx := .ctx -}}
-{{- $addrRole := ternary "shared" "sidecar" (eq .role "shared") -}}
-{{- $http := include "permd.httpAddr" (dict "ctx" $ctx "role" $addrRole) -}}
 checksum/permd-config: {{ include "permd.configChecksum" $ctx }}
-{{- if and $ctx.Values.metrics.podAnnotations (include "permd.addrExposed" $http) }}
+{{- if $ctx.Values.metrics.podAnnotations }}
 prometheus.io/scrape: "true"
-prometheus.io/port: {{ include "permd.addrPort" $http | quote }}
+prometheus.io/port: {{ include "permd.addrPort" (include "permd.adminAddr" $ctx) | quote }}
 prometheus.io/path: /metrics
 {{- end }}
 {{- end -}}
