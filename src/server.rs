@@ -2,6 +2,7 @@
 //! serve HTTP/1.1 and h2c with hyper, and shut down gracefully: stop accepting, let in-flight
 //! requests finish within the grace period.
 
+use crate::api::grpc::{FILE_DESCRIPTOR_SET, GrpcState, perm, permd};
 use crate::api::http::{HttpState, handle};
 use crate::config::{Config, ListenAddr};
 use crate::store::Store;
@@ -19,7 +20,16 @@ use tokio::sync::Semaphore;
 /// A bound listener.
 pub enum Listener {
     Tcp(TcpListener),
-    Unix(UnixListener, std::path::PathBuf),
+    Unix(UnixListener, SocketFile),
+}
+
+/// A Unix socket's path, removed when the listener goes away.
+pub struct SocketFile(std::path::PathBuf);
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 impl Listener {
@@ -33,7 +43,7 @@ impl Listener {
                 {
                     std::fs::remove_file(path)?;
                 }
-                Ok(Listener::Unix(UnixListener::bind(path)?, path.clone()))
+                Ok(Listener::Unix(UnixListener::bind(path)?, SocketFile(path.clone())))
             }
         }
     }
@@ -42,15 +52,7 @@ impl Listener {
     pub fn local_addr(&self) -> String {
         match self {
             Listener::Tcp(l) => l.local_addr().map_or_else(|e| e.to_string(), |a| a.to_string()),
-            Listener::Unix(_, p) => format!("unix:{}", p.display()),
-        }
-    }
-}
-
-impl Drop for Listener {
-    fn drop(&mut self) {
-        if let Listener::Unix(_, path) = self {
-            let _ = std::fs::remove_file(path);
+            Listener::Unix(_, p) => format!("unix:{}", p.0.display()),
         }
     }
 }
@@ -146,8 +148,11 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
     if let Some(admin) = &admin {
         tracing::info!(addr = %admin.local_addr(), "admin listening");
     }
+    let grpc = Listener::bind(&cfg.grpc_addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on grpc_addr `{}`: {e}", cfg.grpc_addr))?;
+    tracing::info!(addr = %grpc.local_addr(), "grpc listening");
     tracing::info!(addr = %http.local_addr(), "http listening");
-    tracing::info!(addr = %cfg.grpc_addr, "grpc_addr accepted; the gRPC face is not served by this build yet");
     let source = crate::sync::spawn(&cfg, store.clone());
     let state = |admin_only| {
         Arc::new(HttpState {
@@ -171,6 +176,10 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
         );
         tokio::spawn(serve)
     });
+    let grpc_task = {
+        let state = GrpcState { store: store.clone() };
+        tokio::spawn(serve_grpc(grpc, state, cfg.shutdown_grace, stop_rx.clone()))
+    };
     let trigger = async {
         shutdown.await;
         store.begin_shutdown();
@@ -188,6 +197,95 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
     if let Some(task) = admin_task {
         let _ = task.await;
     }
+    match grpc_task.await {
+        Ok(Err(e)) => tracing::warn!(error = %e, "grpc server ended with an error"),
+        Err(e) => tracing::warn!(error = %e, "grpc server task failed"),
+        Ok(Ok(())) => {}
+    }
     source.abort();
     Ok(())
+}
+
+/// The gRPC service names health reports on, besides the whole server ("").
+const GRPC_SERVICES: [&str; 3] = ["", "perm.v1.PermService", "permd.v1.PermdService"];
+
+/// Serves gRPC on `listener` until `stop` turns true; in-flight calls (and `WatchVersion`
+/// streams) get `grace`, then the server is dropped.
+pub async fn serve_grpc(
+    listener: Listener,
+    state: GrpcState,
+    grace: Duration,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    use tonic_health::ServingStatus;
+    let (health, health_svc) = tonic_health::server::health_reporter();
+    for name in GRPC_SERVICES {
+        health.set_service_status(name, ServingStatus::NotServing).await;
+    }
+    // NOT_SERVING until the first snapshot is active, and again once shutdown begins.
+    let reporter = {
+        let mut versions = state.store.subscribe();
+        let mut stop = stop.clone();
+        tokio::spawn(async move {
+            if versions.wait_for(|v| v.is_some()).await.is_ok() && !*stop.borrow() {
+                for name in GRPC_SERVICES {
+                    health.set_service_status(name, ServingStatus::Serving).await;
+                }
+            }
+            let _ = stop.wait_for(|s| *s).await;
+            for name in GRPC_SERVICES {
+                health.set_service_status(name, ServingStatus::NotServing).await;
+            }
+        })
+    };
+    // Reflection lists exactly the services served here (the protos also describe perm/v1
+    // services this build does not serve yet).
+    let reflection_builder = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .with_service_name("grpc.health.v1.Health")
+            .with_service_name("perm.v1.PermService")
+            .with_service_name("permd.v1.PermdService")
+    };
+    let reflection = reflection_builder().build_v1()?;
+    let reflection_alpha = reflection_builder().build_v1alpha()?;
+    let router = tonic::transport::Server::builder()
+        .add_service(health_svc)
+        .add_service(reflection)
+        .add_service(reflection_alpha)
+        .add_service(perm::perm_service_server::PermServiceServer::new(state.clone()))
+        .add_service(permd::permd_service_server::PermdServiceServer::new(state));
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let serve = async {
+        match listener {
+            Listener::Tcp(l) => {
+                let incoming = tokio_stream::wrappers::TcpListenerStream::new(l);
+                router
+                    .serve_with_incoming_shutdown(incoming, stopped(stop.clone()))
+                    .await
+            }
+            Listener::Unix(l, _file) => {
+                let incoming = tokio_stream::wrappers::UnixListenerStream::new(l);
+                router
+                    .serve_with_incoming_shutdown(incoming, stopped(stop.clone()))
+                    .await
+            }
+        }
+    };
+    let deadline = async {
+        stopped(stop.clone()).await;
+        tokio::time::sleep(grace).await;
+    };
+    let result = tokio::select! {
+        r = serve => r.map_err(anyhow::Error::from),
+        _ = deadline => {
+            tracing::warn!("grpc grace period over; closing remaining streams");
+            Ok(())
+        }
+    };
+    reporter.abort();
+    result
 }

@@ -1,3 +1,4 @@
 //! The faces permd answers on. Thin adapters: decode, call the index, encode.
 
+pub mod grpc;
 pub mod http;

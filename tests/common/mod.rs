@@ -21,6 +21,7 @@ pub struct Permd {
     pub addr: String,
     /// The admin listener's address, when one was asked for.
     pub admin: Option<String>,
+    pub grpc: String,
     _dir: tempfile::TempDir,
     pub snapshot: PathBuf,
 }
@@ -45,11 +46,12 @@ impl Permd {
                 "/dev/null",
             ])
             .args(extra);
-        let (child, addr, admin) = launch(cmd);
+        let (child, addr, admin, grpc) = launch(cmd);
         Permd {
             child,
             addr,
             admin,
+            grpc,
             _dir: dir,
             snapshot,
         }
@@ -69,12 +71,13 @@ impl Permd {
             "--log-format",
             "json",
         ]);
-        let (child, addr, admin) = launch(cmd);
+        let (child, addr, admin, grpc) = launch(cmd);
         let snapshot = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/example-snapshot.yaml");
         Permd {
             child,
             addr,
             admin,
+            grpc,
             _dir: dir,
             snapshot,
         }
@@ -140,7 +143,7 @@ impl Permd {
 }
 
 /// Spawns permd and reads its address from the JSON log line `http listening`.
-fn launch(mut cmd: Command) -> (Child, String, Option<String>) {
+fn launch(mut cmd: Command) -> (Child, String, Option<String>, String) {
     let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
     let stderr = child.stderr.take().unwrap();
     let (tx, rx) = mpsc::channel();
@@ -155,13 +158,15 @@ fn launch(mut cmd: Command) -> (Child, String, Option<String>) {
         }
     });
     let mut admin = None;
+    let mut grpc = String::new();
     loop {
         let (message, addr) = rx
             .recv_timeout(Duration::from_secs(20))
             .expect("permd reports its address");
         match message.as_str() {
             "admin listening" => admin = Some(addr),
-            "http listening" => return (child, addr, admin),
+            "grpc listening" => grpc = addr,
+            "http listening" => return (child, addr, admin, grpc),
             _ => {}
         }
     }
