@@ -4,10 +4,7 @@
 #   docker run --rm -p 7766:7766 -e PERMD_HTTP_ADDR=0.0.0.0:7766 -v $PWD/permd.yaml:/etc/permd/permd.yaml:ro permd:dev
 
 FROM rust:1-bookworm AS build
-# protoc, in case the gRPC build step (tonic/prost) needs it.
-RUN apt-get update \
- && apt-get install -y --no-install-recommends protobuf-compiler \
- && rm -rf /var/lib/apt/lists/*
+# build.rs compiles the protos with the protoc vendored by protoc-bin-vendored: no apt step.
 WORKDIR /src
 COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
@@ -21,8 +18,8 @@ LABEL org.opencontainers.image.title="permd" \
       org.opencontainers.image.licenses="Apache-2.0"
 COPY --from=build /out/permd /usr/local/bin/permd
 USER 65532:65532
-# HTTP (Permit-compatible checks, /healthz, /readyz, /metrics) and gRPC. permd listens on
-# loopback unless PERMD_HTTP_ADDR / PERMD_GRPC_ADDR (or the config file) say otherwise.
-EXPOSE 7766 7767
+# HTTP checks, gRPC, and the admin listener (probes, status). permd listens on loopback
+# unless PERMD_HTTP_ADDR / PERMD_GRPC_ADDR / PERMD_ADMIN_ADDR (or the config file) say otherwise.
+EXPOSE 7766 7767 7768
 ENTRYPOINT ["/usr/local/bin/permd"]
 CMD ["serve", "--config", "/etc/permd/permd.yaml"]
