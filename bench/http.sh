@@ -1,0 +1,208 @@
+#!/usr/bin/env bash
+# HTTP bench: permd `POST /allowed` on the generated 1M-assignment snapshot against the floor
+# (bench/floor.rs: hyper answering a fixed {"allow":true}), same wrk load, same run, loopback.
+#
+#   bash bench/http.sh
+#
+# Builds release permd and the floor/bodies examples, generates bench/data/snapshot-1m.msgpack
+# if absent, writes 1024 realistic /allowed bodies, starts both servers on 127.0.0.1:0, runs
+# wrk (-t2 -c32 -d10s, keep-alive, bench/allowed.lua) against each in turn, prints a table
+# (requests/s, p50, p99, server CPU per 1000 requests, permd/floor, permd VmRSS), kills both.
+#
+# Knobs (environment): DURATION (10s), WARMUP (2s), THREADS (2), CONNECTIONS (32),
+# ROUNDS (3: floor then permd, three times, to see the noise), BODIES (1024),
+# PIN (1: server on core 0, wrk on core 1 with taskset; 0: no pinning).
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+DATA=$ROOT/bench/data
+DURATION=${DURATION:-10s}
+WARMUP=${WARMUP:-2s}
+THREADS=${THREADS:-2}
+CONNECTIONS=${CONNECTIONS:-32}
+PIN=${PIN:-1}
+BODIES=${BODIES:-1024}
+ROUNDS=${ROUNDS:-3}
+SNAPSHOT=$DATA/snapshot-1m.msgpack
+BODY_FILE=$DATA/bodies.txt
+TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+PERMD=$TARGET_DIR/release/permd
+FLOOR=$TARGET_DIR/release/examples/floor
+BODIES_BIN=$TARGET_DIR/release/examples/bodies
+
+log() { printf '[http.sh] %s\n' "$*" >&2; }
+
+# --- (a) build -------------------------------------------------------------------------------
+log "building release permd and the floor/bodies examples"
+cargo build --release --quiet --bin permd --example floor --example bodies
+
+if ! command -v wrk >/dev/null 2>&1; then
+  log "wrk missing: installing with apt-get"
+  apt-get update -qq && apt-get install -y -qq wrk >/dev/null
+fi
+
+# --- (b) data ----------------------------------------------------------------------------------
+mkdir -p "$DATA"
+if [[ ! -s $SNAPSHOT ]]; then
+  log "generating $SNAPSHOT (100k users, 1M assignments, 100k resources)"
+  "$PERMD" snapshot generate --out "$SNAPSHOT" >&2
+fi
+if [[ ! -s $BODY_FILE || $BODY_FILE -ot $SNAPSHOT || $(wc -l <"$BODY_FILE") -ne $BODIES ]]; then
+  log "writing $BODIES /allowed bodies from the snapshot"
+  "$BODIES_BIN" "$SNAPSHOT" "$BODY_FILE" "$BODIES" >&2
+fi
+
+# --- (c) servers -------------------------------------------------------------------------------
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() {
+  for pid in "${PIDS[@]}"; do
+    kill "$pid" 2>/dev/null || true
+  done
+  for pid in "${PIDS[@]}"; do
+    wait "$pid" 2>/dev/null || true
+  done
+  rm -rf "$WORK"
+}
+trap cleanup EXIT INT TERM
+
+if [[ $PIN == 1 ]]; then
+  SERVER_PIN=(taskset -c 0)
+  WRK_PIN=(taskset -c 1)
+else
+  SERVER_PIN=()
+  WRK_PIN=()
+fi
+
+# permd: JSON logs, so the bound port can be read without ANSI colors in the way.
+"${SERVER_PIN[@]}" "$PERMD" serve --source "file://$SNAPSHOT" --http-addr 127.0.0.1:0 \
+  --log-format json --log-level info 2>"$WORK/permd.log" >/dev/null &
+PERMD_PID=$!
+PIDS+=("$PERMD_PID")
+"${SERVER_PIN[@]}" "$FLOOR" --addr 127.0.0.1:0 >"$WORK/floor.out" 2>"$WORK/floor.err" &
+FLOOR_PID=$!
+PIDS+=("$FLOOR_PID")
+
+wait_for() { # wait_for SECONDS PID COMMAND...: until COMMAND succeeds, or fail
+  local deadline=$((SECONDS + $1)) pid=$2
+  shift 2
+  until "$@"; do
+    if ! kill -0 "$pid" 2>/dev/null; then return 1; fi
+    if ((SECONDS >= deadline)); then return 1; fi
+    sleep 0.1
+  done
+}
+permd_port() { sed -n 's/.*"http listening".*"addr":"127\.0\.0\.1:\([0-9]*\)".*/\1/p; s/.*"addr":"127\.0\.0\.1:\([0-9]*\)".*"http listening".*/\1/p' "$WORK/permd.log" | head -n1; }
+floor_port() { sed -n 's/^listening 127\.0\.0\.1:\([0-9]*\)$/\1/p' "$WORK/floor.out" | head -n1; }
+have_permd_port() { [[ -n $(permd_port) ]]; }
+have_floor_port() { [[ -n $(floor_port) ]]; }
+
+started=$SECONDS
+wait_for 30 "$FLOOR_PID" have_floor_port || { log "floor did not start:"; cat "$WORK/floor.err" >&2; exit 1; }
+wait_for 30 "$PERMD_PID" have_permd_port || { log "permd did not start:"; cat "$WORK/permd.log" >&2; exit 1; }
+PERMD_URL=http://127.0.0.1:$(permd_port)
+FLOOR_URL=http://127.0.0.1:$(floor_port)
+ready() { [[ $(curl -s -o /dev/null -w '%{http_code}' "$PERMD_URL/readyz") == 200 ]]; }
+wait_for 300 "$PERMD_PID" ready || { log "permd not ready:"; tail -n 20 "$WORK/permd.log" >&2; exit 1; }
+log "permd ready at $PERMD_URL after $((SECONDS - started))s; floor at $FLOOR_URL"
+
+# One body through both, so a broken setup fails here and not as a table of errors.
+probe=$(head -n1 "$BODY_FILE")
+for url in "$PERMD_URL" "$FLOOR_URL"; do
+  code=$(curl -s -o "$WORK/probe" -w '%{http_code}' -H 'content-type: application/json' -d "$probe" "$url/allowed")
+  [[ $code == 200 ]] || { log "$url/allowed answered $code: $(cat "$WORK/probe")"; exit 1; }
+done
+
+rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; } # utime + stime; comm has no spaces here
+CLK_TCK=$(getconf CLK_TCK)
+RSS_READY_KB=$(rss_kb "$PERMD_PID")
+
+# --- (d) load ----------------------------------------------------------------------------------
+# Machine-wide busy and steal ticks (all CPUs), to tell a quiet run from one that shared the
+# machine with something else (a build, the hypervisor's other guests).
+busy_steal() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8, $9 }' /proc/stat; }
+
+run_wrk() { # run_wrk NAME URL PID -> "NAME RESULT ... ticks=N other_pct=P steal_pct=S"
+  local name=$1 url=$2 pid=$3
+  "${WRK_PIN[@]}" wrk -t"$THREADS" -c"$CONNECTIONS" -d"$WARMUP" -s bench/allowed.lua "$url" -- "$BODY_FILE" >/dev/null
+  local before after b0 s0 b1 s1 wrk_cpu t0 t1
+  before=$(cpu_ticks "$pid")
+  read -r b0 s0 < <(busy_steal)
+  t0=$(date +%s.%N)
+  TIMEFORMAT='%3U %3S'
+  wrk_cpu=$( { time "${WRK_PIN[@]}" wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" -s bench/allowed.lua "$url" \
+    -- "$BODY_FILE" >"$WORK/$name.wrk" 2>"$WORK/$name.err"; } 2>&1 )
+  t1=$(date +%s.%N)
+  read -r b1 s1 < <(busy_steal)
+  after=$(cpu_ticks "$pid")
+  local result
+  result=$(grep '^RESULT' "$WORK/$name.wrk") || {
+    log "wrk gave no result for $name:"
+    cat "$WORK/$name.wrk" "$WORK/$name.err" >&2
+    exit 1
+  }
+  # Busy time of everything but this server and wrk, and steal, as % of the machine.
+  local other steal
+  other=$(awk -v b=$((b1 - b0)) -v srv=$((after - before)) -v w="$wrk_cpu" -v hz="$CLK_TCK" -v t="$(awk -v a="$t0" -v b="$t1" 'BEGIN{print b-a}')" -v n="$(nproc)" \
+    'BEGIN { split(w, x, " "); printf "%.0f", 100 * (b / hz - srv / hz - x[1] - x[2]) / (t * n) }')
+  steal=$(awk -v s=$((s1 - s0)) -v hz="$CLK_TCK" -v t="$(awk -v a="$t0" -v b="$t1" 'BEGIN{print b-a}')" -v n="$(nproc)" \
+    'BEGIN { printf "%.0f", 100 * (s / hz) / (t * n) }')
+  local wrk_pct srv_pct
+  wrk_pct=$(awk -v w="$wrk_cpu" -v a="$t0" -v b="$t1" 'BEGIN { split(w, x, " "); printf "%.0f", 100 * (x[1] + x[2]) / (b - a) }')
+  srv_pct=$(awk -v s=$((after - before)) -v hz="$CLK_TCK" -v a="$t0" -v b="$t1" 'BEGIN { printf "%.0f", 100 * (s / hz) / (b - a) }')
+  echo "$name $result ticks=$((after - before)) srv_pct=$srv_pct wrk_pct=$wrk_pct other_pct=$other steal_pct=$steal"
+}
+
+PIN_DESC=$([[ $PIN == 1 ]] && echo 'server core 0, wrk core 1 (taskset)' || echo none)
+log "wrk -t$THREADS -c$CONNECTIONS -d$DURATION (warm-up $WARMUP) x $ROUNDS rounds, floor then permd; pinning: $PIN_DESC"
+RESULTS=()
+for round in $(seq 1 "$ROUNDS"); do
+  RESULTS+=("$(run_wrk floor "$FLOOR_URL" "$FLOOR_PID") round=$round")
+  RESULTS+=("$(run_wrk permd "$PERMD_URL" "$PERMD_PID") round=$round")
+done
+RSS_AFTER_KB=$(rss_kb "$PERMD_PID")
+
+# --- (e) table ---------------------------------------------------------------------------------
+field() { sed -n "s/.* $2=\([^ ]*\).*/\1/p" <<<"$1"; }
+cpu_per_k() { awk -v t="$(field "$1" ticks)" -v hz="$CLK_TCK" -v n="$(field "$1" requests)" 'BEGIN { printf "%.4f\n", (t / hz) / n * 1000 }'; }
+row() { # row LABEL RESULT; a round that shared the machine (other + steal > 10%) gets a `!`
+  local noisy=""
+  (($(field "$2" other_pct) + $(field "$2" steal_pct) > 10)) && noisy=" !"
+  printf '%-10s %11.0f %7.0fµs %7.0fµs %7.0fµs %7s %9s %6s%% %6s%% %6s%% %6s%%%s\n' "$1" "$(field "$2" rps)" \
+    "$(field "$2" p50_us)" "$(field "$2" p99_us)" "$(field "$2" max_us)" "$(field "$2" non2xx)" \
+    "$(cpu_per_k "$2")" "$(field "$2" srv_pct)" "$(field "$2" wrk_pct)" "$(field "$2" other_pct)" \
+    "$(field "$2" steal_pct)" "$noisy"
+}
+median() { sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+
+echo
+echo "machine: $(nproc) cores, $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n1), $(awk '/^MemTotal:/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo)"
+echo "load: wrk -t$THREADS -c$CONNECTIONS -d$DURATION keep-alive, $(wc -l <"$BODY_FILE") rotating /allowed bodies, $ROUNDS rounds; pinning: $PIN_DESC"
+echo "CPU-s/1k = server utime+stime per 1000 requests; server, wrk = their CPU use (100% = one core);"
+echo "other = CPU used by anything but the server and wrk, steal = hypervisor steal, both % of the whole machine;"
+echo "! = other + steal > 10%: that round shared the machine and its figures are not to be trusted"
+echo
+printf '%-10s %11s %9s %9s %9s %7s %9s %7s %7s %7s %7s\n' target requests/s p50 p99 max non-2xx CPU-s/1k server wrk other steal
+RATIOS=()
+for ((i = 0; i < ${#RESULTS[@]}; i += 2)); do
+  f=${RESULTS[i]} p=${RESULTS[i + 1]}
+  round=$(field "$f" round)
+  row "floor #$round" "$f"
+  row "permd #$round" "$p"
+  RATIOS+=("$(awk -v p="$(field "$p" rps)" -v f="$(field "$f" rps)" 'BEGIN { printf "%.1f", 100 * p / f }')")
+done
+echo
+for name in floor permd; do
+  sel=()
+  for r in "${RESULTS[@]}"; do [[ ${r%% *} == "$name" ]] && sel+=("$r"); done
+  printf '%s median of %d rounds: %.0f requests/s, p50 %.0fµs, p99 %.0fµs, %s CPU-s per 1000 requests\n' "$name" "${#sel[@]}" \
+    "$(for r in "${sel[@]}"; do field "$r" rps; done | median)" \
+    "$(for r in "${sel[@]}"; do field "$r" p50_us; done | median)" \
+    "$(for r in "${sel[@]}"; do field "$r" p99_us; done | median)" \
+    "$(for r in "${sel[@]}"; do cpu_per_k "$r"; done | median)"
+done
+echo "permd/floor requests/s by round: ${RATIOS[*]} (%); median $(printf '%s\n' "${RATIOS[@]}" | median)% (target >= 60%)"
+awk -v a="$RSS_READY_KB" -v b="$RSS_AFTER_KB" \
+  'BEGIN { printf "permd VmRSS with the 1M snapshot: %.0f MiB ready, %.0f MiB after the run (target <= 300 MB)\n", a/1024, b/1024 }'
