@@ -364,5 +364,42 @@ fn casbin_vs_permd(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, decide, build, casbin_vs_permd);
+/// What observing a decision costs the check path: `record_decisions` with metrics off (the
+/// default registry unset), on, and on with the decision log sampling 1% into /dev/null.
+/// Runs in that order, since turning metrics on cannot be undone in one process.
+fn observe(c: &mut Criterion) {
+    use permd::metrics::{Api, record_decisions};
+    let mut g = c.benchmark_group("observe");
+    g.warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(1))
+        .sample_size(30);
+    let body = br#"{"user":"u1","action":"read","resource":"document:d1-1"}"#;
+    let run = |b: &mut criterion::Bencher<'_>| {
+        b.iter(|| {
+            record_decisions(
+                Api::Allowed,
+                Instant::now(),
+                black_box(&[Reason::OrgRole]),
+                7,
+                || serde_json::from_slice(body).unwrap_or_default(),
+                None,
+            )
+        })
+    };
+    g.bench_function("record_metrics_off", run);
+    permd::metrics::init();
+    g.bench_function("record_metrics_on", run);
+    let log = permd::decision_log::Settings {
+        output: permd::decision_log::Output::File("/dev/null".into()),
+        sample_rate: 0.01,
+        buffer: 10_000,
+        mask: vec![],
+    };
+    if permd::decision_log::init(log).is_ok() {
+        g.bench_function("record_metrics_on_log_1pct", run);
+    }
+    g.finish();
+}
+
+criterion_group!(benches, decide, observe, build, casbin_vs_permd);
 criterion_main!(benches);

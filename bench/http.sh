@@ -10,8 +10,11 @@
 # (requests/s, p50, p99, server CPU per 1000 requests, permd/floor, permd VmRSS), kills both.
 #
 # Knobs (environment): DURATION (10s), WARMUP (2s), THREADS (2), CONNECTIONS (32),
-# ROUNDS (3: floor then permd, three times, to see the noise), BODIES (1024),
-# PIN (1: server on core 0, wrk on core 1 with taskset; 0: no pinning).
+# ROUNDS (3: every target in turn, three times, to see the noise), BODIES (1024),
+# PIN (1: server on core 0, wrk on core 1 with taskset; 0: no pinning),
+# TARGETS ("floor permd"; also: permd-nometrics = `--metrics false`, permd-log1pct = the
+# decision log on at 1% sampling into a file; `TARGETS="floor permd permd-nometrics
+# permd-log1pct"` is the observability comparison of bench/README.md).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -24,6 +27,7 @@ CONNECTIONS=${CONNECTIONS:-32}
 PIN=${PIN:-1}
 BODIES=${BODIES:-1024}
 ROUNDS=${ROUNDS:-3}
+read -r -a TARGETS <<<"${TARGETS:-floor permd}"
 SNAPSHOT=$DATA/snapshot-1m.msgpack
 BODY_FILE=$DATA/bodies.txt
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
@@ -75,15 +79,6 @@ else
   WRK_PIN=()
 fi
 
-# permd: JSON logs, so the bound port can be read without ANSI colors in the way.
-"${SERVER_PIN[@]}" "$PERMD" serve --source "file://$SNAPSHOT" --http-addr 127.0.0.1:0 \
-  --log-format json --log-level info 2>"$WORK/permd.log" >/dev/null &
-PERMD_PID=$!
-PIDS+=("$PERMD_PID")
-"${SERVER_PIN[@]}" "$FLOOR" --addr 127.0.0.1:0 >"$WORK/floor.out" 2>"$WORK/floor.err" &
-FLOOR_PID=$!
-PIDS+=("$FLOOR_PID")
-
 wait_for() { # wait_for SECONDS PID COMMAND...: until COMMAND succeeds, or fail
   local deadline=$((SECONDS + $1)) pid=$2
   shift 2
@@ -93,31 +88,53 @@ wait_for() { # wait_for SECONDS PID COMMAND...: until COMMAND succeeds, or fail
     sleep 0.1
   done
 }
-permd_port() { sed -n 's/.*"http listening".*"addr":"127\.0\.0\.1:\([0-9]*\)".*/\1/p; s/.*"addr":"127\.0\.0\.1:\([0-9]*\)".*"http listening".*/\1/p' "$WORK/permd.log" | head -n1; }
+permd_port() { sed -n 's/.*"http listening".*"addr":"127\.0\.0\.1:\([0-9]*\)".*/\1/p; s/.*"addr":"127\.0\.0\.1:\([0-9]*\)".*"http listening".*/\1/p' "$WORK/$1.log" | head -n1; }
 floor_port() { sed -n 's/^listening 127\.0\.0\.1:\([0-9]*\)$/\1/p' "$WORK/floor.out" | head -n1; }
-have_permd_port() { [[ -n $(permd_port) ]]; }
+have_permd_port() { [[ -n $(permd_port "$1") ]]; }
 have_floor_port() { [[ -n $(floor_port) ]]; }
+ready() { [[ $(curl -s -o /dev/null -w '%{http_code}' "$1/readyz") == 200 ]]; }
 
-started=$SECONDS
-wait_for 30 "$FLOOR_PID" have_floor_port || { log "floor did not start:"; cat "$WORK/floor.err" >&2; exit 1; }
-wait_for 30 "$PERMD_PID" have_permd_port || { log "permd did not start:"; cat "$WORK/permd.log" >&2; exit 1; }
-PERMD_URL=http://127.0.0.1:$(permd_port)
-FLOOR_URL=http://127.0.0.1:$(floor_port)
-ready() { [[ $(curl -s -o /dev/null -w '%{http_code}' "$PERMD_URL/readyz") == 200 ]]; }
-wait_for 300 "$PERMD_PID" ready || { log "permd not ready:"; tail -n 20 "$WORK/permd.log" >&2; exit 1; }
-log "permd ready at $PERMD_URL after $((SECONDS - started))s; floor at $FLOOR_URL"
+declare -A URL PID
+start_target() { # start_target NAME: starts it, fills URL[NAME] and PID[NAME]
+  local name=$1 extra=()
+  case $name in
+    floor)
+      "${SERVER_PIN[@]}" "$FLOOR" --addr 127.0.0.1:0 >"$WORK/floor.out" 2>"$WORK/floor.err" &
+      PID[$name]=$!
+      PIDS+=("$!")
+      wait_for 30 "${PID[$name]}" have_floor_port || { log "floor did not start:"; cat "$WORK/floor.err" >&2; exit 1; }
+      URL[$name]=http://127.0.0.1:$(floor_port)
+      return ;;
+    permd) ;;
+    permd-nometrics) extra=(--metrics false) ;;
+    permd-log1pct) extra=(--decision-log "$WORK/decisions.jsonl" --decision-log-sample-rate 0.01) ;;
+    *) log "unknown target $name"; exit 1 ;;
+  esac
+  # JSON logs, so the bound port can be read without ANSI colors in the way.
+  "${SERVER_PIN[@]}" "$PERMD" serve --source "file://$SNAPSHOT" --http-addr 127.0.0.1:0 --grpc-addr 127.0.0.1:0 \
+    --log-format json --log-level info --config /dev/null "${extra[@]}" 2>"$WORK/$name.log" >/dev/null &
+  PID[$name]=$!
+  PIDS+=("$!")
+  local started=$SECONDS
+  wait_for 30 "${PID[$name]}" have_permd_port "$name" || { log "$name did not start:"; cat "$WORK/$name.log" >&2; exit 1; }
+  URL[$name]=http://127.0.0.1:$(permd_port "$name")
+  wait_for 300 "${PID[$name]}" ready "${URL[$name]}" || { log "$name not ready:"; tail -n 20 "$WORK/$name.log" >&2; exit 1; }
+  log "$name ready at ${URL[$name]} after $((SECONDS - started))s"
+}
+for t in "${TARGETS[@]}"; do start_target "$t"; done
 
-# One body through both, so a broken setup fails here and not as a table of errors.
+# One body through each, so a broken setup fails here and not as a table of errors.
 probe=$(head -n1 "$BODY_FILE")
-for url in "$PERMD_URL" "$FLOOR_URL"; do
-  code=$(curl -s -o "$WORK/probe" -w '%{http_code}' -H 'content-type: application/json' -d "$probe" "$url/allowed")
-  [[ $code == 200 ]] || { log "$url/allowed answered $code: $(cat "$WORK/probe")"; exit 1; }
+for t in "${TARGETS[@]}"; do
+  code=$(curl -s -o "$WORK/probe" -w '%{http_code}' -H 'content-type: application/json' -d "$probe" "${URL[$t]}/allowed")
+  [[ $code == 200 ]] || { log "$t: /allowed answered $code: $(cat "$WORK/probe")"; exit 1; }
 done
 
 rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; } # utime + stime; comm has no spaces here
 CLK_TCK=$(getconf CLK_TCK)
-RSS_READY_KB=$(rss_kb "$PERMD_PID")
+PERMD_PID=${PID[permd]:-}
+RSS_READY_KB=$([[ -n $PERMD_PID ]] && rss_kb "$PERMD_PID" || echo 0)
 
 # --- (d) load ----------------------------------------------------------------------------------
 # Machine-wide busy and steal ticks (all CPUs), to tell a quiet run from one that shared the
@@ -156,13 +173,14 @@ run_wrk() { # run_wrk NAME URL PID -> "NAME RESULT ... ticks=N other_pct=P steal
 }
 
 PIN_DESC=$([[ $PIN == 1 ]] && echo 'server core 0, wrk core 1 (taskset)' || echo none)
-log "wrk -t$THREADS -c$CONNECTIONS -d$DURATION (warm-up $WARMUP) x $ROUNDS rounds, floor then permd; pinning: $PIN_DESC"
+log "wrk -t$THREADS -c$CONNECTIONS -d$DURATION (warm-up $WARMUP) x $ROUNDS rounds of: ${TARGETS[*]}; pinning: $PIN_DESC"
 RESULTS=()
 for round in $(seq 1 "$ROUNDS"); do
-  RESULTS+=("$(run_wrk floor "$FLOOR_URL" "$FLOOR_PID") round=$round")
-  RESULTS+=("$(run_wrk permd "$PERMD_URL" "$PERMD_PID") round=$round")
+  for t in "${TARGETS[@]}"; do
+    RESULTS+=("$(run_wrk "$t" "${URL[$t]}" "${PID[$t]}") round=$round")
+  done
 done
-RSS_AFTER_KB=$(rss_kb "$PERMD_PID")
+RSS_AFTER_KB=$([[ -n $PERMD_PID ]] && rss_kb "$PERMD_PID" || echo 0)
 
 # --- (e) table ---------------------------------------------------------------------------------
 field() { sed -n "s/.* $2=\([^ ]*\).*/\1/p" <<<"$1"; }
@@ -170,7 +188,7 @@ cpu_per_k() { awk -v t="$(field "$1" ticks)" -v hz="$CLK_TCK" -v n="$(field "$1"
 row() { # row LABEL RESULT; a round that shared the machine (other + steal > 10%) gets a `!`
   local noisy=""
   (($(field "$2" other_pct) + $(field "$2" steal_pct) > 10)) && noisy=" !"
-  printf '%-10s %11.0f %7.0fµs %7.0fµs %7.0fµs %7s %9s %6s%% %6s%% %6s%% %6s%%%s\n' "$1" "$(field "$2" rps)" \
+  printf '%-20s %11.0f %7.0fµs %7.0fµs %7.0fµs %7s %9s %6s%% %6s%% %6s%% %6s%%%s\n' "$1" "$(field "$2" rps)" \
     "$(field "$2" p50_us)" "$(field "$2" p99_us)" "$(field "$2" max_us)" "$(field "$2" non2xx)" \
     "$(cpu_per_k "$2")" "$(field "$2" srv_pct)" "$(field "$2" wrk_pct)" "$(field "$2" other_pct)" \
     "$(field "$2" steal_pct)" "$noisy"
@@ -184,25 +202,37 @@ echo "CPU-s/1k = server utime+stime per 1000 requests; server, wrk = their CPU u
 echo "other = CPU used by anything but the server and wrk, steal = hypervisor steal, both % of the whole machine;"
 echo "! = other + steal > 10%: that round shared the machine and its figures are not to be trusted"
 echo
-printf '%-10s %11s %9s %9s %9s %7s %9s %7s %7s %7s %7s\n' target requests/s p50 p99 max non-2xx CPU-s/1k server wrk other steal
-RATIOS=()
-for ((i = 0; i < ${#RESULTS[@]}; i += 2)); do
-  f=${RESULTS[i]} p=${RESULTS[i + 1]}
-  round=$(field "$f" round)
-  row "floor #$round" "$f"
-  row "permd #$round" "$p"
-  RATIOS+=("$(awk -v p="$(field "$p" rps)" -v f="$(field "$f" rps)" 'BEGIN { printf "%.1f", 100 * p / f }')")
-done
+printf '%-20s %11s %9s %9s %9s %7s %9s %7s %7s %7s %7s\n' target requests/s p50 p99 max non-2xx CPU-s/1k server wrk other steal
+for r in "${RESULTS[@]}"; do row "${r%% *} #$(field "$r" round)" "$r"; done
 echo
-for name in floor permd; do
+declare -A MEDIAN_RPS
+for name in "${TARGETS[@]}"; do
   sel=()
   for r in "${RESULTS[@]}"; do [[ ${r%% *} == "$name" ]] && sel+=("$r"); done
+  MEDIAN_RPS[$name]=$(for r in "${sel[@]}"; do field "$r" rps; done | median)
   printf '%s median of %d rounds: %.0f requests/s, p50 %.0fµs, p99 %.0fµs, %s CPU-s per 1000 requests\n' "$name" "${#sel[@]}" \
-    "$(for r in "${sel[@]}"; do field "$r" rps; done | median)" \
+    "${MEDIAN_RPS[$name]}" \
     "$(for r in "${sel[@]}"; do field "$r" p50_us; done | median)" \
     "$(for r in "${sel[@]}"; do field "$r" p99_us; done | median)" \
     "$(for r in "${sel[@]}"; do cpu_per_k "$r"; done | median)"
 done
-echo "permd/floor requests/s by round: ${RATIOS[*]} (%); median $(printf '%s\n' "${RATIOS[@]}" | median)% (target >= 60%)"
-awk -v a="$RSS_READY_KB" -v b="$RSS_AFTER_KB" \
+# Ratios per round (each round runs every target back to back), then their median.
+ratio() { # ratio A B: A/B requests/s by round, and the median
+  local rs=() ra rb
+  for round in $(seq 1 "$ROUNDS"); do
+    for r in "${RESULTS[@]}"; do
+      [[ $(field "$r" round) == "$round" ]] || continue
+      [[ ${r%% *} == "$1" ]] && ra=$(field "$r" rps)
+      [[ ${r%% *} == "$2" ]] && rb=$(field "$r" rps)
+    done
+    rs+=("$(awk -v a="$ra" -v b="$rb" 'BEGIN { printf "%.1f", 100 * a / b }')")
+  done
+  echo "$1/$2 requests/s by round: ${rs[*]} (%); median $(printf '%s\n' "${rs[@]}" | median)%${3:-}"
+}
+has() { [[ " ${TARGETS[*]} " == *" $1 "* ]]; }
+has permd && has floor && ratio permd floor " (target >= 60%)"
+has permd && has permd-nometrics && ratio permd permd-nometrics " (metrics on vs off; target >= 95%)"
+has permd-log1pct && has permd && ratio permd-log1pct permd " (decision log at 1% vs off; target >= 90%)"
+has permd-log1pct && has permd-nometrics && ratio permd-log1pct permd-nometrics " (decision log at 1% and metrics vs neither)"
+[[ -n $PERMD_PID ]] && awk -v a="$RSS_READY_KB" -v b="$RSS_AFTER_KB" \
   'BEGIN { printf "permd VmRSS with the 1M snapshot: %.0f MiB ready, %.0f MiB after the run (target <= 300 MB)\n", a/1024, b/1024 }'

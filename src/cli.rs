@@ -19,7 +19,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the sidecar (config file, PERMD_* environment, flags; flags win).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// One decision from a snapshot file or a running permd; exit 0 allow, 1 deny, 2 error.
     Check(CheckArgs),
     /// Parse and validate a snapshot document; print what is rejected or ignored.

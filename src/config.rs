@@ -132,6 +132,20 @@ pub struct FileConfig {
     pub poll_interval: Option<Duration>,
     pub log_format: Option<LogFormat>,
     pub log_level: Option<String>,
+    pub metrics: Option<bool>,
+    pub decision_log: Option<DecisionLogFile>,
+}
+
+/// `decision_log:` in the config file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DecisionLogFile {
+    /// `stdout` or a file path; absent means off.
+    pub output: Option<String>,
+    pub sample_rate: Option<f64>,
+    pub buffer: Option<usize>,
+    #[serde(default)]
+    pub mask: Vec<String>,
 }
 
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
@@ -189,6 +203,22 @@ pub struct Overrides {
     /// Log filter, e.g. info or permd=debug.
     #[arg(long, env = "PERMD_LOG_LEVEL")]
     pub log_level: Option<String>,
+    /// Serve /metrics and record metrics (default true).
+    #[arg(long, env = "PERMD_METRICS")]
+    pub metrics: Option<bool>,
+    /// Turn the decision log on: `stdout` or a file path.
+    #[arg(long, env = "PERMD_DECISION_LOG")]
+    pub decision_log: Option<String>,
+    /// Fraction of check requests the decision log records, 0 to 1 (default 1).
+    #[arg(long, env = "PERMD_DECISION_LOG_SAMPLE_RATE")]
+    pub decision_log_sample_rate: Option<f64>,
+    /// Decision log entries buffered before new ones are dropped (default 10000).
+    #[arg(long, env = "PERMD_DECISION_LOG_BUFFER")]
+    pub decision_log_buffer: Option<usize>,
+    /// Fields masked in the decision log, comma-separated: bare keys or dotted paths
+    /// (e.g. `context.ssn,email`). Adds to the file's list.
+    #[arg(long, env = "PERMD_DECISION_LOG_MASK", value_delimiter = ',')]
+    pub decision_log_mask: Option<Vec<String>>,
 }
 
 /// The validated configuration `serve` runs with.
@@ -208,6 +238,8 @@ pub struct Config {
     pub poll_interval: Duration,
     pub log_format: LogFormat,
     pub log_level: String,
+    pub metrics: bool,
+    pub decision_log: Option<crate::decision_log::Settings>,
 }
 
 impl Config {
@@ -269,6 +301,35 @@ impl Config {
             Some(_) => LogFormat::Text,
             None => file.log_format.unwrap_or(LogFormat::Text),
         };
+        let dl_file = file.decision_log.unwrap_or_default();
+        let decision_log = match over.decision_log.clone().or(dl_file.output) {
+            None => None,
+            Some(out) if out.is_empty() => {
+                return Err(invalid("decision_log.output", "is empty; use `stdout` or a file path"));
+            }
+            Some(out) => {
+                let sample_rate = over.decision_log_sample_rate.or(dl_file.sample_rate).unwrap_or(1.0);
+                if !(0.0..=1.0).contains(&sample_rate) {
+                    return Err(invalid(
+                        "decision_log.sample_rate",
+                        format!("{sample_rate} is outside 0..=1"),
+                    ));
+                }
+                let buffer = over.decision_log_buffer.or(dl_file.buffer).unwrap_or(10_000);
+                if buffer == 0 {
+                    return Err(invalid("decision_log.buffer", "must be greater than 0"));
+                }
+                let mut mask = dl_file.mask;
+                mask.extend(over.decision_log_mask.clone().unwrap_or_default());
+                mask.retain(|m| !m.trim().is_empty());
+                Some(crate::decision_log::Settings {
+                    output: crate::decision_log::Output::parse(&out),
+                    sample_rate,
+                    buffer,
+                    mask,
+                })
+            }
+        };
         let cfg = Config {
             source: Source::parse(&source, &base)?,
             http_addr: ListenAddr::parse("http_addr", &http)?,
@@ -297,6 +358,8 @@ impl Config {
                 .clone()
                 .or(file.log_level)
                 .unwrap_or_else(|| "info".into()),
+            metrics: over.metrics.or(file.metrics).unwrap_or(true),
+            decision_log,
         };
         if cfg.max_body_bytes == 0 {
             return Err(invalid("max_body_bytes", "must be greater than 0"));
@@ -353,6 +416,14 @@ mod tests {
             ("source: a.yaml\nmax_body_bytes: 0\n", "max_body_bytes"),
             ("source: a.yaml\nsource_protocol: grpc\n", "source_protocol"),
             ("http_addr: 127.0.0.1:1\n", "source"),
+            (
+                "source: a.yaml\ndecision_log: {output: stdout, sample_rate: 2}\n",
+                "decision_log.sample_rate",
+            ),
+            (
+                "source: a.yaml\ndecision_log: {output: stdout, buffer: 0}\n",
+                "decision_log.buffer",
+            ),
         ];
         for (yaml, field) in cases {
             let err = Config::merge(file(yaml), Path::new(""), &Overrides::default()).unwrap_err();

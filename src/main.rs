@@ -12,7 +12,7 @@ const EXIT_CONFIG: u8 = 64;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve(*args),
         Command::Check(args) => cli::check(&args),
         Command::Validate { file } => cli::validate(&file),
         Command::Snapshot(cmd) => cli::snapshot(&cmd),

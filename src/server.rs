@@ -133,6 +133,14 @@ async fn accept(l: &Listener) -> std::io::Result<Accepted> {
 
 /// Runs the sidecar with `cfg` until `shutdown` resolves: binds, starts the source, serves.
 pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    if cfg.metrics {
+        crate::metrics::init();
+    }
+    if let Some(dl) = &cfg.decision_log {
+        crate::decision_log::init(dl.clone())
+            .map_err(|e| anyhow::anyhow!("cannot open the decision log `{:?}`: {e}", dl.output))?;
+        tracing::info!(output = ?dl.output, sample_rate = dl.sample_rate, "decision log on");
+    }
     let store = Store::new(cfg.source.display());
     let http = Listener::bind(&cfg.http_addr)
         .await
@@ -251,6 +259,7 @@ pub async fn serve_grpc(
     let reflection = reflection_builder().build_v1()?;
     let reflection_alpha = reflection_builder().build_v1alpha()?;
     let router = tonic::transport::Server::builder()
+        .layer(crate::metrics::grpc::GrpcMetricsLayer)
         .add_service(health_svc)
         .add_service(reflection)
         .add_service(reflection_alpha)

@@ -3,6 +3,7 @@
 //! through renames and symlink swaps that file watches miss.
 
 use crate::index::Index;
+use crate::metrics::{self, SyncKind};
 use crate::model::{Encoding, Snapshot};
 use crate::store::Store;
 use std::hash::{Hash, Hasher};
@@ -69,6 +70,10 @@ pub async fn watch_file(path: PathBuf, store: Arc<Store>, poll: Duration, max_by
             Err(e) => {
                 let msg = format!("cannot read `{}`: {e}", path.display());
                 if last_error.as_deref() != Some(msg.as_str()) {
+                    if let Some(m) = metrics::get() {
+                        m.sync_attempt(SyncKind::File);
+                        m.sync_failure(SyncKind::File);
+                    }
                     tracing::warn!(error = %msg, "snapshot file unavailable; the active version keeps serving");
                     store.fail(msg.clone());
                     last_error = Some(msg);
@@ -83,8 +88,15 @@ pub async fn watch_file(path: PathBuf, store: Arc<Store>, poll: Duration, max_by
             }
             Ok(fp) => {
                 seen = Some(fp);
+                if let Some(m) = metrics::get() {
+                    m.sync_attempt(SyncKind::File);
+                }
                 match read_bounded(&path, max_bytes).await {
                     Err(msg) => {
+                        if let Some(m) = metrics::get() {
+                            m.sync_failure(SyncKind::File);
+                            m.rejected("snapshot");
+                        }
                         tracing::warn!(error = %msg, "snapshot rejected; the active version keeps serving");
                         store.reject(msg.clone());
                         last_error = Some(msg);
@@ -111,6 +123,9 @@ async fn load(bytes: Vec<u8>, encoding: Encoding, store: &Store, path: &Path) ->
     let built = tokio::task::spawn_blocking(move || load_index(&bytes, encoding)).await;
     match built {
         Ok(Ok(index)) => {
+            if let Some(m) = metrics::get() {
+                m.index_built(started.elapsed());
+            }
             tracing::info!(
                 version = index.version(),
                 build_ms = started.elapsed().as_millis() as u64,
@@ -121,12 +136,20 @@ async fn load(bytes: Vec<u8>, encoding: Encoding, store: &Store, path: &Path) ->
             None
         }
         Ok(Err(e)) => {
+            if let Some(m) = metrics::get() {
+                m.sync_failure(SyncKind::File);
+                m.rejected("snapshot");
+            }
             let msg = format!("`{}` rejected: {e}", path.display());
             tracing::warn!(error = %msg, "snapshot rejected; the active version keeps serving");
             store.reject(msg.clone());
             Some(msg)
         }
         Err(e) => {
+            if let Some(m) = metrics::get() {
+                m.sync_failure(SyncKind::File);
+                m.rejected("snapshot");
+            }
             let msg = format!("`{}`: building the index failed: {e}", path.display());
             tracing::error!(error = %msg, "snapshot rejected");
             store.reject(msg.clone());

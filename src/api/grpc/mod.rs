@@ -131,9 +131,24 @@ fn not_served_yet(rpc: &str) -> Status {
 #[tonic::async_trait]
 impl perm::perm_service_server::PermService for GrpcState {
     async fn enforce(&self, req: Request<perm::EnforceRequest>) -> Result<Response<perm::EnforceResponse>, Status> {
+        let started = std::time::Instant::now();
         let q = enforce_query(req.get_ref())?;
         let ix = self.index(req.metadata()).await?;
         let d = ix.decide(&q);
+        let r = req.get_ref();
+        crate::metrics::record_decisions(
+            crate::metrics::Api::GrpcEnforce,
+            started,
+            &[d.reason],
+            d.version,
+            || {
+                serde_json::json!({
+                    "org_id": r.org_id, "user_id": r.user_id, "role_id": r.role_id, "res_type": r.res_type,
+                    "group_type": r.group_type, "res_id": r.res_id, "act": r.act,
+                })
+            },
+            request_id(req.metadata()).as_ref(),
+        );
         Ok(versioned(
             perm::EnforceResponse {
                 ok: d.allow,
@@ -214,14 +229,41 @@ fn check_response(ix: &Index, q: &Query<'_>, d: &Decision, explain: bool) -> per
     }
 }
 
+/// A check request as JSON, for the decision log.
+fn check_json(c: &permd::CheckRequest) -> serde_json::Value {
+    let res = c.resource.as_ref();
+    serde_json::json!({
+        "user": c.user, "role": c.role, "action": c.action,
+        "resource": {
+            "type": res.map(|r| r.r#type.as_str()), "key": res.map(|r| r.key.as_str()),
+            "tenant": res.map(|r| r.tenant.as_str()),
+        },
+    })
+}
+
+/// The client's `x-request-id` metadata.
+fn request_id(md: &MetadataMap) -> Option<http::HeaderValue> {
+    md.get("x-request-id")
+        .and_then(|v| http::HeaderValue::from_bytes(v.as_bytes()).ok())
+}
+
 type VersionStream = Pin<Box<dyn Stream<Item = Result<permd::VersionEvent, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl permd::permd_service_server::PermdService for GrpcState {
     async fn check(&self, req: Request<permd::CheckRequest>) -> Result<Response<permd::CheckResponse>, Status> {
+        let started = std::time::Instant::now();
         let q = check_query(req.get_ref(), "")?;
         let ix = self.index(req.metadata()).await?;
         let d = ix.decide(&q);
+        crate::metrics::record_decisions(
+            crate::metrics::Api::GrpcCheck,
+            started,
+            &[d.reason],
+            d.version,
+            || check_json(req.get_ref()),
+            request_id(req.metadata()).as_ref(),
+        );
         Ok(versioned(check_response(&ix, &q, &d, req.get_ref().explain), d.version))
     }
 
@@ -229,6 +271,7 @@ impl permd::permd_service_server::PermdService for GrpcState {
         &self,
         req: Request<permd::CheckBulkRequest>,
     ) -> Result<Response<permd::CheckBulkResponse>, Status> {
+        let started = std::time::Instant::now();
         let checks = &req.get_ref().checks;
         if checks.len() > MAX_BATCH {
             return Err(Status::invalid_argument(format!(
@@ -242,11 +285,24 @@ impl permd::permd_service_server::PermdService for GrpcState {
             .map(|(i, c)| check_query(c, &format!("checks[{i}].")))
             .collect::<Result<Vec<_>, _>>()?;
         let ix = self.index(req.metadata()).await?;
+        let mut reasons = Vec::with_capacity(queries.len());
         let results = queries
             .iter()
             .zip(checks)
-            .map(|(q, c)| check_response(&ix, q, &ix.decide(q), c.explain))
+            .map(|(q, c)| {
+                let d = ix.decide(q);
+                reasons.push(d.reason);
+                check_response(&ix, q, &d, c.explain)
+            })
             .collect();
+        crate::metrics::record_decisions(
+            crate::metrics::Api::GrpcCheckBulk,
+            started,
+            &reasons,
+            ix.version(),
+            || serde_json::Value::Array(checks.iter().map(check_json).collect()),
+            request_id(req.metadata()).as_ref(),
+        );
         Ok(versioned(
             permd::CheckBulkResponse {
                 results,

@@ -3,13 +3,14 @@
 
 use super::input::{AllowedBody, AzBatch, AzEvaluation, EnforceBody};
 use super::{HttpState, RequestError, decode, json};
-use crate::index::{Decision, Explanation, Index, Query};
+use crate::index::{Decision, Explanation, Index, Query, Reason};
+use crate::metrics::{self, Api};
 use bytes::Bytes;
 use http::{HeaderMap, Response, StatusCode};
 use http_body_util::Full;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Most checks in one bulk or batch request.
 pub const MAX_BATCH: usize = 1000;
@@ -20,6 +21,10 @@ pub struct Ctx<'a> {
     pub state: &'a HttpState,
     pub explain: bool,
     pub min_version: Option<MinVersion>,
+    /// When the body had been read.
+    pub started: Instant,
+    /// The client's `x-request-id`, for the decision log.
+    pub request_id: Option<http::HeaderValue>,
 }
 
 /// `X-Permd-Min-Version` / `X-Permd-Wait-Ms`: read-your-writes on the sidecar.
@@ -51,6 +56,18 @@ impl MinVersion {
 }
 
 impl Ctx<'_> {
+    /// Counts the decisions of one answered request and offers it to the decision log.
+    fn done(&self, api: Api, body: &[u8], reasons: &[Reason], version: u64) {
+        metrics::record_decisions(
+            api,
+            self.started,
+            reasons,
+            version,
+            || serde_json::from_slice(body).unwrap_or(serde_json::Value::Null),
+            self.request_id.as_ref(),
+        );
+    }
+
     /// The index to answer from: the active one, or once it reaches the requested version.
     async fn index(&self) -> Result<Arc<Index>, RequestError> {
         let store = &self.state.store;
@@ -89,7 +106,7 @@ pub async fn allowed(ctx: &Ctx<'_>, body: &[u8]) -> Result<Response<Full<Bytes>>
     let q = req.query("")?;
     let ix = ctx.index().await?;
     let d = ix.decide(&q);
-    Ok(json(
+    let resp = json(
         StatusCode::OK,
         &AllowedOut {
             allow: d.allow,
@@ -98,7 +115,9 @@ pub async fn allowed(ctx: &Ctx<'_>, body: &[u8]) -> Result<Response<Full<Bytes>>
             version: d.version,
             debug: debug(&ix, &q, &d, ctx.explain || req.explain),
         },
-    ))
+    );
+    ctx.done(Api::Allowed, body, &[d.reason], d.version);
+    Ok(resp)
 }
 
 /// A bulk body: a JSON array of `/allowed` bodies, or `{"checks": [...]}`.
@@ -148,11 +167,13 @@ pub async fn allowed_bulk(ctx: &Ctx<'_>, body: &[u8]) -> Result<Response<Full<By
         .map(|(i, c)| c.query(&format!("[{i}].")))
         .collect::<Result<Vec<_>, _>>()?;
     let ix = ctx.index().await?;
+    let mut reasons = Vec::with_capacity(queries.len());
     let allow = queries
         .iter()
         .zip(&checks)
         .map(|(q, c)| {
             let d = ix.decide(q);
+            reasons.push(d.reason);
             BulkEntry {
                 allow: d.allow,
                 result: d.allow,
@@ -161,13 +182,15 @@ pub async fn allowed_bulk(ctx: &Ctx<'_>, body: &[u8]) -> Result<Response<Full<By
             }
         })
         .collect();
-    Ok(json(
+    let resp = json(
         StatusCode::OK,
         &BulkOut {
             allow,
             version: ix.version(),
         },
-    ))
+    );
+    ctx.done(Api::AllowedBulk, body, &reasons, ix.version());
+    Ok(resp)
 }
 
 #[derive(Serialize)]
@@ -184,7 +207,7 @@ pub async fn enforce(ctx: &Ctx<'_>, body: &[u8]) -> Result<Response<Full<Bytes>>
     let q = req.query()?;
     let ix = ctx.index().await?;
     let d = ix.decide(&q);
-    Ok(json(
+    let resp = json(
         StatusCode::OK,
         &EnforceOut {
             ok: d.allow,
@@ -192,7 +215,9 @@ pub async fn enforce(ctx: &Ctx<'_>, body: &[u8]) -> Result<Response<Full<Bytes>>
             version: d.version,
             debug: debug(&ix, &q, &d, ctx.explain || req.explain),
         },
-    ))
+    );
+    ctx.done(Api::Enforce, body, &[d.reason], d.version);
+    Ok(resp)
 }
 
 #[derive(Serialize)]
@@ -209,23 +234,27 @@ struct AzOut {
     context: AzContext,
 }
 
-fn az_out(ix: &Index, q: &Query<'_>, explain: bool) -> AzOut {
+fn az_out(ix: &Index, q: &Query<'_>, explain: bool) -> (AzOut, Reason) {
     let d = ix.decide(q);
-    AzOut {
+    let out = AzOut {
         decision: d.allow,
         context: AzContext {
             reason: d.reason.as_str(),
             version: d.version,
             debug: debug(ix, q, &d, explain),
         },
-    }
+    };
+    (out, d.reason)
 }
 
 pub async fn evaluation(ctx: &Ctx<'_>, body: &[u8]) -> Result<Response<Full<Bytes>>, RequestError> {
     let req: AzEvaluation = decode(body)?;
     let q = req.query("")?;
     let ix = ctx.index().await?;
-    Ok(json(StatusCode::OK, &az_out(&ix, &q, ctx.explain || req.explain)))
+    let (out, reason) = az_out(&ix, &q, ctx.explain || req.explain);
+    let resp = json(StatusCode::OK, &out);
+    ctx.done(Api::Evaluation, body, &[reason], ix.version());
+    Ok(resp)
 }
 
 #[derive(Serialize)]
@@ -239,8 +268,10 @@ pub async fn evaluations(ctx: &Ctx<'_>, body: &[u8]) -> Result<Response<Full<Byt
         // No `evaluations`: a single evaluation in the batch endpoint's shape.
         let q = req.defaults.query("")?;
         let ix = ctx.index().await?;
-        let out = az_out(&ix, &q, ctx.explain || req.defaults.explain);
-        return Ok(json(StatusCode::OK, &AzBatchOut { evaluations: vec![out] }));
+        let (out, reason) = az_out(&ix, &q, ctx.explain || req.defaults.explain);
+        let resp = json(StatusCode::OK, &AzBatchOut { evaluations: vec![out] });
+        ctx.done(Api::Evaluations, body, &[reason], ix.version());
+        return Ok(resp);
     };
     if items.len() > MAX_BATCH {
         return Err(RequestError::invalid(format!(
@@ -271,13 +302,17 @@ pub async fn evaluations(ctx: &Ctx<'_>, body: &[u8]) -> Result<Response<Full<Byt
         .collect::<Result<Vec<_>, _>>()?;
     let ix = ctx.index().await?;
     let mut evaluations = Vec::with_capacity(queries.len());
+    let mut reasons = Vec::with_capacity(queries.len());
     for (q, e) in queries.iter().zip(&merged) {
-        let out = az_out(&ix, q, ctx.explain || e.explain);
+        let (out, reason) = az_out(&ix, q, ctx.explain || e.explain);
         let stop = stop_on == Some(out.decision);
         evaluations.push(out);
+        reasons.push(reason);
         if stop {
             break;
         }
     }
-    Ok(json(StatusCode::OK, &AzBatchOut { evaluations }))
+    let resp = json(StatusCode::OK, &AzBatchOut { evaluations });
+    ctx.done(Api::Evaluations, body, &reasons, ix.version());
+    Ok(resp)
 }

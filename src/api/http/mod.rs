@@ -119,7 +119,12 @@ where
     B: hyper::body::Body<Data = Bytes> + Send,
     B::Error: std::error::Error + Send + Sync + 'static,
 {
-    Ok(route(req, &state).await.unwrap_or_else(RequestError::into_response))
+    let route_label = crate::metrics::get().map(|_| crate::metrics::http_route(req.uri().path()));
+    let resp = route(req, &state).await.unwrap_or_else(RequestError::into_response);
+    if let (Some(m), Some(route)) = (crate::metrics::get(), route_label) {
+        m.http_request(route, resp.status());
+    }
+    Ok(resp)
 }
 
 async fn route<B>(req: Request<B>, state: &HttpState) -> Result<Response<Full<Bytes>>, RequestError>
@@ -134,6 +139,7 @@ where
             (Method::POST, "POST")
         }
         "/healthz" | "/readyz" | "/v1/status" | "/.well-known/authzen-configuration" => (Method::GET, "GET, HEAD"),
+        "/metrics" if crate::metrics::get().is_some() => (Method::GET, "GET, HEAD"),
         _ => return Err(RequestError::NotFound(path)),
     };
     if state.admin_only && want == Method::POST {
@@ -151,6 +157,7 @@ where
         "/readyz" => return Ok(ops::readyz(state)),
         "/v1/status" => return Ok(ops::status(state)),
         "/.well-known/authzen-configuration" => return Ok(ops::authzen_configuration(&req)),
+        "/metrics" => return Ok(ops::metrics(state).await),
         _ => {}
     }
     let explain_param = req.uri().query().is_some_and(|q| {
@@ -158,11 +165,14 @@ where
             .any(|kv| kv == "explain=true" || kv == "explain=1" || kv == "explain")
     });
     let min_version = checks::MinVersion::from_headers(req.headers())?;
+    let request_id = req.headers().get("x-request-id").cloned();
     let body = read_body(req, state.max_body_bytes).await?;
     let ctx = checks::Ctx {
         state,
         explain: explain_param,
         min_version,
+        started: std::time::Instant::now(),
+        request_id,
     };
     match path.as_str() {
         "/allowed" => checks::allowed(&ctx, &body).await,

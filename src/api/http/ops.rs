@@ -128,3 +128,24 @@ pub fn authzen_configuration<B>(req: &Request<B>) -> Response<Full<Bytes>> {
         }),
     )
 }
+
+/// `GET /metrics`: the Prometheus text exposition. The gauges read off the store are set
+/// first, off the async workers (the ignored-items count walks the index once per version).
+pub async fn metrics(state: &HttpState) -> Response<Full<Bytes>> {
+    let Some(m) = crate::metrics::get() else {
+        return super::RequestError::NotFound("/metrics".into()).into_response();
+    };
+    let store = state.store.clone();
+    let text = tokio::task::spawn_blocking(move || {
+        m.refresh(&store);
+        m.render()
+    })
+    .await
+    .unwrap_or_default();
+    let mut resp = Response::new(Full::new(Bytes::from(text)));
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    resp
+}
