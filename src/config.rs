@@ -127,6 +127,9 @@ pub struct FileConfig {
     pub max_snapshot_bytes: Option<usize>,
     pub max_connections: Option<usize>,
     #[serde(default, deserialize_with = "duration")]
+    pub header_read_timeout: Option<Duration>,
+    pub max_concurrent_streams: Option<u32>,
+    #[serde(default, deserialize_with = "duration")]
     pub shutdown_grace: Option<Duration>,
     #[serde(default, deserialize_with = "duration")]
     pub poll_interval: Option<Duration>,
@@ -191,6 +194,13 @@ pub struct Overrides {
     /// Most concurrent connections per listener (default 10000).
     #[arg(long, env = "PERMD_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
+    /// How long a client may take to send a request's headers, and how long an idle
+    /// keep-alive connection stays open (default 10s): slow or idle clients are closed.
+    #[arg(long, env = "PERMD_HEADER_READ_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub header_read_timeout: Option<Duration>,
+    /// Most concurrent HTTP/2 streams per connection, HTTP and gRPC (default 256).
+    #[arg(long, env = "PERMD_MAX_CONCURRENT_STREAMS")]
+    pub max_concurrent_streams: Option<u32>,
     /// How long in-flight requests may take to finish on shutdown (default 10s).
     #[arg(long, env = "PERMD_SHUTDOWN_GRACE", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Option<Duration>,
@@ -234,6 +244,8 @@ pub struct Config {
     pub max_body_bytes: usize,
     pub max_snapshot_bytes: usize,
     pub max_connections: usize,
+    pub header_read_timeout: Duration,
+    pub max_concurrent_streams: u32,
     pub shutdown_grace: Duration,
     pub poll_interval: Duration,
     pub log_format: LogFormat,
@@ -344,6 +356,14 @@ impl Config {
             max_body_bytes: over.max_body_bytes.or(file.max_body_bytes).unwrap_or(1 << 20),
             max_snapshot_bytes: over.max_snapshot_bytes.or(file.max_snapshot_bytes).unwrap_or(2 << 30),
             max_connections: over.max_connections.or(file.max_connections).unwrap_or(10_000),
+            header_read_timeout: over
+                .header_read_timeout
+                .or(file.header_read_timeout)
+                .unwrap_or(Duration::from_secs(10)),
+            max_concurrent_streams: over
+                .max_concurrent_streams
+                .or(file.max_concurrent_streams)
+                .unwrap_or(256),
             shutdown_grace: over
                 .shutdown_grace
                 .or(file.shutdown_grace)
@@ -363,6 +383,12 @@ impl Config {
         };
         if cfg.max_body_bytes == 0 {
             return Err(invalid("max_body_bytes", "must be greater than 0"));
+        }
+        if cfg.header_read_timeout.is_zero() {
+            return Err(invalid("header_read_timeout", "must be greater than 0"));
+        }
+        if cfg.max_concurrent_streams == 0 {
+            return Err(invalid("max_concurrent_streams", "must be greater than 0"));
         }
         if cfg.max_connections == 0 {
             return Err(invalid("max_connections", "must be greater than 0"));

@@ -11,7 +11,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, UnixListener};
@@ -57,36 +59,131 @@ impl Listener {
     }
 }
 
+/// A connection whose first bytes must arrive before a deadline. hyper's header timeout
+/// starts only once the auto builder has sniffed HTTP/1 from HTTP/2, and that sniffing waits
+/// for the first bytes without a timeout of its own: a client that connects and says
+/// nothing would hold its connection slot for ever.
+struct FirstBytesDeadline<IO> {
+    io: IO,
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for FirstBytesDeadline<IO> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.io).poll_read(cx, buf);
+        let Some(deadline) = self.deadline.as_mut() else {
+            return polled;
+        };
+        match polled {
+            Poll::Ready(_) if buf.filled().len() > before => self.deadline = None,
+            Poll::Pending if deadline.as_mut().poll(cx).is_ready() => {
+                return Poll::Ready(Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "nothing received within header_read_timeout",
+                )));
+            }
+            _ => {}
+        }
+        polled
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for FirstBytesDeadline<IO> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+}
+
 fn spawn_conn<IO>(
     io: IO,
     state: Arc<HttpState>,
     builder: &auto::Builder<TokioExecutor>,
     graceful: &GracefulShutdown,
     permit: tokio::sync::OwnedSemaphorePermit,
+    first_bytes_timeout: Duration,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let io = FirstBytesDeadline {
+        io,
+        deadline: Some(Box::pin(tokio::time::sleep(first_bytes_timeout))),
+    };
     let svc = service_fn(move |req| handle(req, state.clone()));
     let conn = builder.serve_connection(TokioIo::new(io), svc).into_owned();
     let conn = graceful.watch(conn);
     tokio::spawn(async move {
         if let Err(e) = conn.await {
-            // A client going away mid-request is routine, not an error of ours.
+            // A client going away mid-request, or one that never spoke, is routine.
             tracing::debug!(error = %e, "connection ended with an error");
         }
         drop(permit);
     });
 }
 
+/// Connection limits of one HTTP listener.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpLimits {
+    pub max_connections: usize,
+    /// For a request's headers to arrive, and for an idle keep-alive connection.
+    pub header_read_timeout: Duration,
+    pub max_concurrent_streams: u32,
+}
+
+impl HttpLimits {
+    pub fn from_config(cfg: &Config) -> HttpLimits {
+        HttpLimits {
+            max_connections: cfg.max_connections,
+            header_read_timeout: cfg.header_read_timeout,
+            max_concurrent_streams: cfg.max_concurrent_streams,
+        }
+    }
+}
+
 /// Serves HTTP on `listener` until `shutdown` resolves, then drains within `grace`.
 pub async fn serve_http(
     listener: Listener,
     state: Arc<HttpState>,
-    max_connections: usize,
+    limits: HttpLimits,
     grace: Duration,
     shutdown: impl Future<Output = ()>,
 ) {
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let max_connections = limits.max_connections;
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // Slow-header (slowloris) and idle keep-alive clients are closed after the timeout; h2c
+    // clients are pinged and dropped when they stop answering, and their streams bounded.
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(64 * 1024);
+    builder
+        .http2()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .keep_alive_interval(limits.header_read_timeout)
+        .keep_alive_timeout(limits.header_read_timeout)
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .max_header_list_size(64 * 1024);
     let graceful = GracefulShutdown::new();
     let limit = Arc::new(Semaphore::new(max_connections));
     tokio::pin!(shutdown);
@@ -102,9 +199,23 @@ pub async fn serve_http(
         match accepted {
             Ok(Accepted::Tcp(s)) => {
                 let _ = s.set_nodelay(true);
-                spawn_conn(s, state.clone(), &builder, &graceful, permit)
+                spawn_conn(
+                    s,
+                    state.clone(),
+                    &builder,
+                    &graceful,
+                    permit,
+                    limits.header_read_timeout,
+                )
             }
-            Ok(Accepted::Unix(s)) => spawn_conn(s, state.clone(), &builder, &graceful, permit),
+            Ok(Accepted::Unix(s)) => spawn_conn(
+                s,
+                state.clone(),
+                &builder,
+                &graceful,
+                permit,
+                limits.header_read_timeout,
+            ),
             Err(e) => {
                 // Out of file descriptors and the like: back off instead of spinning.
                 tracing::warn!(error = %e, "accept failed");
@@ -178,7 +289,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
         let serve = serve_http(
             listener,
             state(true),
-            cfg.max_connections,
+            HttpLimits::from_config(&cfg),
             cfg.shutdown_grace,
             stopped(stop_rx.clone()),
         );
@@ -186,7 +297,13 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
     });
     let grpc_task = {
         let state = GrpcState { store: store.clone() };
-        tokio::spawn(serve_grpc(grpc, state, cfg.shutdown_grace, stop_rx.clone()))
+        tokio::spawn(serve_grpc(
+            grpc,
+            state,
+            HttpLimits::from_config(&cfg),
+            cfg.shutdown_grace,
+            stop_rx.clone(),
+        ))
     };
     let trigger = async {
         shutdown.await;
@@ -197,7 +314,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
     let serve = serve_http(
         http,
         state(false),
-        cfg.max_connections,
+        HttpLimits::from_config(&cfg),
         cfg.shutdown_grace,
         stopped(stop_rx),
     );
@@ -222,6 +339,7 @@ const GRPC_SERVICES: [&str; 3] = ["", "perm.v1.PermService", "permd.v1.PermdServ
 pub async fn serve_grpc(
     listener: Listener,
     state: GrpcState,
+    limits: HttpLimits,
     grace: Duration,
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
@@ -259,6 +377,10 @@ pub async fn serve_grpc(
     let reflection = reflection_builder().build_v1()?;
     let reflection_alpha = reflection_builder().build_v1alpha()?;
     let router = tonic::transport::Server::builder()
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .http2_keepalive_interval(Some(limits.header_read_timeout))
+        .http2_keepalive_timeout(Some(limits.header_read_timeout))
+        .http2_max_header_list_size(64 * 1024)
         .layer(crate::metrics::grpc::GrpcMetricsLayer)
         .add_service(health_svc)
         .add_service(reflection)
