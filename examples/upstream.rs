@@ -21,7 +21,12 @@ use upstream::{StreamFault, Upstream};
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let arg = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
+    let arg = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
     let Some(path) = arg("--snapshot") else {
         eprintln!("usage: upstream --snapshot FILE [--port N] [--token T]");
         std::process::exit(64);
@@ -38,7 +43,11 @@ async fn main() {
     let port = arg("--port").and_then(|p| p.parse().ok()).unwrap_or(7700);
     let up = Upstream::start(snapshot, port).await;
     up.state().token = arg("--token");
-    eprintln!("upstream on {} at version {}; delta lines on stdin", up.url(), up.version());
+    eprintln!(
+        "upstream on {} at version {}; delta lines on stdin",
+        up.url(),
+        up.version()
+    );
     // stdin on a plain thread: tokio's stdin needs a feature the server does not.
     let (tx, mut lines) = tokio::sync::mpsc::channel::<String>(16);
     std::thread::spawn(move || {
@@ -72,7 +81,11 @@ async fn main() {
                     up.publish(&b);
                     eprintln!("version {}", up.version());
                 }
-                Ok(b) => eprintln!("from_version {} does not follow version {}", b.from_version, up.version()),
+                Ok(b) => eprintln!(
+                    "from_version {} does not follow version {}",
+                    b.from_version,
+                    up.version()
+                ),
                 Err(e) => eprintln!("batch rejected: {e}"),
             },
         }

@@ -105,7 +105,12 @@ impl Source {
             let protocol = match protocol {
                 None | Some("permd") => Protocol::Permd,
                 Some("permit") => Protocol::Permit,
-                Some(p) => return Err(invalid("source_protocol", format!("`{p}`: expected `permd` or `permit`"))),
+                Some(p) => {
+                    return Err(invalid(
+                        "source_protocol",
+                        format!("`{p}`: expected `permd` or `permit`"),
+                    ));
+                }
             };
             return Ok(Source::Upstream {
                 base: format!("{scheme}://{}", rest.trim_end_matches('/')),
@@ -396,10 +401,7 @@ impl Config {
                 .shutdown_grace
                 .or(file.shutdown_grace)
                 .unwrap_or(Duration::from_secs(10)),
-            poll_interval: over
-                .poll_interval
-                .or(file.poll_interval)
-                .unwrap_or(default_poll),
+            poll_interval: over.poll_interval.or(file.poll_interval).unwrap_or(default_poll),
             log_format,
             log_level: over
                 .log_level
@@ -446,7 +448,10 @@ fn read_api_key(env: Option<String>, file: Option<&Path>) -> Result<Option<ApiKe
         return Err(invalid("api_key_file", "the API key is empty"));
     }
     if !key.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(invalid("api_key_file", "the API key holds characters a header cannot carry"));
+        return Err(invalid(
+            "api_key_file",
+            "the API key holds characters a header cannot carry",
+        ));
     }
     Ok(Some(ApiKey(key.to_string())))
 }

@@ -106,7 +106,10 @@ async fn streams_batches_with_read_your_writes_and_keeps_the_key_secret() {
     assert_eq!(p.allowed("dave", "read", "document:photo"), (false, 42));
     assert_eq!(p.allowed("alice", "write", "document:photo"), (true, 42));
     let st = status(&p);
-    assert_eq!((st["online"].clone(), st["source"].clone()), (json!(true), json!(up.url())));
+    assert_eq!(
+        (st["online"].clone(), st["source"].clone()),
+        (json!(true), json!(up.url()))
+    );
 
     // Read-your-writes: a check asking for version 43 waits for the stream to bring it.
     let addr = p.addr.clone();
@@ -122,7 +125,10 @@ async fn streams_batches_with_read_your_writes_and_keeps_the_key_secret() {
     assert!(!waiter.is_finished(), "answered before version 43 existed");
     up.publish(&pair(42, true));
     let (st, v) = waiter.join().unwrap();
-    assert_eq!((st, v["allow"].clone(), v["version"].clone()), (200, json!(true), json!(43)));
+    assert_eq!(
+        (st, v["allow"].clone(), v["version"].clone()),
+        (200, json!(true), json!(43))
+    );
     let (st, v) = common::raw_request(
         &p.addr,
         "/allowed",
@@ -157,7 +163,9 @@ async fn a_wrong_token_is_retried_and_never_shown() {
     up.state().token = Some("pk_right".into());
     let p = Permd::follow(&up.url(), &[], &[("PERMD_API_KEY", KEY)]);
     p.wait_for("a 401 in the status", |p| {
-        status(p)["last_error"]["message"].as_str().is_some_and(|m| m.contains("401"))
+        status(p)["last_error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("401"))
     });
     let (code, body) = p.get("/readyz");
     assert_eq!((code, body["status"].clone()), (503, json!("not_ready")));
@@ -254,7 +262,12 @@ async fn every_fault_keeps_the_last_good_version_and_nothing_partial_is_visible(
     up.state().down = false;
     p.wait_version(50);
     assert!(snapshots(&up) > snaps);
-    assert!(up.state().requests.iter().any(|(_, path, _)| path == "/v1/deltas?since=47"));
+    assert!(
+        up.state()
+            .requests
+            .iter()
+            .any(|(_, path, _)| path == "/v1/deltas?since=47")
+    );
     p.wait_for("online", |p| status(p)["online"] == json!(true));
 
     // 429 with Retry-After: the next request waits for it.
@@ -305,7 +318,10 @@ async fn outage_warm_start_staleness_and_a_corrupt_cache() {
     let p2 = Permd::follow(&up.url(), &args, &[]);
     p2.ready();
     let (_, ready) = p2.get("/readyz");
-    assert_eq!((ready["online"].clone(), ready["version"].clone()), (json!(false), json!(43)));
+    assert_eq!(
+        (ready["online"].clone(), ready["version"].clone()),
+        (json!(false), json!(43))
+    );
     assert!(ready["age_seconds"].as_f64().unwrap() >= 0.0);
     assert_eq!(p2.allowed("dave", "read", "document:photo"), (true, 43));
 
@@ -338,7 +354,9 @@ async fn outage_warm_start_staleness_and_a_corrupt_cache() {
     std::fs::write(&path, &bytes).unwrap();
     up.state().down = true;
     let p4 = Permd::follow(&up.url(), &args, &[]);
-    p4.wait_for("the corrupt cache counted", |p| status(p)["cache_rejected_total"] == json!(1));
+    p4.wait_for("the corrupt cache counted", |p| {
+        status(p)["cache_rejected_total"] == json!(1)
+    });
     assert_eq!(p4.get("/readyz").0, 503);
     assert_eq!(status(&p4)["version"], Value::Null);
     assert!(p4.stderr().contains("checksum mismatch"));
@@ -352,7 +370,9 @@ async fn outage_warm_start_staleness_and_a_corrupt_cache() {
     std::fs::write(&path, &bytes[..bytes.len() / 3]).unwrap();
     up.state().down = true;
     let p5 = Permd::follow(&up.url(), &args, &[]);
-    p5.wait_for("the truncated cache counted", |p| status(p)["cache_rejected_total"] == json!(1));
+    p5.wait_for("the truncated cache counted", |p| {
+        status(p)["cache_rejected_total"] == json!(1)
+    });
     assert!(p5.stderr().contains("truncated"));
     assert_eq!(p5.get("/readyz").0, 503);
 }
@@ -360,12 +380,18 @@ async fn outage_warm_start_staleness_and_a_corrupt_cache() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_cache_and_no_upstream_is_not_ready_but_keeps_trying() {
     // A port with nothing behind it.
-    let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let p = Permd::follow(&format!("http://{addr}"), &["--upstream-timeout", "1s"], &[]);
     p.wait_for("an error in the status", |p| !status(p)["last_error"].is_null());
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let (code, body) = p.get("/readyz");
-    assert_eq!((code, body["status"].clone(), body["online"].clone()), (503, json!("not_ready"), json!(false)));
+    assert_eq!(
+        (code, body["status"].clone(), body["online"].clone()),
+        (503, json!("not_ready"), json!(false))
+    );
     let mut p = p;
     assert!(p.child.try_wait().unwrap().is_none(), "permd exited");
     // The upstream appears on that port: permd gets there by itself.
@@ -381,7 +407,14 @@ fn random_batch(rng: &mut SmallRng, from: u64) -> DeltaBatch {
     let users = ["alice", "bob", "carol", "dave", "erin"];
     let roles = ["viewer", "editor", "guard", "auditor"];
     let orgs = ["acme", "acme-eu", "globex"];
-    let res = ["folder:shared", "document:photo", "document:plan", "site:hq", "camera:cam1", "document:x"];
+    let res = [
+        "folder:shared",
+        "document:photo",
+        "document:plan",
+        "site:hq",
+        "camera:cam1",
+        "document:x",
+    ];
     let perms = ["document:read", "document:write", "folder:read", "camera:*", "*:read"];
     let mut ops = Vec::new();
     for _ in 0..rng.random_range(1..6) {
@@ -443,7 +476,12 @@ async fn convergence_after_random_batches_equals_loading_the_final_snapshot() {
         let mut checks = Vec::new();
         let mut expected = Vec::new();
         for user in ["alice", "bob", "carol", "dave", "erin", "root"] {
-            for (t, k) in [("document", "photo"), ("document", "plan"), ("folder", "shared"), ("camera", "cam1")] {
+            for (t, k) in [
+                ("document", "photo"),
+                ("document", "plan"),
+                ("folder", "shared"),
+                ("camera", "cam1"),
+            ] {
                 for action in ["read", "write", "play"] {
                     for org in [None, Some("acme"), Some("acme-eu"), Some("globex")] {
                         let mut resource = json!({"type": t, "key": k});

@@ -133,7 +133,10 @@ impl Cache {
             bytes.get(16..HEADER),
             bytes.get(HEADER..),
         ) else {
-            return Err(bad(format!("truncated: {} bytes, shorter than the header", bytes.len())));
+            return Err(bad(format!(
+                "truncated: {} bytes, shorter than the header",
+                bytes.len()
+            )));
         };
         if magic != MAGIC {
             return Err(bad("not a permd cache file (bad magic)".into()));
@@ -157,7 +160,10 @@ impl Cache {
         }
         validate(&doc.snapshot).map_err(|e| bad(format!("rejected: {e}")))?;
         *self.written() = Some(doc.snapshot.version);
-        Ok(Some((doc.snapshot, UNIX_EPOCH + Duration::from_millis(doc.current_at_ms))))
+        Ok(Some((
+            doc.snapshot,
+            UNIX_EPOCH + Duration::from_millis(doc.current_at_ms),
+        )))
     }
 }
 
@@ -251,7 +257,10 @@ mod tests {
             (&good[..good.len() - 5], "truncated"),
             (&good[..20], "truncated"),
             (&flipped, "checksum"),
-            (b"garbage that is long enough to pass the header length check...", "magic"),
+            (
+                b"garbage that is long enough to pass the header length check...",
+                "magic",
+            ),
         ];
         for (bytes, want) in cases {
             std::fs::write(cache.path(), bytes).unwrap();

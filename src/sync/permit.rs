@@ -80,6 +80,13 @@ pub async fn run(s: Settings, store: Arc<Store>, cache: Option<Arc<Cache>>) {
     }
 }
 
+/// What one pull comes to, decided off the runtime.
+enum Outcome {
+    Applied(Snapshot, Box<Index>),
+    Unchanged(Snapshot),
+    Refused(Option<Snapshot>, String),
+}
+
 /// Publishes `doc` as the next version: built whole the first time, else the difference from
 /// the previous pull as one batch. Returns the document now active.
 async fn apply(
@@ -96,13 +103,13 @@ async fn apply(
             (None, None) => None,
         };
         if let Err(e) = validate(&doc) {
-            return Err((prev, format!("the pulled data is rejected: {e}")));
+            return Outcome::Refused(prev, format!("the pulled data is rejected: {e}"));
         }
         match (prev, active) {
             (Some(prev), Some(ix)) if ix.version() == prev.version => {
                 let ops = diff(&prev, &doc);
                 if ops.is_empty() {
-                    return Ok((prev, None));
+                    return Outcome::Unchanged(prev);
                 }
                 doc.version = prev.version + 1;
                 let batch = DeltaBatch {
@@ -111,14 +118,14 @@ async fn apply(
                     ops,
                 };
                 match ix.apply(&batch) {
-                    Ok(next) => Ok((doc, Some(next))),
-                    Err(e) => Err((Some(prev), e.to_string())),
+                    Ok(next) => Outcome::Applied(doc, Box::new(next)),
+                    Err(e) => Outcome::Refused(Some(prev), e.to_string()),
                 }
             }
             (prev, _) => {
                 doc.version = prev.map_or(1, |p| p.version + 1);
                 let ix = Index::build(&doc);
-                Ok((doc, Some(ix)))
+                Outcome::Applied(doc, Box::new(ix))
             }
         }
     })
@@ -128,16 +135,16 @@ async fn apply(
         message,
     };
     match worked {
-        Ok(Ok((doc, Some(ix)))) => {
+        Ok(Outcome::Applied(doc, ix)) => {
             tracing::info!(version = ix.version(), "permit pull applied");
-            store.publish(ix);
+            store.publish(*ix);
             Ok(doc)
         }
-        Ok(Ok((doc, None))) => {
+        Ok(Outcome::Unchanged(doc)) => {
             store.confirm();
             Ok(doc)
         }
-        Ok(Err((prev, msg))) => Err((prev, rejected(msg))),
+        Ok(Outcome::Refused(prev, msg)) => Err((prev, rejected(msg))),
         Err(e) => Err((None, rejected(format!("applying the pull failed: {e}")))),
     }
 }
@@ -549,10 +556,14 @@ mod tests {
     #[test]
     fn diff_then_apply_equals_the_new_document() {
         let y = |s: &str| Snapshot::load(s.as_bytes(), crate::model::Encoding::Yaml).unwrap();
-        let old = y("format: 1\nversion: 3\norgs: [{key: a}, {key: b}]\nresource_types: [{key: d, actions: [r]}]\n\
-                     roles: [{key: v, permissions: ['d:r']}]\nrole_assignments: [{user: u, role: v, org: a}]\n");
-        let new = y("format: 1\nversion: 3\norgs: [{key: a, name: A}]\nresource_types: [{key: d, actions: [r]}]\n\
-                     roles: [{key: v, permissions: ['d:r']}]\nrole_assignments: [{user: w, role: v, org: a}]\n");
+        let old = y(
+            "format: 1\nversion: 3\norgs: [{key: a}, {key: b}]\nresource_types: [{key: d, actions: [r]}]\n\
+                     roles: [{key: v, permissions: ['d:r']}]\nrole_assignments: [{user: u, role: v, org: a}]\n",
+        );
+        let new = y(
+            "format: 1\nversion: 3\norgs: [{key: a, name: A}]\nresource_types: [{key: d, actions: [r]}]\n\
+                     roles: [{key: v, permissions: ['d:r']}]\nrole_assignments: [{user: w, role: v, org: a}]\n",
+        );
         let ops = diff(&old, &new);
         assert_eq!(ops.len(), 4, "{ops:?}");
         let mut applied = old.clone();

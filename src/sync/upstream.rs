@@ -25,11 +25,19 @@ pub struct Settings {
 #[derive(Debug)]
 enum StreamEnd {
     /// The upstream closed the body (possibly mid-line: that partial line is dropped).
-    Closed { applied: bool },
+    Closed {
+        applied: bool,
+    },
     /// `since` is too old, a batch does not follow the active version, or a line is refused:
     /// only a fresh snapshot can continue.
-    Resync { applied: bool, why: Option<SyncError> },
-    Failed { applied: bool, error: SyncError },
+    Resync {
+        applied: bool,
+        why: Option<SyncError>,
+    },
+    Failed {
+        applied: bool,
+        error: SyncError,
+    },
 }
 
 /// Follows the upstream forever; the active version keeps serving through every failure.
@@ -255,7 +263,10 @@ async fn stream(s: &Settings, store: &Store) -> StreamEnd {
     match resp.status() {
         http::StatusCode::OK => {}
         http::StatusCode::GONE => {
-            tracing::info!(since, "upstream no longer has deltas since the active version; fetching a snapshot");
+            tracing::info!(
+                since,
+                "upstream no longer has deltas since the active version; fetching a snapshot"
+            );
             return StreamEnd::Resync {
                 applied: false,
                 why: None,

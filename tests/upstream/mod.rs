@@ -100,7 +100,9 @@ impl Upstream {
         let (st, tk) = (state.clone(), tick.clone());
         let task = tokio::spawn(async move {
             loop {
-                let Ok((conn, _)) = listener.accept().await else { continue };
+                let Ok((conn, _)) = listener.accept().await else {
+                    continue;
+                };
                 let (st, tk) = (st.clone(), tk.clone());
                 tokio::spawn(async move {
                     if st.lock().unwrap().down {
@@ -153,7 +155,10 @@ impl Upstream {
     pub fn publish_line(&self, batch: &DeltaBatch, line: String) {
         {
             let mut st = self.state();
-            assert_eq!(batch.from_version, st.snapshot.version, "batches must follow the document");
+            assert_eq!(
+                batch.from_version, st.snapshot.version,
+                "batches must follow the document"
+            );
             st.snapshot.apply_ops(&batch.ops);
             st.snapshot.version = batch.to_version;
             st.history.push(Published {
@@ -177,7 +182,11 @@ impl Upstream {
 
     /// Requests made so far to paths starting with `prefix`.
     pub fn count(&self, prefix: &str) -> usize {
-        self.state().requests.iter().filter(|(_, p, _)| p.starts_with(prefix)).count()
+        self.state()
+            .requests
+            .iter()
+            .filter(|(_, p, _)| p.starts_with(prefix))
+            .count()
     }
 }
 
@@ -209,7 +218,8 @@ async fn handle(
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
     let mut st = state.lock().unwrap();
-    st.requests.push((tokio::time::Instant::now(), path_q.clone(), auth.clone()));
+    st.requests
+        .push((tokio::time::Instant::now(), path_q.clone(), auth.clone()));
     if let Some(token) = &st.token
         && auth.as_deref() != Some(&format!("Bearer {token}"))
     {
@@ -248,11 +258,7 @@ async fn handle(
                 r.headers_mut().insert("etag", etag.parse().unwrap());
                 return Ok(r);
             }
-            let accept = req
-                .headers()
-                .get("accept")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("");
+            let accept = req.headers().get("accept").and_then(|v| v.to_str().ok()).unwrap_or("");
             let mut r = if accept.starts_with("application/msgpack") {
                 full(
                     StatusCode::OK,
@@ -277,14 +283,28 @@ async fn handle(
                 ));
             };
             if since < st.oldest_since || since > st.snapshot.version {
-                return Ok(json(StatusCode::GONE, &serde_json::json!({"error": "since is too old"})));
+                return Ok(json(
+                    StatusCode::GONE,
+                    &serde_json::json!({"error": "since is too old"}),
+                ));
             }
-            let start = st.history.iter().position(|p| p.from >= since).unwrap_or(st.history.len());
+            let start = st
+                .history
+                .iter()
+                .position(|p| p.from >= since)
+                .unwrap_or(st.history.len());
             let fault = st.stream_faults.pop_front();
             let heartbeat = st.heartbeat;
             drop(st);
             let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(64);
-            tokio::spawn(stream_deltas(state.clone(), tick.subscribe(), tx, start, fault, heartbeat));
+            tokio::spawn(stream_deltas(
+                state.clone(),
+                tick.subscribe(),
+                tx,
+                start,
+                fault,
+                heartbeat,
+            ));
             let body = StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx));
             Ok(Response::builder()
                 .status(StatusCode::OK)
@@ -305,7 +325,12 @@ async fn handle(
                     &serde_json::json!({"detail": "page must be >= 1 and per_page between 1 and 100"}),
                 ));
             }
-            let slice: Vec<Value> = items.iter().skip((page - 1) * per_page).take(per_page).cloned().collect();
+            let slice: Vec<Value> = items
+                .iter()
+                .skip((page - 1) * per_page)
+                .take(per_page)
+                .cloned()
+                .collect();
             if st.paginated_shape.contains(&key) {
                 let total = items.len();
                 Ok(json(
@@ -316,7 +341,10 @@ async fn handle(
                 Ok(json(StatusCode::OK, &Value::Array(slice)))
             }
         }
-        _ => Ok(json(StatusCode::NOT_FOUND, &serde_json::json!({"error": "no such path"}))),
+        _ => Ok(json(
+            StatusCode::NOT_FOUND,
+            &serde_json::json!({"error": "no such path"}),
+        )),
     }
 }
 
@@ -357,7 +385,12 @@ async fn stream_deltas(
     loop {
         let lines: Vec<String> = {
             let st = state.lock().unwrap();
-            st.history.get(next..).unwrap_or_default().iter().map(|p| p.line.clone()).collect()
+            st.history
+                .get(next..)
+                .unwrap_or_default()
+                .iter()
+                .map(|p| p.line.clone())
+                .collect()
         };
         for line in lines {
             next += 1;
