@@ -169,6 +169,25 @@ impl Upstream {
         self.tick.send_modify(|t| t.0 += 1);
     }
 
+    /// Streams a batch without applying it to the served document (only its version moves):
+    /// for benchmarks, where scanning a 1M-item document per op would measure the stand-in.
+    pub fn publish_stream_only(&self, batch: &DeltaBatch) {
+        let line = String::from_utf8(batch.to_json()).unwrap();
+        {
+            let mut st = self.state();
+            assert_eq!(
+                batch.from_version, st.snapshot.version,
+                "batches must follow the document"
+            );
+            st.snapshot.version = batch.to_version;
+            st.history.push(Published {
+                from: batch.from_version,
+                line,
+            });
+        }
+        self.tick.send_modify(|t| t.0 += 1);
+    }
+
     /// Forgets history: a `since` older than the current version now gets 410.
     pub fn compact(&self) {
         let mut st = self.state();
