@@ -378,6 +378,28 @@ async fn outage_warm_start_staleness_and_a_corrupt_cache() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_upstream_does_not_hold_back_the_warm_start() {
+    // The kernel accepts connections to a listener nobody serves: requests hang.
+    let hung = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", hung.local_addr().unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let mut snap = example_snapshot();
+    snap.version = 77;
+    permd::sync::Cache::new(dir.path().into(), url.clone(), 1 << 30)
+        .write(&snap, std::time::SystemTime::now())
+        .unwrap();
+    // upstream_timeout stays at its 45 s default: readiness comes from the cache well before.
+    let p = Permd::follow(&url, &["--cache-dir", dir.path().to_str().unwrap()], &[]);
+    p.ready();
+    let (_, ready) = p.get("/readyz");
+    assert_eq!(
+        (ready["online"].clone(), ready["version"].clone()),
+        (json!(false), json!(77))
+    );
+    drop(hung);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_cache_and_no_upstream_is_not_ready_but_keeps_trying() {
     // A port with nothing behind it.
     let addr = std::net::TcpListener::bind("127.0.0.1:0")

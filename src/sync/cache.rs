@@ -169,6 +169,9 @@ impl Cache {
 
 /// Loads the cache into the store, off the runtime. True when a version became active.
 pub async fn warm_start(cache: &Arc<Cache>, store: &Store) -> bool {
+    if store.load().is_some() {
+        return false; // only ever instead of nothing, never over a live version
+    }
     let started = std::time::Instant::now();
     let c = cache.clone();
     let loaded = tokio::task::spawn_blocking(move || c.read().map(|o| o.map(|(s, at)| (Index::build(&s), at)))).await;

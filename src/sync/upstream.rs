@@ -21,6 +21,9 @@ pub struct Settings {
     pub max_snapshot_bytes: usize,
 }
 
+/// How long the first snapshot request may take before the cache is loaded meanwhile.
+const WARM_START_AFTER: Duration = Duration::from_secs(2);
+
 /// How a delta stream ended.
 #[derive(Debug)]
 enum StreamEnd {
@@ -47,9 +50,24 @@ pub async fn run(s: Settings, store: Arc<Store>, cache: Option<Arc<Cache>>) {
     let mut cache_tried = cache.is_none();
     loop {
         if need_snapshot || store.load().is_none() {
-            match fetch_snapshot(&s, &store).await {
+            let fetch = fetch_snapshot(&s, &store);
+            tokio::pin!(fetch);
+            let fetched = match &cache {
+                // A hung upstream must not hold back the warm start for a whole timeout.
+                Some(c) if !cache_tried => tokio::select! {
+                    r = &mut fetch => r,
+                    _ = tokio::time::sleep(WARM_START_AFTER) => {
+                        cache_tried = true;
+                        super::cache::warm_start(c, &store).await;
+                        fetch.await
+                    }
+                },
+                _ => fetch.await,
+            };
+            match fetched {
                 Ok(()) => {
                     need_snapshot = false;
+                    cache_tried = true;
                     backoff.reset();
                 }
                 Err(e) => {
