@@ -90,4 +90,6 @@ async fn main() {
             },
         }
     }
+    // stdin closed (run in the background): keep serving until killed.
+    std::future::pending::<()>().await;
 }
