@@ -72,20 +72,55 @@ impl std::fmt::Display for ListenAddr {
 pub enum Source {
     /// A local document, watched.
     File(PathBuf),
+    /// An http(s) control plane; `base` has no trailing `/` and no userinfo.
+    Upstream { base: String, protocol: Protocol },
+}
+
+/// How an http(s) upstream is spoken to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// The native protocol of sync.md: snapshot, then a stream of delta batches.
+    Permd,
+    /// Permit-style REST pull of schema and facts, polled.
+    Permit,
 }
 
 impl Source {
     /// Parses a `source` URI; relative file paths are taken relative to `base`.
-    pub fn parse(s: &str, base: &Path) -> Result<Source, ConfigError> {
+    pub fn parse(s: &str, base: &Path, protocol: Option<&str>) -> Result<Source, ConfigError> {
         let path = if let Some(rest) = s.strip_prefix("file://") {
             rest
-        } else if s.starts_with("http://") || s.starts_with("https://") {
+        } else if let Some(rest) = s.strip_prefix("http://").or_else(|| s.strip_prefix("https://")) {
+            let scheme = if s.starts_with("https") { "https" } else { "http" };
+            let host = rest.split(['/', '?', '#']).next().unwrap_or_default();
+            if host.is_empty() || host.contains('@') {
+                return Err(invalid(
+                    "source",
+                    "an upstream URL needs a host and no userinfo (credentials come from PERMD_API_KEY or api_key_file)",
+                ));
+            }
+            if rest.contains(['?', '#']) {
+                return Err(invalid("source", "an upstream URL takes no query or fragment"));
+            }
+            let protocol = match protocol {
+                None | Some("permd") => Protocol::Permd,
+                Some("permit") => Protocol::Permit,
+                Some(p) => {
+                    return Err(invalid(
+                        "source_protocol",
+                        format!("`{p}`: expected `permd` or `permit`"),
+                    ));
+                }
+            };
+            return Ok(Source::Upstream {
+                base: format!("{scheme}://{}", rest.trim_end_matches('/')),
+                protocol,
+            });
+        } else if s.contains("://") {
             return Err(invalid(
                 "source",
-                format!("`{s}`: upstream sources are not available in this build; use `file://`"),
+                format!("`{s}`: unknown scheme; expected `file://`, `http://` or `https://`"),
             ));
-        } else if s.contains("://") {
-            return Err(invalid("source", format!("`{s}`: unknown scheme; expected `file://`")));
         } else {
             s
         };
@@ -106,7 +141,25 @@ impl Source {
     pub fn display(&self) -> String {
         match self {
             Source::File(p) => format!("file://{}", p.display()),
+            Source::Upstream { base, .. } => base.clone(),
         }
+    }
+}
+
+/// An upstream API key. Its `Debug` never shows it; only the sync client reads it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApiKey(String);
+
+impl ApiKey {
+    /// The key itself, for the `Authorization` header and nothing else.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ApiKey(<redacted>)")
     }
 }
 
@@ -135,6 +188,11 @@ pub struct FileConfig {
     pub poll_interval: Option<Duration>,
     pub log_format: Option<LogFormat>,
     pub log_level: Option<String>,
+    #[serde(default, deserialize_with = "duration")]
+    pub upstream_timeout: Option<Duration>,
+    pub max_line_bytes: Option<usize>,
+    pub permit_project: Option<String>,
+    pub permit_env: Option<String>,
     pub metrics: Option<bool>,
     pub decision_log: Option<DecisionLogFile>,
 }
@@ -229,6 +287,19 @@ pub struct Overrides {
     /// (e.g. `context.ssn,email`). Adds to the file's list.
     #[arg(long, env = "PERMD_DECISION_LOG_MASK", value_delimiter = ',')]
     pub decision_log_mask: Option<Vec<String>>,
+    /// Upstream: connect timeout, longest silence on a stream or body, longest time a line may
+    /// take to complete (default 45s; heartbeats come at least every 15s).
+    #[arg(long, env = "PERMD_UPSTREAM_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub upstream_timeout: Option<Duration>,
+    /// Longest accepted delta line in bytes (default 64 MiB).
+    #[arg(long, env = "PERMD_MAX_LINE_BYTES")]
+    pub max_line_bytes: Option<usize>,
+    /// Permit project key or id (protocol permit).
+    #[arg(long, env = "PERMD_PERMIT_PROJECT")]
+    pub permit_project: Option<String>,
+    /// Permit environment key or id (protocol permit).
+    #[arg(long, env = "PERMD_PERMIT_ENV")]
+    pub permit_env: Option<String>,
 }
 
 /// The validated configuration `serve` runs with.
@@ -252,6 +323,12 @@ pub struct Config {
     pub log_level: String,
     pub metrics: bool,
     pub decision_log: Option<crate::decision_log::Settings>,
+    /// From `PERMD_API_KEY` or `api_key_file`; never a flag, never logged.
+    pub api_key: Option<ApiKey>,
+    pub upstream_timeout: Duration,
+    pub max_line_bytes: usize,
+    /// (project, environment) for the Permit pull.
+    pub permit_scope: Option<(String, String)>,
 }
 
 impl Config {
@@ -275,7 +352,9 @@ impl Config {
             }
             None => (FileConfig::default(), PathBuf::new()),
         };
-        Config::merge(file, &base, over)
+        let mut cfg = Config::merge(file, &base, over)?;
+        cfg.api_key = read_api_key(std::env::var("PERMD_API_KEY").ok(), cfg.api_key_file.as_deref())?;
+        Ok(cfg)
     }
 
     fn merge(file: FileConfig, file_base: &Path, over: &Overrides) -> Result<Config, ConfigError> {
@@ -289,7 +368,8 @@ impl Config {
                 ));
             }
         };
-        if let Some(p) = over.source_protocol.as_ref().or(file.source_protocol.as_ref())
+        let protocol = over.source_protocol.as_ref().or(file.source_protocol.as_ref());
+        if let Some(p) = protocol
             && p != "permd"
             && p != "permit"
         {
@@ -298,6 +378,40 @@ impl Config {
                 format!("`{p}`: expected `permd` or `permit`"),
             ));
         }
+        let source = Source::parse(&source, &base, protocol.map(String::as_str))?;
+        let permit = matches!(
+            source,
+            Source::Upstream {
+                protocol: Protocol::Permit,
+                ..
+            }
+        );
+        let permit_scope = match (
+            over.permit_project.clone().or(file.permit_project),
+            over.permit_env.clone().or(file.permit_env),
+        ) {
+            (Some(p), Some(e)) => Some((p, e)),
+            _ if permit => {
+                return Err(invalid(
+                    "permit_project",
+                    "protocol `permit` needs both `permit_project` and `permit_env`",
+                ));
+            }
+            _ => None,
+        };
+        if let Some((p, e)) = &permit_scope
+            && [p, e].iter().any(|x| x.is_empty() || x.contains(['/', '?', '#', '%']))
+        {
+            return Err(invalid(
+                "permit_project",
+                "project and environment must be non-empty keys without `/`, `?`, `#` or `%`",
+            ));
+        }
+        let default_poll = if permit {
+            Duration::from_secs(30)
+        } else {
+            Duration::from_millis(200)
+        };
         let http = over
             .http_addr
             .clone()
@@ -343,7 +457,7 @@ impl Config {
             }
         };
         let cfg = Config {
-            source: Source::parse(&source, &base)?,
+            source,
             http_addr: ListenAddr::parse("http_addr", &http)?,
             grpc_addr: ListenAddr::parse("grpc_addr", &grpc)?,
             admin_addr: match over.admin_addr.clone().or(file.admin_addr) {
@@ -368,10 +482,7 @@ impl Config {
                 .shutdown_grace
                 .or(file.shutdown_grace)
                 .unwrap_or(Duration::from_secs(10)),
-            poll_interval: over
-                .poll_interval
-                .or(file.poll_interval)
-                .unwrap_or(Duration::from_millis(200)),
+            poll_interval: over.poll_interval.or(file.poll_interval).unwrap_or(default_poll),
             log_format,
             log_level: over
                 .log_level
@@ -380,7 +491,20 @@ impl Config {
                 .unwrap_or_else(|| "info".into()),
             metrics: over.metrics.or(file.metrics).unwrap_or(true),
             decision_log,
+            api_key: None,
+            upstream_timeout: over
+                .upstream_timeout
+                .or(file.upstream_timeout)
+                .unwrap_or(Duration::from_secs(45)),
+            max_line_bytes: over.max_line_bytes.or(file.max_line_bytes).unwrap_or(64 << 20),
+            permit_scope,
         };
+        if cfg.upstream_timeout.is_zero() {
+            return Err(invalid("upstream_timeout", "must be greater than 0"));
+        }
+        if cfg.max_line_bytes == 0 {
+            return Err(invalid("max_line_bytes", "must be greater than 0"));
+        }
         if cfg.max_body_bytes == 0 {
             return Err(invalid("max_body_bytes", "must be greater than 0"));
         }
@@ -398,6 +522,27 @@ impl Config {
         }
         Ok(cfg)
     }
+}
+
+/// The API key: `PERMD_API_KEY` wins over `api_key_file`; surrounding whitespace is dropped.
+fn read_api_key(env: Option<String>, file: Option<&Path>) -> Result<Option<ApiKey>, ConfigError> {
+    let key = match (env, file) {
+        (Some(k), _) => k,
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .map_err(|e| invalid("api_key_file", format!("cannot read `{}`: {e}", path.display())))?,
+        (None, None) => return Ok(None),
+    };
+    let key = key.trim();
+    if key.is_empty() {
+        return Err(invalid("api_key_file", "the API key is empty"));
+    }
+    if !key.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(invalid(
+            "api_key_file",
+            "the API key holds characters a header cannot carry",
+        ));
+    }
+    Ok(Some(ApiKey(key.to_string())))
 }
 
 #[cfg(test)]
@@ -429,6 +574,28 @@ mod tests {
     }
 
     #[test]
+    fn upstream_sources_and_keys() {
+        let f = file("source: https://cp.example:8443/base/\n");
+        let cfg = Config::merge(f, Path::new(""), &Overrides::default()).unwrap();
+        assert_eq!(
+            cfg.source,
+            Source::Upstream {
+                base: "https://cp.example:8443/base".into(),
+                protocol: Protocol::Permd
+            }
+        );
+        let f = file("source: http://h\nsource_protocol: permit\npermit_project: p\npermit_env: e\n");
+        let cfg = Config::merge(f, Path::new(""), &Overrides::default()).unwrap();
+        assert_eq!(cfg.permit_scope, Some(("p".into(), "e".into())));
+        assert_eq!(cfg.poll_interval, Duration::from_secs(30));
+        let key = read_api_key(Some(" pk_secret\n".into()), None).unwrap().unwrap();
+        assert_eq!(key.expose(), "pk_secret");
+        assert!(!format!("{key:?}").contains("pk_secret"));
+        let err = read_api_key(None, Some(Path::new("/nonexistent/key"))).unwrap_err();
+        assert!(err.to_string().starts_with("`api_key_file`"), "{err}");
+    }
+
+    #[test]
     fn bad_values_name_the_field() {
         assert!(
             yaml_serde::from_str::<FileConfig>("sourc: x\n")
@@ -450,6 +617,9 @@ mod tests {
                 "source: a.yaml\ndecision_log: {output: stdout, buffer: 0}\n",
                 "decision_log.buffer",
             ),
+            ("source: https://u:p@h/x\n", "source"),
+            ("source: https://h\nsource_protocol: permit\n", "permit_project"),
+            ("source: https://h\nupstream_timeout: 0s\n", "upstream_timeout"),
         ];
         for (yaml, field) in cases {
             let err = Config::merge(file(yaml), Path::new(""), &Overrides::default()).unwrap_err();

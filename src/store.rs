@@ -20,6 +20,8 @@ pub struct SyncStatus {
     pub last_error: Option<(SystemTime, String)>,
     /// When the active version became active.
     pub activated_at: Option<SystemTime>,
+    /// Cache files found corrupt, truncated or foreign and ignored.
+    pub cache_rejected: u64,
 }
 
 pub struct Store {
@@ -60,6 +62,20 @@ impl Store {
             st.activated_at = Some(now);
             st.last_success = Some(now);
             st.online = true;
+        }
+        self.version.send_replace(Some(version));
+    }
+
+    /// Makes `index`, read from the local cache, the active version while the source is out of
+    /// reach: `online` stays false and the age runs from when the cache was current.
+    pub fn publish_cached(&self, index: Index, current_at: SystemTime) {
+        let version = index.version();
+        self.active.store(Some(Arc::new(index)));
+        {
+            let mut st = self.status();
+            st.activated_at = Some(SystemTime::now());
+            st.last_success = Some(current_at);
+            st.online = false;
         }
         self.version.send_replace(Some(version));
     }

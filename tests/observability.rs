@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{Permd, example};
+use common::{Permd, example, samples};
 use permd::api::grpc::perm::EnforceRequest;
 use permd::api::grpc::perm::perm_service_client::PermServiceClient;
 use serde_json::{Value, json};
@@ -32,17 +32,6 @@ fn try_get_text(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
     // Bodies here are small and sent with a content-length, never chunked.
     assert!(!head.to_ascii_lowercase().contains("chunked"), "{head}");
     Ok((status, body.to_string()))
-}
-
-/// The samples of an exposition: `name{labels}` (labels as printed) → value.
-fn samples(text: &str) -> HashMap<String, f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .filter_map(|l| {
-            let (k, v) = l.rsplit_once(' ')?;
-            Some((k.to_string(), v.parse().ok()?))
-        })
-        .collect()
 }
 
 fn value(s: &HashMap<String, f64>, key: &str) -> f64 {

@@ -341,6 +341,11 @@ impl Metrics {
         for k in ["snapshot", "batch"] {
             m.rejected.with_label_values(&[k]);
         }
+        for op in ["write", "load"] {
+            for result in ["ok", "error"] {
+                m.cache.with_label_values(&[op, result]);
+            }
+        }
         for o in ["written", "dropped", "failed"] {
             m.decision_log.with_label_values(&[o]);
         }

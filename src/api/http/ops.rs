@@ -104,6 +104,7 @@ pub fn status(state: &HttpState) -> Response<Full<Bytes>> {
         "age_seconds": age_seconds(st.last_success),
         "last_error": st.last_error.as_ref().map(|(at, msg)| json!({ "at": rfc3339(Some(*at)), "message": msg })),
         "rejected_total": state.store.rejected_total(),
+        "cache_rejected_total": st.cache_rejected,
         "counts": counts,
         "ignored": ignored,
     });

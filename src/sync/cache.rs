@@ -1,0 +1,292 @@
+//! The local cache of the active version (sync.md): MessagePack (rmp-serde, named fields) in
+//! one file, written to a temporary file, fsynced, renamed into place, with a SHA-256
+//! checksum. Read at start when the upstream is out of reach; a corrupt, truncated or foreign
+//! file is ignored (logged, counted), never trusted.
+//!
+//! File layout: `PERMDC01` (8 bytes), payload length (u64 LE), SHA-256 of the payload (32
+//! bytes), payload = `{source, current_at_ms, snapshot}`.
+
+use crate::index::Index;
+use crate::model::{Snapshot, validate};
+use crate::store::Store;
+use serde::{Deserialize, Serialize};
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+const MAGIC: &[u8; 8] = b"PERMDC01";
+const HEADER: usize = 8 + 8 + 32;
+/// The cache file inside `cache_dir`.
+pub const FILE_NAME: &str = "permd-cache.bin";
+
+/// Why a cache file is not used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CacheError {
+    #[error("cache `{path}`: {problem}")]
+    Invalid { path: String, problem: String },
+    #[error("cache `{path}`: {message}")]
+    Io { path: String, message: String },
+}
+
+#[derive(Serialize)]
+struct DocRef<'a> {
+    source: &'a str,
+    current_at_ms: u64,
+    snapshot: &'a Snapshot,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Doc {
+    source: String,
+    current_at_ms: u64,
+    snapshot: Snapshot,
+}
+
+/// The cache of one source in one directory.
+pub struct Cache {
+    dir: PathBuf,
+    source: String,
+    max_bytes: usize,
+    /// The version the file holds, so the writer does not rewrite what it just read.
+    written: Mutex<Option<u64>>,
+}
+
+impl Cache {
+    pub fn new(dir: PathBuf, source: String, max_bytes: usize) -> Cache {
+        Cache {
+            dir,
+            source,
+            max_bytes,
+            written: Mutex::new(None),
+        }
+    }
+
+    pub fn path(&self) -> PathBuf {
+        self.dir.join(FILE_NAME)
+    }
+
+    fn written(&self) -> std::sync::MutexGuard<'_, Option<u64>> {
+        self.written.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Writes `snapshot` atomically: temporary file, fsync, rename, fsync of the directory.
+    pub fn write(&self, snapshot: &Snapshot, current_at: SystemTime) -> Result<(), CacheError> {
+        let path = self.path();
+        let io = |e: std::io::Error| CacheError::Io {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        };
+        let current_at_ms = current_at.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
+        let payload = rmp_serde::to_vec_named(&DocRef {
+            source: &self.source,
+            current_at_ms,
+            snapshot,
+        })
+        .map_err(|e| CacheError::Io {
+            path: path.display().to_string(),
+            message: format!("cannot encode: {e}"),
+        })?;
+        let digest = ring::digest::digest(&ring::digest::SHA256, &payload);
+        std::fs::create_dir_all(&self.dir).map_err(io)?;
+        let tmp = self.dir.join(format!(".{FILE_NAME}.{}.tmp", std::process::id()));
+        let result = (|| {
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(MAGIC)?;
+            f.write_all(&(payload.len() as u64).to_le_bytes())?;
+            f.write_all(digest.as_ref())?;
+            f.write_all(&payload)?;
+            f.sync_all()?;
+            drop(f);
+            std::fs::rename(&tmp, &path)?;
+            std::fs::File::open(&self.dir)?.sync_all()
+        })();
+        if result.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        result.map_err(io)?;
+        *self.written() = Some(snapshot.version);
+        Ok(())
+    }
+
+    /// Reads and checks the cache: `Ok(None)` when there is none.
+    pub fn read(&self) -> Result<Option<(Snapshot, SystemTime)>, CacheError> {
+        let path = self.path();
+        let bad = |problem: String| CacheError::Invalid {
+            path: path.display().to_string(),
+            problem,
+        };
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => {
+                return Err(CacheError::Io {
+                    path: path.display().to_string(),
+                    message: e.to_string(),
+                });
+            }
+        };
+        let (Some(magic), Some(len), Some(sum), Some(payload)) = (
+            bytes.get(..8),
+            bytes.get(8..16),
+            bytes.get(16..HEADER),
+            bytes.get(HEADER..),
+        ) else {
+            return Err(bad(format!(
+                "truncated: {} bytes, shorter than the header",
+                bytes.len()
+            )));
+        };
+        if magic != MAGIC {
+            return Err(bad("not a permd cache file (bad magic)".into()));
+        }
+        let len = u64::from_le_bytes(len.try_into().map_err(|_| bad("bad length field".into()))?);
+        if len as usize > self.max_bytes {
+            return Err(bad(format!("payload of {len} bytes is over max_snapshot_bytes")));
+        }
+        if payload.len() as u64 != len {
+            return Err(bad(format!(
+                "truncated: payload is {} bytes, header says {len}",
+                payload.len()
+            )));
+        }
+        if ring::digest::digest(&ring::digest::SHA256, payload).as_ref() != sum {
+            return Err(bad("checksum mismatch".into()));
+        }
+        let doc: Doc = rmp_serde::from_slice(payload).map_err(|e| bad(format!("does not decode: {e}")))?;
+        if doc.source != self.source {
+            return Err(bad(format!("written for source `{}`, not this one", doc.source)));
+        }
+        validate(&doc.snapshot).map_err(|e| bad(format!("rejected: {e}")))?;
+        *self.written() = Some(doc.snapshot.version);
+        Ok(Some((
+            doc.snapshot,
+            UNIX_EPOCH + Duration::from_millis(doc.current_at_ms),
+        )))
+    }
+}
+
+/// Loads the cache into the store, off the runtime. True when a version became active.
+pub async fn warm_start(cache: &Arc<Cache>, store: &Store) -> bool {
+    if store.load().is_some() {
+        return false; // only ever instead of nothing, never over a live version
+    }
+    let started = std::time::Instant::now();
+    let c = cache.clone();
+    let loaded = tokio::task::spawn_blocking(move || c.read().map(|o| o.map(|(s, at)| (Index::build(&s), at)))).await;
+    match loaded {
+        Ok(Ok(Some((index, at)))) => {
+            tracing::info!(
+                version = index.version(),
+                load_ms = started.elapsed().as_millis() as u64,
+                path = %cache.path().display(),
+                "upstream out of reach; serving the cached version"
+            );
+            if let Some(m) = crate::metrics::get() {
+                m.cache("load", true);
+            }
+            store.publish_cached(index, at);
+            true
+        }
+        Ok(Ok(None)) => {
+            tracing::info!(path = %cache.path().display(), "no cache to start from");
+            false
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "cache ignored");
+            if let Some(m) = crate::metrics::get() {
+                m.cache("load", false);
+            }
+            store.status().cache_rejected += 1;
+            false
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "reading the cache failed");
+            if let Some(m) = crate::metrics::get() {
+                m.cache("load", false);
+            }
+            store.status().cache_rejected += 1;
+            false
+        }
+    }
+}
+
+/// Writes every new active version, coalescing: while one write runs, later versions collapse
+/// into the newest, which is written next.
+pub async fn write_each_version(cache: Arc<Cache>, store: Arc<Store>) {
+    let mut rx = store.subscribe();
+    loop {
+        if rx.changed().await.is_err() {
+            return;
+        }
+        let Some(index) = store.load() else { continue };
+        if *cache.written() == Some(index.version()) {
+            continue;
+        }
+        let current_at = store.status().last_success.unwrap_or_else(SystemTime::now);
+        let c = cache.clone();
+        let started = std::time::Instant::now();
+        let version = index.version();
+        let written = tokio::task::spawn_blocking(move || c.write(&index.to_snapshot(), current_at)).await;
+        if let Some(m) = crate::metrics::get() {
+            m.cache("write", matches!(written, Ok(Ok(()))));
+        }
+        match written {
+            Ok(Ok(())) => tracing::debug!(
+                version,
+                write_ms = started.elapsed().as_millis() as u64,
+                "cache written"
+            ),
+            Ok(Err(e)) => tracing::warn!(error = %e, "cache not written"),
+            Err(e) => tracing::error!(error = %e, "cache writer failed"),
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn snap() -> Snapshot {
+        Snapshot::load(
+            b"format: 1\nversion: 9\norgs: [{key: acme}]\nroles: [{key: r, permissions: ['*:*']}]\n",
+            crate::model::Encoding::Yaml,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn round_trip_and_every_corruption_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::new(dir.path().into(), "http://up".into(), 1 << 20);
+        assert_eq!(cache.read().unwrap(), None);
+        let at = UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
+        cache.write(&snap(), at).unwrap();
+        assert_eq!(cache.read().unwrap(), Some((snap(), at)));
+        let good = std::fs::read(cache.path()).unwrap();
+        let mut flipped = good.clone();
+        let last = flipped.len() - 3;
+        flipped[last] ^= 0x40;
+        let cases: [(&[u8], &str); 4] = [
+            (&good[..good.len() - 5], "truncated"),
+            (&good[..20], "truncated"),
+            (&flipped, "checksum"),
+            (
+                b"garbage that is long enough to pass the header length check...",
+                "magic",
+            ),
+        ];
+        for (bytes, want) in cases {
+            std::fs::write(cache.path(), bytes).unwrap();
+            let err = cache.read().unwrap_err().to_string();
+            assert!(err.contains(want), "{want}: {err}");
+        }
+        std::fs::write(cache.path(), &good).unwrap();
+        let other = Cache::new(dir.path().into(), "http://other".into(), 1 << 20);
+        assert!(other.read().unwrap_err().to_string().contains("written for source"));
+        let small = Cache::new(dir.path().into(), "http://up".into(), 10);
+        assert!(small.read().unwrap_err().to_string().contains("max_snapshot_bytes"));
+    }
+}

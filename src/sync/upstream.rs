@@ -1,0 +1,525 @@
+//! The native upstream protocol (sync.md): `GET {base}/v1/snapshot` (MessagePack or JSON,
+//! ETag / If-None-Match), then `GET {base}/v1/deltas?since=V`, a long-lived NDJSON body of
+//! delta batches applied in order, each whole or not at all. Reconnects with `since` = the
+//! active version; `410` or a `from_version` gap means a fresh snapshot. Every wait is bounded
+//! by `upstream_timeout`: the connect, a silent body, a line that never ends.
+
+use super::{Backoff, Cache, SyncError, report, status_error};
+use crate::index::{ApplyError, Index};
+use crate::model::{DeltaBatch, Encoding, Snapshot};
+use crate::store::Store;
+use futures_util::StreamExt;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+
+pub struct Settings {
+    pub base: String,
+    pub client: reqwest::Client,
+    pub timeout: Duration,
+    pub max_line_bytes: usize,
+    pub max_snapshot_bytes: usize,
+}
+
+/// How long the first snapshot request may take before the cache is loaded meanwhile.
+const WARM_START_AFTER: Duration = Duration::from_secs(2);
+
+/// How a delta stream ended.
+#[derive(Debug)]
+enum StreamEnd {
+    /// The upstream closed the body (possibly mid-line: that partial line is dropped).
+    Closed {
+        applied: bool,
+    },
+    /// `since` is too old, a batch does not follow the active version, or a line is refused:
+    /// only a fresh snapshot can continue.
+    Resync {
+        applied: bool,
+        why: Option<SyncError>,
+    },
+    Failed {
+        applied: bool,
+        error: SyncError,
+    },
+}
+
+/// Follows the upstream forever; the active version keeps serving through every failure.
+pub async fn run(s: Settings, store: Arc<Store>, cache: Option<Arc<Cache>>) {
+    let mut backoff = Backoff::default();
+    let mut need_snapshot = true;
+    let mut cache_tried = cache.is_none();
+    loop {
+        if need_snapshot || store.load().is_none() {
+            let fetch = fetch_snapshot(&s, &store);
+            tokio::pin!(fetch);
+            let fetched = match &cache {
+                // A hung upstream must not hold back the warm start for a whole timeout.
+                Some(c) if !cache_tried => tokio::select! {
+                    r = &mut fetch => r,
+                    _ = tokio::time::sleep(WARM_START_AFTER) => {
+                        cache_tried = true;
+                        super::cache::warm_start(c, &store).await;
+                        fetch.await
+                    }
+                },
+                _ => fetch.await,
+            };
+            match fetched {
+                Ok(()) => {
+                    need_snapshot = false;
+                    cache_tried = true;
+                    backoff.reset();
+                }
+                Err(e) => {
+                    report(&store, &e);
+                    if !cache_tried
+                        && store.load().is_none()
+                        && let Some(cache) = &cache
+                    {
+                        cache_tried = true;
+                        super::cache::warm_start(cache, &store).await;
+                    }
+                    tokio::time::sleep(e.delay(&mut backoff)).await;
+                    continue;
+                }
+            }
+        }
+        match stream(&s, &store).await {
+            StreamEnd::Closed { applied } => {
+                tracing::debug!("delta stream closed by the upstream; reconnecting");
+                if applied {
+                    backoff.reset();
+                } else {
+                    tokio::time::sleep(backoff.next_delay()).await;
+                }
+            }
+            StreamEnd::Resync { applied, why } => {
+                need_snapshot = true;
+                if let Some(e) = why {
+                    report(&store, &e);
+                }
+                if applied {
+                    backoff.reset();
+                }
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
+            StreamEnd::Failed { applied, error } => {
+                report(&store, &error);
+                if applied {
+                    backoff.reset();
+                }
+                tokio::time::sleep(error.delay(&mut backoff)).await;
+            }
+        }
+    }
+}
+
+/// Fetches the snapshot and publishes it; a `304` for the active version confirms it.
+async fn fetch_snapshot(s: &Settings, store: &Store) -> Result<(), SyncError> {
+    let m = crate::metrics::get();
+    if let Some(m) = m {
+        m.sync_attempt(crate::metrics::SyncKind::Snapshot);
+    }
+    let r = fetch_snapshot_once(s, store).await;
+    if let (Some(m), Err(e)) = (m, &r) {
+        m.sync_failure(crate::metrics::SyncKind::Snapshot);
+        if e.is_rejection() {
+            m.rejected("snapshot");
+        }
+    }
+    r
+}
+
+async fn fetch_snapshot_once(s: &Settings, store: &Store) -> Result<(), SyncError> {
+    let url = format!("{}/v1/snapshot", s.base);
+    let active = store.load().map(|ix| ix.version());
+    let mut req = s
+        .client
+        .get(&url)
+        .header(http::header::ACCEPT, "application/msgpack, application/json;q=0.9");
+    if let Some(v) = active {
+        req = req.header(http::header::IF_NONE_MATCH, format!("\"{v}\""));
+    }
+    let transport = |e: reqwest::Error| SyncError::Transport {
+        url: url.clone(),
+        message: without_url(e),
+    };
+    let resp = tokio::time::timeout(s.timeout, req.send())
+        .await
+        .map_err(|_| SyncError::Transport {
+            url: url.clone(),
+            message: format!("no answer within {:?}", s.timeout),
+        })?
+        .map_err(transport)?;
+    if resp.status() == http::StatusCode::NOT_MODIFIED && active.is_some() {
+        tracing::debug!(version = active, "snapshot unchanged");
+        store.confirm();
+        return Ok(());
+    }
+    if resp.status() != http::StatusCode::OK {
+        return Err(status_error(&url, &resp));
+    }
+    let encoding = snapshot_encoding(resp.headers());
+    let bytes = read_body(resp, &url, s.max_snapshot_bytes, s.timeout).await?;
+    let started = std::time::Instant::now();
+    let built = tokio::task::spawn_blocking(move || {
+        let encoding = encoding.unwrap_or(if bytes.first() == Some(&b'{') {
+            Encoding::Json
+        } else {
+            Encoding::MessagePack
+        });
+        Snapshot::load(&bytes, encoding).map(|s| Index::build(&s))
+    })
+    .await;
+    match built {
+        Ok(Ok(index)) => {
+            if let Some(m) = crate::metrics::get() {
+                m.index_built(started.elapsed());
+            }
+            tracing::info!(
+                version = index.version(),
+                build_ms = started.elapsed().as_millis() as u64,
+                "upstream snapshot active"
+            );
+            store.publish(index);
+            Ok(())
+        }
+        Ok(Err(e)) => Err(SyncError::Rejected {
+            url,
+            message: format!("snapshot rejected: {e}"),
+        }),
+        Err(e) => Err(SyncError::Rejected {
+            url,
+            message: format!("building the index failed: {e}"),
+        }),
+    }
+}
+
+fn snapshot_encoding(h: &http::HeaderMap) -> Option<Encoding> {
+    let ct = h.get(http::header::CONTENT_TYPE)?.to_str().ok()?.to_ascii_lowercase();
+    if ct.contains("msgpack") {
+        Some(Encoding::MessagePack)
+    } else if ct.contains("json") {
+        Some(Encoding::Json)
+    } else {
+        None
+    }
+}
+
+/// A reqwest error without the URL (it is named once, by the caller).
+pub(super) fn without_url(e: reqwest::Error) -> String {
+    use std::error::Error;
+    let e = e.without_url();
+    let mut msg = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        src = s.source();
+    }
+    msg
+}
+
+/// Reads a whole body, refusing one over `limit` and giving up on `timeout` of silence.
+pub(super) async fn read_body(
+    resp: reqwest::Response,
+    url: &str,
+    limit: usize,
+    timeout: Duration,
+) -> Result<Vec<u8>, SyncError> {
+    if resp.content_length().is_some_and(|n| n > limit as u64) {
+        return Err(SyncError::Rejected {
+            url: url.to_string(),
+            message: format!("body is larger than max_snapshot_bytes ({limit} bytes)"),
+        });
+    }
+    let mut out = Vec::with_capacity(resp.content_length().unwrap_or(0) as usize);
+    let mut body = resp.bytes_stream();
+    loop {
+        let chunk = tokio::time::timeout(timeout, body.next())
+            .await
+            .map_err(|_| SyncError::Transport {
+                url: url.to_string(),
+                message: format!("the body stalled for {timeout:?}"),
+            })?;
+        match chunk {
+            None => return Ok(out),
+            Some(Err(e)) => {
+                return Err(SyncError::Transport {
+                    url: url.to_string(),
+                    message: format!("the body broke off: {}", without_url(e)),
+                });
+            }
+            Some(Ok(c)) => {
+                if out.len() + c.len() > limit {
+                    return Err(SyncError::Rejected {
+                        url: url.to_string(),
+                        message: format!("body is larger than max_snapshot_bytes ({limit} bytes)"),
+                    });
+                }
+                out.extend_from_slice(&c);
+            }
+        }
+    }
+}
+
+/// Streams delta batches from the active version until the stream ends.
+async fn stream(s: &Settings, store: &Store) -> StreamEnd {
+    let m = crate::metrics::get();
+    if let Some(m) = m {
+        m.sync_attempt(crate::metrics::SyncKind::Deltas);
+    }
+    let end = stream_once(s, store).await;
+    if let Some(m) = m {
+        match &end {
+            StreamEnd::Closed { .. } => {}
+            StreamEnd::Resync { why: Some(_), .. } | StreamEnd::Failed { .. } => {
+                m.sync_failure(crate::metrics::SyncKind::Deltas)
+            }
+            StreamEnd::Resync { why: None, .. } => {}
+        }
+    }
+    end
+}
+
+async fn stream_once(s: &Settings, store: &Store) -> StreamEnd {
+    let Some(since) = store.load().map(|ix| ix.version()) else {
+        return StreamEnd::Resync {
+            applied: false,
+            why: None,
+        };
+    };
+    let url = format!("{}/v1/deltas", s.base);
+    let failed = |error| StreamEnd::Failed { applied: false, error };
+    let sent = tokio::time::timeout(
+        s.timeout,
+        s.client
+            .get(format!("{url}?since={since}"))
+            .header(http::header::ACCEPT, "application/x-ndjson")
+            .send(),
+    )
+    .await;
+    let resp = match sent {
+        Err(_) => {
+            return failed(SyncError::Transport {
+                url,
+                message: format!("no answer within {:?}", s.timeout),
+            });
+        }
+        Ok(Err(e)) => {
+            return failed(SyncError::Transport {
+                message: without_url(e),
+                url,
+            });
+        }
+        Ok(Ok(r)) => r,
+    };
+    match resp.status() {
+        http::StatusCode::OK => {}
+        http::StatusCode::GONE => {
+            tracing::info!(
+                since,
+                "upstream no longer has deltas since the active version; fetching a snapshot"
+            );
+            return StreamEnd::Resync {
+                applied: false,
+                why: None,
+            };
+        }
+        _ => return failed(status_error(&url, &resp)),
+    }
+    store.confirm();
+    tracing::debug!(since, "delta stream open");
+    let mut body = resp.bytes_stream();
+    let mut buf: Vec<u8> = Vec::new();
+    let mut line_no: u64 = 0;
+    let mut applied = false;
+    // When the first byte of the unfinished line arrived.
+    let mut line_started: Option<Instant> = None;
+    loop {
+        let idle = Instant::now() + s.timeout;
+        let deadline = line_started.map_or(idle, |t| (t + s.timeout).min(idle));
+        let chunk = match tokio::time::timeout_at(deadline, body.next()).await {
+            Err(_) => {
+                let message = if line_started.is_some_and(|t| t + s.timeout <= Instant::now()) {
+                    format!("line {} did not end within {:?}", line_no + 1, s.timeout)
+                } else {
+                    format!("no data or heartbeat for {:?}", s.timeout)
+                };
+                return StreamEnd::Failed {
+                    applied,
+                    error: SyncError::Transport { url, message },
+                };
+            }
+            Ok(None) => {
+                if !buf.is_empty() {
+                    tracing::warn!(
+                        line = line_no + 1,
+                        bytes = buf.len(),
+                        "delta stream ended inside a line; the partial line is dropped"
+                    );
+                }
+                return StreamEnd::Closed { applied };
+            }
+            Ok(Some(Err(e))) => {
+                if !buf.is_empty() {
+                    tracing::warn!(
+                        line = line_no + 1,
+                        bytes = buf.len(),
+                        "delta stream broke inside a line; the partial line is dropped"
+                    );
+                }
+                return StreamEnd::Failed {
+                    applied,
+                    error: SyncError::Transport {
+                        message: format!("the stream broke off: {}", without_url(e)),
+                        url,
+                    },
+                };
+            }
+            Ok(Some(Ok(c))) => c,
+        };
+        // Complete lines in this chunk, in order; the tail stays buffered.
+        let mut lines: Vec<(u64, Vec<u8>)> = Vec::new();
+        let mut rest: &[u8] = &chunk;
+        while let Some(nl) = rest.iter().position(|b| *b == b'\n') {
+            let (head, tail) = rest.split_at(nl);
+            let mut line = std::mem::take(&mut buf);
+            line.extend_from_slice(head);
+            line_no += 1;
+            rest = tail.get(1..).unwrap_or_default();
+            if line.len() > s.max_line_bytes {
+                return too_long(url, line_no, s.max_line_bytes, applied);
+            }
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue; // a heartbeat
+            }
+            lines.push((line_no, line));
+        }
+        buf.extend_from_slice(rest);
+        if buf.len() > s.max_line_bytes {
+            return too_long(url, line_no + 1, s.max_line_bytes, applied);
+        }
+        line_started = match (buf.is_empty(), line_started) {
+            (true, _) => None,
+            (false, Some(t)) if rest.len() < buf.len() => Some(t),
+            (false, _) => Some(Instant::now()),
+        };
+        if lines.is_empty() {
+            store.confirm();
+            continue;
+        }
+        match apply_lines(store, lines, &url).await {
+            Ok(()) => applied = true,
+            Err((any, end)) => {
+                return match end {
+                    LineError::Gap(e) => {
+                        tracing::warn!(error = %e, "delta batch does not follow the active version; fetching a snapshot");
+                        if let Some(m) = crate::metrics::get() {
+                            m.rejected("batch");
+                            m.sync_failure(crate::metrics::SyncKind::Deltas);
+                        }
+                        store.reject(e);
+                        StreamEnd::Resync {
+                            applied: applied || any,
+                            why: None,
+                        }
+                    }
+                    LineError::Bad(e) => {
+                        if let Some(m) = crate::metrics::get() {
+                            m.rejected("batch");
+                        }
+                        StreamEnd::Resync {
+                            applied: applied || any,
+                            why: Some(e),
+                        }
+                    }
+                };
+            }
+        }
+    }
+}
+
+fn too_long(url: String, line: u64, limit: usize, applied: bool) -> StreamEnd {
+    if let Some(m) = crate::metrics::get() {
+        m.rejected("batch");
+    }
+    StreamEnd::Resync {
+        applied,
+        why: Some(SyncError::Rejected {
+            url,
+            message: format!("line {line} is longer than max_line_bytes ({limit} bytes)"),
+        }),
+    }
+}
+
+enum LineError {
+    Gap(String),
+    Bad(SyncError),
+}
+
+/// Decodes and applies lines in order off the runtime, publishing the last good version.
+/// On a failing line, what came before it is still published; the error says whether any was.
+async fn apply_lines(store: &Store, lines: Vec<(u64, Vec<u8>)>, url: &str) -> Result<(), (bool, LineError)> {
+    let Some(ix) = store.load() else {
+        return Err((false, LineError::Gap("no active version to apply deltas to".into())));
+    };
+    let url = url.to_string();
+    let worked = tokio::task::spawn_blocking(move || {
+        let mut next: Option<Index> = None;
+        let m = crate::metrics::get();
+        for (no, line) in lines {
+            let batch = match DeltaBatch::from_json(&line) {
+                Ok(b) => b,
+                Err(e) => {
+                    return (
+                        next,
+                        Some(LineError::Bad(SyncError::Rejected {
+                            url,
+                            message: format!("line {no}: batch rejected: {e}"),
+                        })),
+                    );
+                }
+            };
+            let base = next.as_ref().unwrap_or(&ix);
+            match base.apply(&batch) {
+                Ok(n) => {
+                    if let Some(m) = m {
+                        m.batch_applied(batch.ops.len());
+                    }
+                    next = Some(n)
+                }
+                Err(ApplyError::VersionGap { from, active }) => {
+                    return (
+                        next,
+                        Some(LineError::Gap(format!(
+                            "`{url}` line {no}: from_version `{from}` does not follow the active version `{active}`"
+                        ))),
+                    );
+                }
+            }
+        }
+        (next, None)
+    })
+    .await;
+    let (next, err) = match worked {
+        Ok(r) => r,
+        Err(e) => {
+            return Err((
+                false,
+                LineError::Bad(SyncError::Rejected {
+                    url: String::new(),
+                    message: format!("applying deltas failed: {e}"),
+                }),
+            ));
+        }
+    };
+    let any = next.is_some();
+    if let Some(next) = next {
+        store.publish(next);
+    }
+    match err {
+        None => Ok(()),
+        Some(e) => Err((any, e)),
+    }
+}
