@@ -218,7 +218,9 @@ async fn every_fault_keeps_the_last_good_version_and_nothing_partial_is_visible(
     // 5xx on reconnect: backoff, the stream comes back.
     up.state().fail_next.extend([500, 503, 502]);
     up.drop_streams();
-    p.wait_for("the three 5xx answers to be used up", |_| up.state().fail_next.is_empty());
+    p.wait_for("the three 5xx answers to be used up", |_| {
+        up.state().fail_next.is_empty()
+    });
     assert_eq!(p.allowed("dave", "read", "document:photo"), (false, 42));
     up.publish(&pair(42, true));
     p.wait_version(43);

@@ -168,6 +168,18 @@ impl Cache {
 }
 
 /// Loads the cache into the store, off the runtime. True when a version became active.
+/// After a failed first request: the one warm start from the cache, if there is a cache, it has
+/// not been tried yet, and nothing is serving.
+pub async fn warm_start_once(tried: &mut bool, cache: &Option<Arc<Cache>>, store: &Store) {
+    if !*tried
+        && store.load().is_none()
+        && let Some(cache) = cache
+    {
+        *tried = true;
+        warm_start(cache, store).await;
+    }
+}
+
 pub async fn warm_start(cache: &Arc<Cache>, store: &Store) -> bool {
     if store.load().is_some() {
         return false; // only ever instead of nothing, never over a live version

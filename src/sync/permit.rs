@@ -79,13 +79,7 @@ pub async fn run(s: Settings, store: Arc<Store>, cache: Option<Arc<Cache>>) {
             }
             Err(e) => {
                 report(&store, &e);
-                if !cache_tried
-                    && store.load().is_none()
-                    && let Some(cache) = &cache
-                {
-                    cache_tried = true;
-                    super::cache::warm_start(cache, &store).await;
-                }
+                super::cache::warm_start_once(&mut cache_tried, &cache, &store).await;
                 tokio::time::sleep(e.delay(&mut backoff).max(Duration::from_millis(200))).await;
             }
         }
