@@ -7,6 +7,7 @@ mod decide;
 mod explain;
 mod paged;
 mod policy;
+mod query;
 #[cfg(test)]
 mod tests;
 
@@ -14,6 +15,10 @@ pub use decide::{Decision, Evidence, Query, Reason, Subject};
 pub use explain::Explanation;
 pub use paged::{Interner, KeyMap, PagedVec};
 pub use policy::{Names, Policy, PolicyItems, STAR};
+pub use query::{
+    AssignmentFilter, AssignmentRow, GroupNode, MenuNode, PermEntry, QueryError, RoleInfo, UserPermissions,
+    UserPermissionsFilter, decode_cursor, encode_cursor, page_bitmap,
+};
 
 use crate::model::{
     self, Attributes, DeltaBatch, Identity, Item, Kind, Op, ResourceRef, Role, RoleAssignment, RoleGrant, Snapshot,
