@@ -908,7 +908,9 @@ fn enrich(s: &mut Snapshot, rng: &mut SmallRng) {
         .map(|r| (format!("{}:{}", r.resource_type, r.key), r.org.clone()))
         .collect();
     for _ in 0..rng.random_range(0..6) {
-        let Some((res, org)) = targets.choose(rng).cloned() else { break };
+        let Some((res, org)) = targets.choose(rng).cloned() else {
+            break;
+        };
         let n = rng.random_range(1..3);
         s.role_grants.push(RoleGrant {
             org: org.clone(),
@@ -919,7 +921,11 @@ fn enrich(s: &mut Snapshot, rng: &mut SmallRng) {
         s.role_assignments.push(RoleAssignment {
             user: pick(rng, &USERS).into(),
             role: pick(rng, &ROLES).into(),
-            org: if rng.random_bool(0.7) { org } else { pick(rng, &ORGS).into() },
+            org: if rng.random_bool(0.7) {
+                org
+            } else {
+                pick(rng, &ORGS).into()
+            },
             resource: maybe(rng, 0.3, |_| res),
         });
     }
@@ -942,4 +948,3 @@ proptest! {
         check_queries(&ix, &s, &mut rng)?;
     }
 }
-

@@ -16,8 +16,8 @@ pub use explain::Explanation;
 pub use paged::{Interner, KeyMap, PagedVec};
 pub use policy::{Names, Policy, PolicyItems, STAR};
 pub use query::{
-    AssignmentFilter, AssignmentRow, GroupNode, MenuNode, PermEntry, QueryError, RoleInfo, UserPermissions,
-    UserPermissionsFilter, decode_cursor, encode_cursor, page_bitmap,
+    AssignmentFilter, AssignmentRow, DEFAULT_LIMIT, GroupNode, MAX_LIMIT, MAX_TREE_NODES, MenuNode, PermEntry,
+    QueryError, RoleInfo, UserPermissions, UserPermissionsFilter, decode_cursor, encode_cursor, page_bitmap,
 };
 
 use crate::model::{

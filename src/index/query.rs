@@ -11,6 +11,11 @@ use roaring::RoaringBitmap;
 use serde::Serialize;
 use std::collections::BTreeSet;
 
+/// Page size of a list answer when the request gives none.
+pub const DEFAULT_LIMIT: usize = 1000;
+/// Largest page size a request may ask for.
+pub const MAX_LIMIT: usize = 10_000;
+
 /// Most tree nodes one `groups` answer holds before it says `truncated`.
 pub const MAX_TREE_NODES: usize = 10_000;
 
