@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # HTTP bench: permd `POST /allowed` on the generated 1M-assignment snapshot against the floor
-# (bench/floor.rs: hyper answering a fixed {"allow":true}), same wrk load, same run, loopback.
+# (bench/floor.rs: hyper answering a fixed {"allow":true}), same wrk load, same run, loopback;
+# and perm/v1 `Enforce` over gRPC with the same checks (bench/grpc_load.rs, a tonic client
+# counting every grpc-status), same connections and duration, in the same run.
 #
 #   bash bench/http.sh
 #
@@ -30,12 +32,13 @@ TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 PERMD=$TARGET_DIR/release/permd
 FLOOR=$TARGET_DIR/release/examples/floor
 BODIES_BIN=$TARGET_DIR/release/examples/bodies
+GRPC_LOAD=$TARGET_DIR/release/examples/grpc_load
 
 log() { printf '[http.sh] %s\n' "$*" >&2; }
 
 # --- (a) build -------------------------------------------------------------------------------
 log "building release permd and the floor/bodies examples"
-cargo build --release --quiet --bin permd --example floor --example bodies
+cargo build --release --quiet --bin permd --example floor --example bodies --example grpc_load
 
 if ! command -v wrk >/dev/null 2>&1; then
   log "wrk missing: installing with apt-get"
@@ -76,7 +79,7 @@ else
 fi
 
 # permd: JSON logs, so the bound port can be read without ANSI colors in the way.
-"${SERVER_PIN[@]}" "$PERMD" serve --source "file://$SNAPSHOT" --http-addr 127.0.0.1:0 \
+"${SERVER_PIN[@]}" "$PERMD" serve --source "file://$SNAPSHOT" --http-addr 127.0.0.1:0 --grpc-addr 127.0.0.1:0 \
   --log-format json --log-level info 2>"$WORK/permd.log" >/dev/null &
 PERMD_PID=$!
 PIDS+=("$PERMD_PID")
@@ -94,6 +97,7 @@ wait_for() { # wait_for SECONDS PID COMMAND...: until COMMAND succeeds, or fail
   done
 }
 permd_port() { sed -n 's/.*"http listening".*"addr":"127\.0\.0\.1:\([0-9]*\)".*/\1/p; s/.*"addr":"127\.0\.0\.1:\([0-9]*\)".*"http listening".*/\1/p' "$WORK/permd.log" | head -n1; }
+grpc_port() { sed -n 's/.*"grpc listening".*"addr":"127\.0\.0\.1:\([0-9]*\)".*/\1/p; s/.*"addr":"127\.0\.0\.1:\([0-9]*\)".*"grpc listening".*/\1/p' "$WORK/permd.log" | head -n1; }
 floor_port() { sed -n 's/^listening 127\.0\.0\.1:\([0-9]*\)$/\1/p' "$WORK/floor.out" | head -n1; }
 have_permd_port() { [[ -n $(permd_port) ]]; }
 have_floor_port() { [[ -n $(floor_port) ]]; }
@@ -102,6 +106,7 @@ started=$SECONDS
 wait_for 30 "$FLOOR_PID" have_floor_port || { log "floor did not start:"; cat "$WORK/floor.err" >&2; exit 1; }
 wait_for 30 "$PERMD_PID" have_permd_port || { log "permd did not start:"; cat "$WORK/permd.log" >&2; exit 1; }
 PERMD_URL=http://127.0.0.1:$(permd_port)
+GRPC_ADDR=127.0.0.1:$(grpc_port)
 FLOOR_URL=http://127.0.0.1:$(floor_port)
 ready() { [[ $(curl -s -o /dev/null -w '%{http_code}' "$PERMD_URL/readyz") == 200 ]]; }
 wait_for 300 "$PERMD_PID" ready || { log "permd not ready:"; tail -n 20 "$WORK/permd.log" >&2; exit 1; }
@@ -124,16 +129,23 @@ RSS_READY_KB=$(rss_kb "$PERMD_PID")
 # machine with something else (a build, the hypervisor's other guests).
 busy_steal() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8, $9 }' /proc/stat; }
 
+load() { # load NAME URL DURATION: wrk with the /allowed bodies, or (NAME grpc) grpc_load with the same checks
+  if [[ $1 == grpc ]]; then
+    "${WRK_PIN[@]}" "$GRPC_LOAD" "$2" "$BODY_FILE" "$CONNECTIONS" "${3%s}" 0 "$THREADS"
+  else
+    "${WRK_PIN[@]}" wrk -t"$THREADS" -c"$CONNECTIONS" -d"$3" -s bench/allowed.lua "$2" -- "$BODY_FILE"
+  fi
+}
+
 run_wrk() { # run_wrk NAME URL PID -> "NAME RESULT ... ticks=N other_pct=P steal_pct=S"
   local name=$1 url=$2 pid=$3
-  "${WRK_PIN[@]}" wrk -t"$THREADS" -c"$CONNECTIONS" -d"$WARMUP" -s bench/allowed.lua "$url" -- "$BODY_FILE" >/dev/null
+  load "$name" "$url" "$WARMUP" >/dev/null
   local before after b0 s0 b1 s1 wrk_cpu t0 t1
   before=$(cpu_ticks "$pid")
   read -r b0 s0 < <(busy_steal)
   t0=$(date +%s.%N)
   TIMEFORMAT='%3U %3S'
-  wrk_cpu=$( { time "${WRK_PIN[@]}" wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" -s bench/allowed.lua "$url" \
-    -- "$BODY_FILE" >"$WORK/$name.wrk" 2>"$WORK/$name.err"; } 2>&1 )
+  wrk_cpu=$( { time load "$name" "$url" "$DURATION" >"$WORK/$name.wrk" 2>"$WORK/$name.err"; } 2>&1 )
   t1=$(date +%s.%N)
   read -r b1 s1 < <(busy_steal)
   after=$(cpu_ticks "$pid")
@@ -158,9 +170,11 @@ run_wrk() { # run_wrk NAME URL PID -> "NAME RESULT ... ticks=N other_pct=P steal
 PIN_DESC=$([[ $PIN == 1 ]] && echo 'server core 0, wrk core 1 (taskset)' || echo none)
 log "wrk -t$THREADS -c$CONNECTIONS -d$DURATION (warm-up $WARMUP) x $ROUNDS rounds, floor then permd; pinning: $PIN_DESC"
 RESULTS=()
+GRPC_RESULTS=()
 for round in $(seq 1 "$ROUNDS"); do
   RESULTS+=("$(run_wrk floor "$FLOOR_URL" "$FLOOR_PID") round=$round")
   RESULTS+=("$(run_wrk permd "$PERMD_URL" "$PERMD_PID") round=$round")
+  GRPC_RESULTS+=("$(run_wrk grpc "$GRPC_ADDR" "$PERMD_PID") round=$round")
 done
 RSS_AFTER_KB=$(rss_kb "$PERMD_PID")
 
@@ -191,12 +205,13 @@ for ((i = 0; i < ${#RESULTS[@]}; i += 2)); do
   round=$(field "$f" round)
   row "floor #$round" "$f"
   row "permd #$round" "$p"
+  row "grpc #$round" "${GRPC_RESULTS[i / 2]}"
   RATIOS+=("$(awk -v p="$(field "$p" rps)" -v f="$(field "$f" rps)" 'BEGIN { printf "%.1f", 100 * p / f }')")
 done
 echo
-for name in floor permd; do
+for name in floor permd grpc; do
   sel=()
-  for r in "${RESULTS[@]}"; do [[ ${r%% *} == "$name" ]] && sel+=("$r"); done
+  for r in "${RESULTS[@]}" "${GRPC_RESULTS[@]}"; do [[ ${r%% *} == "$name" ]] && sel+=("$r"); done
   printf '%s median of %d rounds: %.0f requests/s, p50 %.0fµs, p99 %.0fµs, %s CPU-s per 1000 requests\n' "$name" "${#sel[@]}" \
     "$(for r in "${sel[@]}"; do field "$r" rps; done | median)" \
     "$(for r in "${sel[@]}"; do field "$r" p50_us; done | median)" \

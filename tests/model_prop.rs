@@ -506,6 +506,9 @@ proptest! {
 
 use permd::index::{AssignmentFilter, UserPermissionsFilter, decode_cursor, page_bitmap};
 
+/// Group node → (acts, resources below).
+type GroupsSeen = BTreeMap<(String, String), (Vec<String>, BTreeSet<String>)>;
+
 const SUBJECT_USERS: [&str; 5] = ["u0", "u1", "u2", "u3", "nobody"];
 
 fn subjects() -> Vec<Subject<'static>> {
@@ -716,10 +719,7 @@ fn check_queries(ix: &Index, s: &Snapshot, rng: &mut SmallRng) -> Result<(), Tes
                 let (tree, truncated) = ix.groups(Some(subject), t, a, o);
                 prop_assert!(!truncated);
                 let mut got = BTreeMap::new();
-                fn walk_g(
-                    n: &[permd::index::GroupNode],
-                    out: &mut BTreeMap<(String, String), (Vec<String>, BTreeSet<String>)>,
-                ) {
+                fn walk_g(n: &[permd::index::GroupNode], out: &mut GroupsSeen) {
                     for g in n {
                         out.insert(
                             (g.group_type.clone(), g.group_id.clone()),

@@ -237,7 +237,8 @@ impl Index {
                 }
             }
         }
-        if !inst_any && !(held && self.counts.role_grants > 0) {
+        let may_walk = inst_any || (held && self.counts.role_grants > 0);
+        if !may_walk {
             return RoaringBitmap::new();
         }
         // Steps 5 and 6 depend on the instance: filter the candidates exactly.
