@@ -122,6 +122,9 @@ pub struct Index {
     org_type_res: imbl::HashMap<(u32, u32), Arc<RoaringBitmap>>,
     counts: Counts,
     ignored: Arc<OnceLock<Arc<Vec<Ignored>>>>,
+    /// Reverse `parents` links and grant sites, for the queries; computed once per version on
+    /// first use.
+    query_aux: Arc<OnceLock<Arc<query::QueryAux>>>,
 }
 
 impl std::fmt::Debug for Index {
@@ -153,6 +156,7 @@ impl Index {
             org_type_res: imbl::HashMap::new(),
             counts: Counts::default(),
             ignored: Arc::default(),
+            query_aux: Arc::default(),
         };
         for u in &snapshot.users {
             ix.upsert_user(u);
@@ -200,6 +204,7 @@ impl Index {
         }
         let mut next = self.clone();
         next.ignored = Arc::default();
+        next.query_aux = Arc::default();
         let mut policy_changed = false;
         for op in &batch.ops {
             policy_changed |= next.apply_op(op);

@@ -10,6 +10,7 @@ use super::{Index, STAR, Subject};
 use roaring::RoaringBitmap;
 use serde::Serialize;
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 /// Page size of a list answer when the request gives none.
 pub const DEFAULT_LIMIT: usize = 1000;
@@ -241,24 +242,45 @@ impl Index {
         if !may_walk {
             return RoaringBitmap::new();
         }
-        // Steps 5 and 6 depend on the instance: filter the candidates exactly.
-        let org_key = names.orgs.name(o);
-        candidates
-            .iter()
-            .filter(|&id| {
-                self.res(id).is_some_and(|rec| {
-                    self.decide(&Query {
-                        subject,
-                        action: a,
-                        resource_type: t,
-                        resource_key: Some(&rec.key),
-                        org: Some(org_key),
-                        group_type: None,
-                    })
-                    .allow
-                })
-            })
-            .collect()
+        // Steps 5 and 6: the nodes that allow (instance assignments that permit, grants that
+        // match to a role the subject holds), then everything below them in the org.
+        let aid = names.actions.get(a).unwrap_or(STAR);
+        let mut sources: Vec<u32> = Vec::new();
+        if let Subject::User(u) = subject
+            && let Some(rec) = self.user(u)
+        {
+            for &(res, org_a, name) in &rec.inst_roles {
+                if org_a == o
+                    && self.instance(res).is_some_and(|i| i.org == o)
+                    && p.resolve(org_a, name).is_some_and(|r| p.permits(r, perm))
+                {
+                    sources.push(res);
+                }
+            }
+        }
+        let aux = self.query_aux();
+        if held && let Some(sites) = aux.grant_sites.get(&o) {
+            let expanded = self.expanded_roles(subject, o);
+            for &y in sites {
+                let Some(rec) = self.res(y) else { continue };
+                let hit = rec.grants.iter().any(|g| {
+                    g.org == o
+                        && g.patterns
+                            .iter()
+                            .any(|&(pt, pa)| (pt == STAR || pt == tid) && (pa == STAR || pa == aid))
+                        && p.resolve(o, g.role).is_some_and(|r| expanded.contains(&r))
+                });
+                if hit && self.instance(y).is_some_and(|i| i.org == o) {
+                    sources.push(y);
+                }
+            }
+        }
+        let below = aux.descendants(self, &sources, o);
+        below & &**candidates
+    }
+
+    fn query_aux(&self) -> Arc<QueryAux> {
+        self.query_aux.get_or_init(|| Arc::new(QueryAux::build(self))).clone()
     }
 
     /// The actions of `t` that §2 allows on one target, in the type's document order.
@@ -881,6 +903,7 @@ impl Index {
         let mut after = after;
         loop {
             let (ids, next) = page_bitmap(&instances, after, limit.saturating_sub(out.instances.len()));
+            let last = ids.last().copied();
             for id in ids {
                 let Some((t, k, org)) = self.instance_names(id) else {
                     continue;
@@ -915,7 +938,7 @@ impl Index {
             }
             // Filtered-out ids do not count against the limit: fill the page or run out.
             match next {
-                Some(c) if out.instances.len() < limit => after = decode_cursor(&c, "cursor").ok(),
+                Some(_) if out.instances.len() < limit && last.is_some() => after = last.map(u64::from),
                 other => {
                     out.next_cursor = other;
                     break;
@@ -938,6 +961,55 @@ impl Index {
         {
             roles.push(item.key.clone());
         }
+    }
+}
+
+/// Per version, for the queries: the reverse of the `parents` links, and the resources that
+/// carry grants, per grant org.
+#[derive(Debug, Default)]
+pub struct QueryAux {
+    children: std::collections::HashMap<u32, Vec<u32>>,
+    grant_sites: std::collections::HashMap<u32, Vec<u32>>,
+}
+
+impl QueryAux {
+    fn build(ix: &Index) -> QueryAux {
+        let mut aux = QueryAux::default();
+        for (id, rec) in ix.resources.iter().enumerate() {
+            let Some(rec) = rec else { continue };
+            let id = id as u32;
+            if let Some(item) = &rec.item {
+                for &p in item.parents.iter() {
+                    aux.children.entry(p).or_default().push(id);
+                }
+            }
+            for g in &rec.grants {
+                let sites = aux.grant_sites.entry(g.org).or_default();
+                if sites.last() != Some(&id) {
+                    sites.push(id);
+                }
+            }
+        }
+        aux
+    }
+
+    /// The instances of org `o` whose `ResAnc` (model.md §2) holds one of `sources`.
+    fn descendants(&self, ix: &Index, sources: &[u32], o: u32) -> RoaringBitmap {
+        let mut seen = RoaringBitmap::new();
+        let mut stack: Vec<u32> = Vec::new();
+        for &s in sources {
+            if seen.insert(s) {
+                stack.push(s);
+            }
+        }
+        while let Some(y) = stack.pop() {
+            for &c in self.children.get(&y).map_or(&[][..], |v| &v[..]) {
+                if ix.instance(c).is_some_and(|i| i.org == o) && seen.insert(c) {
+                    stack.push(c);
+                }
+            }
+        }
+        seen
     }
 }
 
