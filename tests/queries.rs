@@ -726,7 +726,7 @@ async fn grpc_all_resources(
     let mut out = Vec::new();
     let mut cursor: Option<String> = None;
     loop {
-        let mut md = vec![("x-permd-limit", "7")];
+        let mut md = vec![("x-permd-limit", "40")];
         if let Some(c) = &cursor {
             md.push(("x-permd-cursor", c.as_str()));
         }
@@ -768,6 +768,8 @@ async fn wire_listings_equal_the_index_on_generated_snapshots() {
             .take(40)
             .collect();
         let orgs: Vec<String> = snapshot.orgs.iter().map(|o| o.key.clone()).collect();
+        // Paging is exercised only if some listings span several pages.
+        let (mut longest_list, mut most_users) = (0, 0);
         for (i, u) in users.iter().enumerate() {
             let org = if i % 2 == 0 {
                 String::new()
@@ -787,13 +789,14 @@ async fn wire_listings_equal_the_index_on_generated_snapshots() {
                 .collect();
             let got = grpc_all_resources(&mut perm, list_res(&org, u, "", "document", action)).await;
             assert_eq!(got, want, "ListResources {u} {action} {org:?}");
+            longest_list = longest_list.max(want.len());
             // The same listing over HTTP, paged with its cursor.
             let mut http = Vec::new();
             let mut cursor = Value::Null;
             loop {
                 let (s, b) = p.post(
                     "/v1/resources",
-                    json!({"org_id": org, "user_id": u, "res_type": "document", "act": action, "limit": 5, "cursor": cursor}),
+                    json!({"org_id": org, "user_id": u, "res_type": "document", "act": action, "limit": 30, "cursor": cursor}),
                 );
                 assert_eq!(s, 200, "{b}");
                 http.extend(
@@ -828,7 +831,7 @@ async fn wire_listings_equal_the_index_on_generated_snapshots() {
                 let (s, b) = p.post(
                     "/access/v1/search/subject",
                     json!({"subject": {"type": "user"}, "action": {"name": "read"},
-                           "resource": {"type": "document", "id": r.key}, "page": {"limit": 4, "token": token}}),
+                           "resource": {"type": "document", "id": r.key}, "page": {"limit": 25, "token": token}}),
                 );
                 assert_eq!(s, 200, "{b}");
                 got.extend(
@@ -844,6 +847,8 @@ async fn wire_listings_equal_the_index_on_generated_snapshots() {
                 }
             }
             assert_eq!(got, want, "authorized users of document:{}", r.key);
+            most_users = most_users.max(want.len());
         }
+        assert!(longest_list > 40 && most_users > 25, "{longest_list} {most_users}");
     }
 }
