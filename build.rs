@@ -13,7 +13,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/perm/v1/org.proto",
         "proto/permd/v1/permd.proto",
     ];
+    // perm.v1 messages are also the JSON bodies of the HTTP routes for the read RPCs: proto
+    // field names, absent fields default as in proto3.
     tonic_prost_build::configure()
+        .message_attribute(
+            ".perm.v1",
+            "#[derive(serde::Serialize, serde::Deserialize)] #[serde(default)]",
+        )
         .file_descriptor_set_path(out.join("permd_descriptor.bin"))
         .compile_with_config(config, &protos, &["proto"])?;
     Ok(())

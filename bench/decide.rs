@@ -13,7 +13,7 @@
 
 use casbin::{CoreApi, DefaultModel, Enforcer, MemoryAdapter, MgmtApi};
 use criterion::{Criterion, SamplingMode, criterion_group, criterion_main};
-use permd::index::{Index, Query, Reason};
+use permd::index::{Index, Query, Reason, Subject};
 use permd::model::generate::{Params, generate};
 use permd::model::{DeltaBatch, Item, Op, RoleAssignment, Snapshot};
 use std::collections::{HashMap, HashSet};
@@ -163,6 +163,69 @@ fn decide(c: &mut Criterion) {
             ix.decide(black_box(&qs[i]))
         })
     });
+    g.finish();
+}
+
+/// model.md §3 queries on the 1M index: "which documents may this user read?" (among the
+/// 100k instances, every org: no tenant given) and "who may read this document?" (among the
+/// 100k users). Result sizes are printed with the picks.
+fn queries(c: &mut Criterion) {
+    let d = data();
+    let ix = &d.index;
+    let org_role = d.pick_org_role();
+    let (tree, _, _) = d.pick_tree_walk();
+    // A user whose only roles are instance roles: every candidate goes through `decide`.
+    let inst_only = d
+        .snapshot
+        .role_assignments
+        .iter()
+        .filter(|a| a.resource.is_some())
+        .map(|a| a.user.as_str())
+        .find(|u| {
+            !d.snapshot
+                .role_assignments
+                .iter()
+                .any(|a| a.user == *u && a.resource.is_none())
+        })
+        .unwrap_or(&tree.user);
+    let list = |u: &str| ix.list_resources(Subject::User(u), "document", "read", None);
+    eprintln!(
+        "list_resources: org-role holder {} -> {} documents; instance-role holder {} -> {}; tree user {} -> {}",
+        org_role.user,
+        list(&org_role.user).len(),
+        inst_only,
+        list(inst_only).len(),
+        tree.user,
+        list(&tree.user).len()
+    );
+    let doc = tree.key.clone().expect("the tree pick names a document");
+    let root_doc = d
+        .shape
+        .docs_by_org
+        .get(org_role.org.as_deref().unwrap_or(""))
+        .and_then(|v| v.first())
+        .cloned();
+    let root_doc = root_doc.expect("the org-role pick's org has documents");
+    let who = |k: &str| ix.authorized_users("read", "document", Some(k), None);
+    eprintln!(
+        "authorized_users: deep document {doc} -> {} users; document {root_doc} -> {} users",
+        who(&doc).len(),
+        who(&root_doc).len()
+    );
+
+    let mut g = c.benchmark_group("query");
+    g.warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2))
+        .sample_size(50);
+    g.bench_function("list_resources_org_role_user", |b| {
+        b.iter(|| list(black_box(&org_role.user)))
+    });
+    g.bench_function("list_resources_instance_role_user", |b| {
+        b.iter(|| list(black_box(inst_only)))
+    });
+    g.bench_function("list_resources_tree_user", |b| b.iter(|| list(black_box(&tree.user))));
+    g.bench_function("authorized_users_deep_document", |b| b.iter(|| who(black_box(&doc))));
+    g.bench_function("authorized_users_document", |b| b.iter(|| who(black_box(&root_doc))));
     g.finish();
 }
 
@@ -401,5 +464,5 @@ fn observe(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, decide, observe, build, casbin_vs_permd);
+criterion_group!(benches, decide, queries, observe, build, casbin_vs_permd);
 criterion_main!(benches);

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # HTTP bench: permd `POST /allowed` on the generated 1M-assignment snapshot against the floor
-# (bench/floor.rs: hyper answering a fixed {"allow":true}), same wrk load, same run, loopback.
+# (bench/floor.rs: hyper answering a fixed {"allow":true}), same wrk load, same run, loopback;
+# and perm/v1 `Enforce` over gRPC with the same checks (bench/grpc_load.rs, a tonic client
+# counting every grpc-status), same connections and duration, in the same run.
 #
 #   bash bench/http.sh
 #
@@ -12,7 +14,8 @@
 # Knobs (environment): DURATION (10s), WARMUP (2s), THREADS (2), CONNECTIONS (32),
 # ROUNDS (3: every target in turn, three times, to see the noise), BODIES (1024),
 # PIN (1: server on core 0, wrk on core 1 with taskset; 0: no pinning),
-# TARGETS ("floor permd"; also: permd-nometrics = `--metrics false`, permd-log1pct = the
+# TARGETS ("floor permd grpc"; grpc = perm/v1 Enforce on the permd target's gRPC port with
+# bench/grpc_load.rs and the same checks; also: permd-nometrics = `--metrics false`, permd-log1pct = the
 # decision log on at 1% sampling into a file; `TARGETS="floor permd permd-nometrics
 # permd-log1pct"` is the observability comparison of bench/README.md).
 set -euo pipefail
@@ -27,19 +30,20 @@ CONNECTIONS=${CONNECTIONS:-32}
 PIN=${PIN:-1}
 BODIES=${BODIES:-1024}
 ROUNDS=${ROUNDS:-3}
-read -r -a TARGETS <<<"${TARGETS:-floor permd}"
+read -r -a TARGETS <<<"${TARGETS:-floor permd grpc}"
 SNAPSHOT=$DATA/snapshot-1m.msgpack
 BODY_FILE=$DATA/bodies.txt
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 PERMD=$TARGET_DIR/release/permd
 FLOOR=$TARGET_DIR/release/examples/floor
 BODIES_BIN=$TARGET_DIR/release/examples/bodies
+GRPC_LOAD=$TARGET_DIR/release/examples/grpc_load
 
 log() { printf '[http.sh] %s\n' "$*" >&2; }
 
 # --- (a) build -------------------------------------------------------------------------------
 log "building release permd and the floor/bodies examples"
-cargo build --release --quiet --bin permd --example floor --example bodies
+cargo build --release --quiet --bin permd --example floor --example bodies --example grpc_load
 
 if ! command -v wrk >/dev/null 2>&1; then
   log "wrk missing: installing with apt-get"
@@ -88,12 +92,16 @@ wait_for() { # wait_for SECONDS PID COMMAND...: until COMMAND succeeds, or fail
     sleep 0.1
   done
 }
-permd_port() { sed -n 's/.*"http listening".*"addr":"127\.0\.0\.1:\([0-9]*\)".*/\1/p; s/.*"addr":"127\.0\.0\.1:\([0-9]*\)".*"http listening".*/\1/p' "$WORK/$1.log" | head -n1; }
+listen_port() { # listen_port LOG KIND: the port of the `KIND listening` log line
+  sed -n "s/.*\"$2 listening\".*\"addr\":\"127\\.0\\.0\\.1:\\([0-9]*\\)\".*/\\1/p; s/.*\"addr\":\"127\\.0\\.0\\.1:\\([0-9]*\\)\".*\"$2 listening\".*/\\1/p" "$1" | head -n1
+}
+permd_port() { listen_port "$WORK/$1.log" http; }
 floor_port() { sed -n 's/^listening 127\.0\.0\.1:\([0-9]*\)$/\1/p' "$WORK/floor.out" | head -n1; }
 have_permd_port() { [[ -n $(permd_port "$1") ]]; }
 have_floor_port() { [[ -n $(floor_port) ]]; }
 ready() { [[ $(curl -s -o /dev/null -w '%{http_code}' "$1/readyz") == 200 ]]; }
 
+has() { [[ " ${TARGETS[*]} " == *" $1 "* ]]; }
 declare -A URL PID
 start_target() { # start_target NAME: starts it, fills URL[NAME] and PID[NAME]
   local name=$1 extra=()
@@ -104,6 +112,11 @@ start_target() { # start_target NAME: starts it, fills URL[NAME] and PID[NAME]
       PIDS+=("$!")
       wait_for 30 "${PID[$name]}" have_floor_port || { log "floor did not start:"; cat "$WORK/floor.err" >&2; exit 1; }
       URL[$name]=http://127.0.0.1:$(floor_port)
+      return ;;
+    grpc)
+      has permd || { log "the grpc target needs the permd target"; exit 1; }
+      PID[$name]=${PID[permd]}
+      URL[$name]=127.0.0.1:$(listen_port "$WORK/permd.log" grpc)
       return ;;
     permd) ;;
     permd-nometrics) extra=(--metrics false) ;;
@@ -126,6 +139,7 @@ for t in "${TARGETS[@]}"; do start_target "$t"; done
 # One body through each, so a broken setup fails here and not as a table of errors.
 probe=$(head -n1 "$BODY_FILE")
 for t in "${TARGETS[@]}"; do
+  [[ $t == grpc ]] && continue
   code=$(curl -s -o "$WORK/probe" -w '%{http_code}' -H 'content-type: application/json' -d "$probe" "${URL[$t]}/allowed")
   [[ $code == 200 ]] || { log "$t: /allowed answered $code: $(cat "$WORK/probe")"; exit 1; }
 done
@@ -141,16 +155,23 @@ RSS_READY_KB=$([[ -n $PERMD_PID ]] && rss_kb "$PERMD_PID" || echo 0)
 # machine with something else (a build, the hypervisor's other guests).
 busy_steal() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8, $9 }' /proc/stat; }
 
+load() { # load NAME URL DURATION: wrk with the /allowed bodies, or (NAME grpc) grpc_load with the same checks
+  if [[ $1 == grpc ]]; then
+    "${WRK_PIN[@]}" "$GRPC_LOAD" "$2" "$BODY_FILE" "$CONNECTIONS" "${3%s}" 0 "$THREADS"
+  else
+    "${WRK_PIN[@]}" wrk -t"$THREADS" -c"$CONNECTIONS" -d"$3" -s bench/allowed.lua "$2" -- "$BODY_FILE"
+  fi
+}
+
 run_wrk() { # run_wrk NAME URL PID -> "NAME RESULT ... ticks=N other_pct=P steal_pct=S"
   local name=$1 url=$2 pid=$3
-  "${WRK_PIN[@]}" wrk -t"$THREADS" -c"$CONNECTIONS" -d"$WARMUP" -s bench/allowed.lua "$url" -- "$BODY_FILE" >/dev/null
+  load "$name" "$url" "$WARMUP" >/dev/null
   local before after b0 s0 b1 s1 wrk_cpu t0 t1
   before=$(cpu_ticks "$pid")
   read -r b0 s0 < <(busy_steal)
   t0=$(date +%s.%N)
   TIMEFORMAT='%3U %3S'
-  wrk_cpu=$( { time "${WRK_PIN[@]}" wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" -s bench/allowed.lua "$url" \
-    -- "$BODY_FILE" >"$WORK/$name.wrk" 2>"$WORK/$name.err"; } 2>&1 )
+  wrk_cpu=$( { time load "$name" "$url" "$DURATION" >"$WORK/$name.wrk" 2>"$WORK/$name.err"; } 2>&1 )
   t1=$(date +%s.%N)
   read -r b1 s1 < <(busy_steal)
   after=$(cpu_ticks "$pid")
@@ -229,8 +250,8 @@ ratio() { # ratio A B: A/B requests/s by round, and the median
   done
   echo "$1/$2 requests/s by round: ${rs[*]} (%); median $(printf '%s\n' "${rs[@]}" | median)%${3:-}"
 }
-has() { [[ " ${TARGETS[*]} " == *" $1 "* ]]; }
 has permd && has floor && ratio permd floor " (target >= 60%)"
+has grpc && has permd && ratio grpc permd " (gRPC Enforce vs HTTP /allowed)"
 has permd && has permd-nometrics && ratio permd permd-nometrics " (metrics on vs off; target >= 95%)"
 has permd-log1pct && has permd && ratio permd-log1pct permd " (decision log at 1% vs off; target >= 90%)"
 has permd-log1pct && has permd-nometrics && ratio permd-log1pct permd-nometrics " (decision log at 1% and metrics vs neither)"

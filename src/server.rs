@@ -332,7 +332,15 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
 }
 
 /// The gRPC service names health reports on, besides the whole server ("").
-const GRPC_SERVICES: [&str; 3] = ["", "perm.v1.PermService", "permd.v1.PermdService"];
+const GRPC_SERVICES: [&str; 7] = [
+    "",
+    "perm.v1.PermService",
+    "perm.v1.RoleService",
+    "perm.v1.GroupService",
+    "perm.v1.MenuService",
+    "perm.v1.OrgService",
+    "permd.v1.PermdService",
+];
 
 /// Serves gRPC on `listener` until `stop` turns true; in-flight calls (and `WatchVersion`
 /// streams) get `grace`, then the server is dropped.
@@ -364,14 +372,17 @@ pub async fn serve_grpc(
             }
         })
     };
-    // Reflection lists exactly the services served here (the protos also describe perm/v1
-    // services this build does not serve yet).
+    // Reflection lists exactly the services served here.
     let reflection_builder = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .with_service_name("grpc.health.v1.Health")
             .with_service_name("perm.v1.PermService")
+            .with_service_name("perm.v1.RoleService")
+            .with_service_name("perm.v1.GroupService")
+            .with_service_name("perm.v1.MenuService")
+            .with_service_name("perm.v1.OrgService")
             .with_service_name("permd.v1.PermdService")
     };
     let reflection = reflection_builder().build_v1()?;
@@ -386,6 +397,10 @@ pub async fn serve_grpc(
         .add_service(reflection)
         .add_service(reflection_alpha)
         .add_service(perm::perm_service_server::PermServiceServer::new(state.clone()))
+        .add_service(perm::role_service_server::RoleServiceServer::new(state.clone()))
+        .add_service(perm::group_service_server::GroupServiceServer::new(state.clone()))
+        .add_service(perm::menu_service_server::MenuServiceServer::new(state.clone()))
+        .add_service(perm::org_service_server::OrgServiceServer::new(state.clone()))
         .add_service(permd::permd_service_server::PermdServiceServer::new(state));
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;

@@ -12,7 +12,7 @@ use proptest::prelude::*;
 use rand::rngs::SmallRng;
 use rand::seq::IndexedRandom;
 use rand::{Rng, SeedableRng};
-use std::collections::{BTreeSet, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 
 // ---------------------------------------------------------------------------------------
 // The naive model: model.md §2 read literally over the document.
@@ -478,6 +478,14 @@ proptest! {
             // Round-trip through the wire form, as the stream delivers it.
             let batch = DeltaBatch::from_json(&batch.to_json()).expect("batch decodes");
             let before = ix.clone();
+            // Queries cache per-version data: warm it, so a stale cache after the batch shows.
+            for subject in subjects() {
+                for t in &TYPES[..3] {
+                    for a in &ACTIONS[..3] {
+                        let _ = ix.list_resources(subject, t, a, None);
+                    }
+                }
+            }
             ix = ix.apply(&batch).expect("contiguous batch applies");
             doc.apply_ops(&batch.ops);
             doc.version = batch.to_version;
@@ -492,10 +500,498 @@ proptest! {
                 prop_assert_eq!((a.allow, a.reason, a.version), (b.allow, b.reason, b.version));
             }
             prop_assert_eq!(ix.counts(), rebuilt.counts());
+            let keys = |x: &Index, b: roaring::RoaringBitmap| -> BTreeSet<(String, String)> {
+                b.iter().map(|id| inst_key(x, id)).collect()
+            };
+            for subject in subjects() {
+                for t in &TYPES[..3] {
+                    for a in &ACTIONS[..3] {
+                        prop_assert_eq!(
+                            keys(&ix, ix.list_resources(subject, t, a, None)),
+                            keys(&rebuilt, rebuilt.list_resources(subject, t, a, None))
+                        );
+                    }
+                }
+            }
             prop_assert_eq!(ix.ignored().len(), rebuilt.ignored().len());
         }
         // A batch that does not start at the active version is refused.
         let gap = DeltaBatch { from_version: ix.version() + 1, to_version: ix.version() + 2, ops: vec![] };
         prop_assert!(ix.apply(&gap).is_err());
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// model.md §3: every query against brute force over the naive §2 (all users, instances,
+// actions), and paging that gives each element exactly once.
+
+use permd::index::{AssignmentFilter, UserPermissionsFilter, decode_cursor, page_bitmap};
+
+/// Group node → (acts, resources below).
+type GroupsSeen = BTreeMap<(String, String), (Vec<String>, BTreeSet<String>)>;
+
+const SUBJECT_USERS: [&str; 5] = ["u0", "u1", "u2", "u3", "nobody"];
+
+fn subjects() -> Vec<Subject<'static>> {
+    let mut v: Vec<Subject<'static>> = SUBJECT_USERS.iter().map(|u| Subject::User(u)).collect();
+    v.extend(ROLES.iter().map(|r| Subject::Role(r)));
+    v
+}
+
+fn orgs_or_none() -> Vec<Option<&'static str>> {
+    std::iter::once(None).chain(ORGS.iter().map(|o| Some(*o))).collect()
+}
+
+/// Every page of `b` with pages of `limit`, concatenated; each page no longer than `limit`.
+fn all_pages(b: &roaring::RoaringBitmap, limit: usize) -> Result<Vec<u32>, TestCaseError> {
+    let mut out = Vec::new();
+    let mut after = None;
+    for _ in 0..10_000 {
+        let (ids, next) = page_bitmap(b, after, limit);
+        prop_assert!(ids.len() <= limit);
+        out.extend(ids);
+        match next {
+            None => return Ok(out),
+            Some(c) => after = Some(decode_cursor(&c, "cursor").unwrap()),
+        }
+    }
+    Err(TestCaseError::fail("paging does not end"))
+}
+
+fn inst_key(ix: &Index, id: u32) -> (String, String) {
+    let (t, k, _) = ix.instance_names(id).expect("a listed id is an instance");
+    (t.to_string(), k.to_string())
+}
+
+fn check_queries(ix: &Index, s: &Snapshot, rng: &mut SmallRng) -> Result<(), TestCaseError> {
+    let naive = Naive { s };
+    let limit = rng.random_range(1..4);
+    // List resources: set equality with every instance of the type, decided one by one.
+    for subject in subjects() {
+        for t in TYPES {
+            for a in ACTIONS {
+                for org in orgs_or_none() {
+                    let got = ix.list_resources(subject, t, a, org);
+                    let paged = all_pages(&got, limit)?;
+                    prop_assert_eq!(paged.len() as u64, got.len(), "paging gives each id once");
+                    prop_assert_eq!(paged.iter().copied().collect::<roaring::RoaringBitmap>(), got.clone());
+                    let got: BTreeSet<(String, String)> = got.iter().map(|id| inst_key(ix, id)).collect();
+                    let want: BTreeSet<(String, String)> = s
+                        .resources
+                        .iter()
+                        .filter(|r| r.resource_type == t && naive.instance(t, &r.key).is_some())
+                        .filter(|r| {
+                            let q = Query {
+                                subject,
+                                action: a,
+                                resource_type: t,
+                                resource_key: Some(&r.key),
+                                org,
+                                group_type: None,
+                            };
+                            naive.decide(&q).0
+                        })
+                        .map(|r| (r.resource_type.clone(), r.key.clone()))
+                        .collect();
+                    prop_assert_eq!(got, want, "list_resources {:?} {} {} {:?}", subject, t, a, org);
+                }
+            }
+        }
+    }
+    // Authorized users and allowed actions, for every key (and none) of every type.
+    let mut users: BTreeSet<&str> = SUBJECT_USERS.iter().copied().collect();
+    users.extend(s.role_assignments.iter().map(|a| a.user.as_str()));
+    for t in TYPES {
+        for k in std::iter::once(None).chain(KEYS.iter().map(|k| Some(*k))) {
+            for org in orgs_or_none() {
+                for a in ACTIONS {
+                    let got: BTreeSet<String> = ix
+                        .authorized_users(a, t, k, org)
+                        .iter()
+                        .map(|u| ix.user_key(u).to_string())
+                        .collect();
+                    let want: BTreeSet<String> = users
+                        .iter()
+                        .filter(|u| {
+                            let q = Query {
+                                subject: Subject::User(u),
+                                action: a,
+                                resource_type: t,
+                                resource_key: k,
+                                org,
+                                group_type: None,
+                            };
+                            naive.decide(&q).0
+                        })
+                        .map(|u| u.to_string())
+                        .collect();
+                    prop_assert_eq!(got, want, "authorized_users {} {} {:?} {:?}", a, t, k, org);
+                }
+                let subject = Subject::User(pick(rng, &SUBJECT_USERS));
+                let q = Query {
+                    subject,
+                    action: "",
+                    resource_type: t,
+                    resource_key: k,
+                    org,
+                    group_type: None,
+                };
+                let got: Vec<&str> = ix.allowed_actions(&q);
+                let mut want: Vec<&str> = Vec::new();
+                for a in naive.type_actions(t).map(|v| v.as_slice()).unwrap_or(&[]) {
+                    if !want.contains(&a.as_str()) && naive.decide(&Query { action: a, ..q }).0 {
+                        want.push(a);
+                    }
+                }
+                prop_assert_eq!(got, want);
+            }
+        }
+    }
+    // Roles for user, users for role (direct and effective).
+    for o in ORGS {
+        let known = naive.org_known(o);
+        for u in users.iter().copied() {
+            let direct: BTreeSet<String> = s
+                .role_assignments
+                .iter()
+                .filter(|a| a.user == u && a.org == o && a.resource.is_none() && known)
+                .filter(|a| naive.resolve(o, &a.role).is_some())
+                .map(|a| a.role.clone())
+                .collect();
+            prop_assert_eq!(ix.roles_for_user(u, o, false), direct.into_iter().collect::<Vec<_>>());
+            let eff: BTreeSet<String> = if known {
+                naive
+                    .expand(&naive.org_roles(&Subject::User(u), o))
+                    .into_iter()
+                    .map(|r| r.1)
+                    .collect()
+            } else {
+                BTreeSet::new()
+            };
+            prop_assert_eq!(ix.roles_for_user(u, o, true), eff.into_iter().collect::<Vec<_>>());
+        }
+        for r in ROLES {
+            let resolved = if known { naive.resolve(o, r) } else { None };
+            for effective in [false, true] {
+                let got = ix.users_for_role(Some(r), o, effective);
+                let Some(role) = resolved.clone() else {
+                    prop_assert!(got.is_err(), "role {} in {} does not resolve", r, o);
+                    continue;
+                };
+                let got: BTreeSet<String> = got.unwrap().iter().map(|u| ix.user_key(u).to_string()).collect();
+                let want: BTreeSet<String> = users
+                    .iter()
+                    .filter(|u| {
+                        if effective {
+                            naive.expand(&naive.org_roles(&Subject::User(u), o)).contains(&role)
+                        } else {
+                            s.role_assignments
+                                .iter()
+                                .any(|a| a.user == **u && a.org == o && a.resource.is_none() && a.role == r)
+                        }
+                    })
+                    .map(|u| u.to_string())
+                    .collect();
+                prop_assert_eq!(got, want, "users_for_role {} {} effective={}", r, o, effective);
+            }
+        }
+    }
+    // Menus: the codes of the subject's expanded roles and their ancestors, each once.
+    for subject in subjects() {
+        for o in ORGS {
+            let tree = ix.menus(Some(subject), o, Some("web"));
+            let mut flat = Vec::new();
+            fn walk(n: &[permd::index::MenuNode], out: &mut Vec<String>) {
+                for m in n {
+                    out.push(m.code.clone());
+                    walk(&m.children, out);
+                }
+            }
+            walk(&tree, &mut flat);
+            let got: BTreeSet<String> = flat.iter().cloned().collect();
+            prop_assert_eq!(got.len(), flat.len(), "a menu item appears once");
+            let mut want = BTreeSet::new();
+            if naive.org_known(o) {
+                let roles = naive.expand(&naive.org_roles(&subject, o));
+                let codes: BTreeSet<&String> = roles
+                    .iter()
+                    .filter_map(|r| naive.role(r))
+                    .flat_map(|r| r.menus.iter())
+                    .collect();
+                for m in s.menus.iter().filter(|m| codes.contains(&m.code)) {
+                    let mut cur = Some(m);
+                    while let Some(c) = cur {
+                        if !want.insert(c.code.clone()) {
+                            break;
+                        }
+                        cur = c.parent.as_ref().and_then(|p| s.menus.iter().find(|x| &x.code == p));
+                    }
+                }
+            }
+            prop_assert_eq!(got, want, "menus {:?} {}", subject, o);
+        }
+    }
+    // Groups: containing instances where the node check allows, with their actions and the
+    // allowed instances of the type directly below them.
+    for subject in subjects().into_iter().take(3) {
+        for o in ORGS {
+            for t in &TYPES[..3] {
+                let a = pick(rng, &ACTIONS[..3]);
+                let (tree, truncated) = ix.groups(Some(subject), t, a, o);
+                prop_assert!(!truncated);
+                let mut got = BTreeMap::new();
+                fn walk_g(n: &[permd::index::GroupNode], out: &mut GroupsSeen) {
+                    for g in n {
+                        out.insert(
+                            (g.group_type.clone(), g.group_id.clone()),
+                            (g.acts.clone(), g.resources.iter().cloned().collect()),
+                        );
+                        walk_g(&g.children, out);
+                    }
+                }
+                walk_g(&tree, &mut got);
+                let mut want = BTreeMap::new();
+                if naive.org_known(o) {
+                    let in_org: Vec<&Resource> = s
+                        .resources
+                        .iter()
+                        .filter(|r| r.org == o && naive.instance(&r.resource_type, &r.key).is_some())
+                        .collect();
+                    for n in &in_org {
+                        let name = format!("{}:{}", n.resource_type, n.key);
+                        let below: Vec<&&Resource> = in_org.iter().filter(|c| c.parents.contains(&name)).collect();
+                        if below.is_empty() {
+                            continue;
+                        }
+                        let node_q = |a: &'static str| Query {
+                            subject,
+                            action: a,
+                            resource_type: t,
+                            resource_key: Some(&n.key),
+                            org: Some(o),
+                            group_type: Some(&n.resource_type),
+                        };
+                        if !naive.decide(&node_q(a)).0 {
+                            continue;
+                        }
+                        let mut acts: Vec<String> = Vec::new();
+                        for x in naive.type_actions(t).map(|v| v.as_slice()).unwrap_or(&[]) {
+                            let x: &'static str = ACTIONS.iter().find(|y| **y == x).copied().unwrap_or("zz");
+                            if !acts.iter().any(|y| y == x) && naive.decide(&node_q(x)).0 {
+                                acts.push(x.to_string());
+                            }
+                        }
+                        let res: BTreeSet<String> = below
+                            .iter()
+                            .filter(|c| c.resource_type == *t)
+                            .filter(|c| {
+                                naive
+                                    .decide(&Query {
+                                        subject,
+                                        action: a,
+                                        resource_type: t,
+                                        resource_key: Some(&c.key),
+                                        org: Some(o),
+                                        group_type: None,
+                                    })
+                                    .0
+                            })
+                            .map(|c| c.key.clone())
+                            .collect();
+                        want.insert((n.resource_type.clone(), n.key.clone()), (acts, res));
+                    }
+                }
+                prop_assert_eq!(got, want, "groups {:?} {} {} {}", subject, t, a, o);
+            }
+        }
+    }
+    // User permissions: type-level entries per org, instance entries where an instance allows
+    // more than its org's type level; paged with a small limit.
+    for u in users.iter().copied() {
+        let f = UserPermissionsFilter::default();
+        let first = ix.user_permissions(u, &f, None, limit);
+        let mut inst = first.instances.clone();
+        let mut next = first.next_cursor.clone();
+        let mut pages = 0;
+        while let Some(c) = next {
+            let page = ix.user_permissions(u, &f, Some(decode_cursor(&c, "cursor").unwrap()), limit);
+            prop_assert!(page.instances.len() <= limit);
+            inst.extend(page.instances);
+            next = page.next_cursor;
+            pages += 1;
+            prop_assert!(pages < 1000);
+        }
+        let got_t: BTreeMap<String, Vec<String>> = first
+            .tenants
+            .iter()
+            .map(|e| (e.org.clone(), e.permissions.clone()))
+            .collect();
+        let got_i: Vec<((String, String), Vec<String>)> = inst
+            .iter()
+            .map(|e| (e.resource.clone().unwrap(), e.permissions.clone()))
+            .collect();
+        let mut want_t = BTreeMap::new();
+        let perms_of = |org: &str, key: Option<&str>, only: Option<&str>| -> Vec<String> {
+            let mut v = Vec::new();
+            for rt in &s.resource_types {
+                if only.is_some_and(|t| t != rt.key) {
+                    continue;
+                }
+                let mut seen: Vec<&str> = Vec::new();
+                for a in &rt.actions {
+                    if seen.contains(&a.as_str()) {
+                        continue;
+                    }
+                    seen.push(a);
+                    let q = Query {
+                        subject: Subject::User(u),
+                        action: a,
+                        resource_type: &rt.key,
+                        resource_key: key,
+                        org: Some(org),
+                        group_type: None,
+                    };
+                    if naive.decide(&q).0 {
+                        v.push(format!("{}:{a}", rt.key));
+                    }
+                }
+            }
+            v
+        };
+        for o in &s.orgs {
+            let v = perms_of(&o.key, None, None);
+            if !v.is_empty() {
+                want_t.insert(o.key.clone(), v);
+            }
+        }
+        prop_assert_eq!(got_t, want_t.clone());
+        let mut want_i = BTreeMap::new();
+        for r in &s.resources {
+            if naive.instance(&r.resource_type, &r.key).is_none() {
+                continue;
+            }
+            let on = perms_of(&r.org, Some(&r.key), Some(&r.resource_type));
+            let level = want_t.get(&r.org).cloned().unwrap_or_default();
+            if on.iter().any(|p| !level.contains(p)) {
+                want_i.insert((r.resource_type.clone(), r.key.clone()), on);
+            }
+        }
+        let got_keys: BTreeSet<_> = got_i.iter().map(|x| x.0.clone()).collect();
+        prop_assert_eq!(got_keys.len(), got_i.len(), "paging gives each instance once");
+        prop_assert_eq!(got_i.into_iter().collect::<BTreeMap<_, _>>(), want_i);
+    }
+    // Role assignments: filters and page/per_page against filtering the document.
+    let f = AssignmentFilter {
+        users: maybe(rng, 0.5, |r| vec![pick(r, &USERS).to_string()]).unwrap_or_default(),
+        roles: maybe(rng, 0.3, |r| {
+            vec![pick(r, &ROLES).to_string(), pick(r, &ROLES).to_string()]
+        })
+        .unwrap_or_default(),
+        tenants: maybe(rng, 0.3, |r| vec![pick(r, &ORGS).to_string()]).unwrap_or_default(),
+        resources: maybe(rng, 0.2, |r| vec![pick(r, &TYPES).to_string()]).unwrap_or_default(),
+        resource_instances: maybe(rng, 0.2, res_ref).into_iter().collect(),
+    };
+    let mut got = Vec::new();
+    for page in 0..1000 {
+        let (rows, more) = ix.role_assignments(&f, page * limit, limit);
+        prop_assert!(rows.len() <= limit);
+        got.extend(
+            rows.into_iter()
+                .map(|r| (r.user, r.role, r.tenant, r.resource_instance)),
+        );
+        if !more {
+            break;
+        }
+    }
+    let ok = |list: &[String], v: &str| list.is_empty() || list.iter().any(|x| x == v);
+    let mut want: Vec<_> = s
+        .role_assignments
+        .iter()
+        .filter(|a| ok(&f.users, &a.user) && ok(&f.roles, &a.role) && ok(&f.tenants, &a.org))
+        .filter(|a| match &a.resource {
+            None => f.resources.is_empty() && f.resource_instances.is_empty(),
+            Some(r) => ok(&f.resources, r.split_once(':').map_or("", |x| x.0)) && ok(&f.resource_instances, r),
+        })
+        .map(|a| (a.user.clone(), a.role.clone(), a.org.clone(), a.resource.clone()))
+        .collect();
+    got.sort();
+    want.sort();
+    prop_assert_eq!(got, want);
+    Ok(())
+}
+
+/// More grants and org-wide assignments that line up with the resources' orgs, so steps 5
+/// and 6 (the ones the bitmaps cannot answer alone) are hit often.
+fn enrich(s: &mut Snapshot, rng: &mut SmallRng) {
+    let targets: Vec<(String, String)> = s
+        .resources
+        .iter()
+        .map(|r| (format!("{}:{}", r.resource_type, r.key), r.org.clone()))
+        .collect();
+    for _ in 0..rng.random_range(0..6) {
+        let Some((res, org)) = targets.choose(rng).cloned() else {
+            break;
+        };
+        let n = rng.random_range(1..3);
+        s.role_grants.push(RoleGrant {
+            org: org.clone(),
+            role: pick(rng, &ROLES).into(),
+            resource: res.clone(),
+            actions: (0..n).map(|_| pattern(rng)).collect(),
+        });
+        s.role_assignments.push(RoleAssignment {
+            user: pick(rng, &USERS).into(),
+            role: pick(rng, &ROLES).into(),
+            org: if rng.random_bool(0.7) {
+                org
+            } else {
+                pick(rng, &ORGS).into()
+            },
+            resource: maybe(rng, 0.3, |_| res),
+        });
+    }
+    // Children in their parent's org, so trees below assignments and grants are common.
+    for i in 0..rng.random_range(0..5) {
+        let Some((parent, org)) = targets.choose(rng).cloned() else {
+            break;
+        };
+        let t = pick(rng, &TYPES[..3]);
+        s.resources.push(Resource {
+            resource_type: t.into(),
+            key: format!("c{i}"),
+            org: org.clone(),
+            parents: vec![parent.clone()],
+            attributes: None,
+        });
+        if rng.random_bool(0.5) {
+            s.resources.push(Resource {
+                resource_type: t.into(),
+                key: format!("g{i}"),
+                org,
+                parents: vec![format!("{t}:c{i}")],
+                attributes: None,
+            });
+        }
+    }
+    s.resources = dedup(std::mem::take(&mut s.resources), |r: &Resource| {
+        (r.resource_type.clone(), r.key.clone())
+    });
+    s.role_grants = dedup(std::mem::take(&mut s.role_grants), |g: &RoleGrant| {
+        (g.org.clone(), g.role.clone(), g.resource.clone())
+    });
+    s.role_assignments = dedup(std::mem::take(&mut s.role_assignments), |a: &RoleAssignment| a.clone());
+    validate(s).expect("enriched snapshot is valid");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+
+    #[test]
+    fn queries_agree_with_brute_force(seed in any::<u64>()) {
+        let mut rng = SmallRng::seed_from_u64(seed);
+        let mut s = rand_snapshot(&mut rng);
+        enrich(&mut s, &mut rng);
+        let ix = Index::build(&s);
+        check_queries(&ix, &s, &mut rng)?;
     }
 }

@@ -415,3 +415,33 @@ fn a_stuck_decision_log_never_blocks_requests_and_counts_drops() {
     let v: Value = serde_json::from_str(first).unwrap();
     assert_eq!(v["reason"], "org_role");
 }
+
+#[test]
+fn every_route_has_its_own_metrics_label() {
+    let p = Permd::start(Some(&example()), &[]);
+    p.ready();
+    for route in permd::metrics::HTTP_ROUTES {
+        let (status, body) = p.get(route);
+        assert_ne!(status, 404, "{route} is labelled but not routed: {body}");
+    }
+    let (status, _) = p.post(
+        "/authorized_users",
+        json!({"action": "read", "resource": "document:photo"}),
+    );
+    assert_eq!(status, 200);
+    let s = p.metrics();
+    assert_eq!(
+        value(
+            &s,
+            "permd_http_requests_total{route=\"/authorized_users\",status=\"200\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &s,
+            "permd_http_requests_total{route=\"/authorized_users\",status=\"405\"}"
+        ),
+        1.0
+    );
+}

@@ -118,13 +118,13 @@ pub struct Decision {
 }
 
 /// The instances of `ResAnc(x)`: inline for ordinary trees, a bitmap past that.
-struct Ancestors {
-    list: SmallVec<[u32; 16]>,
+pub(crate) struct Ancestors {
+    pub(crate) list: SmallVec<[u32; 16]>,
     big: Option<RoaringBitmap>,
 }
 
 impl Ancestors {
-    fn contains(&self, id: u32) -> bool {
+    pub(crate) fn contains(&self, id: u32) -> bool {
         match &self.big {
             Some(b) => b.contains(id),
             None => self.list.contains(&id),
@@ -297,7 +297,7 @@ impl Index {
 
     /// `ResAnc(x)` within org `o`: `x` and every instance reachable through `parents`, skipping
     /// links to unknown instances or into another org (those are ignored items).
-    fn res_ancestors(&self, x: u32, o: u32) -> Ancestors {
+    pub(crate) fn res_ancestors(&self, x: u32, o: u32) -> Ancestors {
         let mut anc = Ancestors {
             list: SmallVec::new(),
             big: None,

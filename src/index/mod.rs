@@ -7,6 +7,7 @@ mod decide;
 mod explain;
 mod paged;
 mod policy;
+mod query;
 #[cfg(test)]
 mod tests;
 
@@ -14,6 +15,10 @@ pub use decide::{Decision, Evidence, Query, Reason, Subject};
 pub use explain::Explanation;
 pub use paged::{Interner, KeyMap, PagedVec};
 pub use policy::{Names, Policy, PolicyItems, STAR};
+pub use query::{
+    AssignmentFilter, AssignmentRow, DEFAULT_LIMIT, GroupNode, MAX_LIMIT, MAX_TREE_NODES, MenuNode, PermEntry,
+    QueryError, RoleInfo, UserPermissions, UserPermissionsFilter, decode_cursor, encode_cursor, page_bitmap,
+};
 
 use crate::model::{
     self, Attributes, DeltaBatch, Identity, Item, Kind, Op, ResourceRef, Role, RoleAssignment, RoleGrant, Snapshot,
@@ -117,6 +122,9 @@ pub struct Index {
     org_type_res: imbl::HashMap<(u32, u32), Arc<RoaringBitmap>>,
     counts: Counts,
     ignored: Arc<OnceLock<Arc<Vec<Ignored>>>>,
+    /// Reverse `parents` links and grant sites, for the queries; computed once per version on
+    /// first use.
+    query_aux: Arc<OnceLock<Arc<query::QueryAux>>>,
 }
 
 impl std::fmt::Debug for Index {
@@ -148,6 +156,7 @@ impl Index {
             org_type_res: imbl::HashMap::new(),
             counts: Counts::default(),
             ignored: Arc::default(),
+            query_aux: Arc::default(),
         };
         for u in &snapshot.users {
             ix.upsert_user(u);
@@ -195,6 +204,7 @@ impl Index {
         }
         let mut next = self.clone();
         next.ignored = Arc::default();
+        next.query_aux = Arc::default();
         let mut policy_changed = false;
         for op in &batch.ops {
             policy_changed |= next.apply_op(op);

@@ -282,3 +282,25 @@ fn apply_shares_untouched_data_and_leaves_the_old_version() {
     assert_eq!(new.org_role_users("acme", "superuser").map(|b| b.len()), Some(1));
     assert!(old.org_role_users("acme", "superuser").is_none());
 }
+
+fn docs_for(ix: &Index, user: &str) -> Vec<String> {
+    let b = ix.list_resources(Subject::User(user), "document", "read", None);
+    let mut v: Vec<String> = b.iter().map(|id| ix.res_name(id)).collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn list_resources_follows_trees_and_sees_a_batch() {
+    let old = ix();
+    // bob: viewer on folder:shared reaches the photo two levels down; not the globex folder.
+    assert_eq!(docs_for(&old, "bob"), ["document:photo"]);
+    // alice: editor across acme; the stray document's parent is in another org.
+    assert_eq!(docs_for(&old, "alice"), ["document:photo", "document:stray"]);
+    let line = br#"{"from_version": 7, "to_version": 8, "ops": [
+        {"op": "upsert", "kind": "resource", "value": {"type": "document", "key": "memo", "org": "acme", "parents": ["folder:inner"]}}]}"#;
+    let new = old.apply(&DeltaBatch::from_json(line).unwrap()).unwrap();
+    // The per-version query data of the old index must not leak into the new one.
+    assert_eq!(docs_for(&new, "bob"), ["document:memo", "document:photo"]);
+    assert_eq!(docs_for(&old, "bob"), ["document:photo"]);
+}

@@ -74,8 +74,8 @@ impl Api {
 }
 
 /// The HTTP routes counted by name; anything else is `other` (so a scanner probing random
-/// paths cannot blow up the label set).
-pub const HTTP_ROUTES: [&str; 11] = [
+/// paths cannot blow up the label set). A test checks this list against the router.
+pub const HTTP_ROUTES: [&str; 26] = [
     "/allowed",
     "/allowed/bulk",
     "/v1/enforce",
@@ -86,8 +86,25 @@ pub const HTTP_ROUTES: [&str; 11] = [
     "/readyz",
     "/v1/status",
     "/metrics",
-    "other",
+    "/user-permissions",
+    "/authorized_users",
+    "/local/role_assignments",
+    "/access/v1/search/subject",
+    "/access/v1/search/resource",
+    "/access/v1/search/action",
+    "/v1/resources",
+    "/v1/menus",
+    "/v1/groups",
+    "/v1/role",
+    "/v1/roles",
+    "/v1/user-roles",
+    "/v1/role-users",
+    "/v1/group-tree",
+    "/v1/menu-tree",
+    "/v1/orgs",
 ];
+
+const OTHER_ROUTE: &str = "other";
 
 /// The label value of an HTTP path.
 pub fn http_route(path: &str) -> &'static str {
@@ -214,6 +231,7 @@ impl Metrics {
         );
         let http_ok = HTTP_ROUTES
             .iter()
+            .chain([&OTHER_ROUTE])
             .map(|route| http_requests.with_label_values(&[route, "200"]))
             .collect();
         let grpc_requests = counter_vec(
@@ -379,7 +397,7 @@ impl Metrics {
     #[inline]
     pub fn http_request(&self, route: &'static str, status: http::StatusCode) {
         if status == http::StatusCode::OK
-            && let Some(i) = HTTP_ROUTES.iter().position(|r| *r == route)
+            && let Some(i) = HTTP_ROUTES.iter().chain([&OTHER_ROUTE]).position(|r| *r == route)
         {
             self.http_ok[i].inc();
             return;

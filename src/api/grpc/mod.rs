@@ -1,9 +1,12 @@
-//! The gRPC face (tonic): perm/v1 `PermService.Enforce` and the `permd.v1` service (`Check`,
-//! `CheckBulk`, `WatchVersion`), answered from the same index as HTTP, plus
+//! The gRPC face (tonic): perm/v1 `PermService`, `RoleService`, `GroupService`, `MenuService`
+//! and `OrgService` (reads from the index, writes UNIMPLEMENTED: they belong to the control
+//! plane) and the `permd.v1` service (`Check`, `CheckBulk`, `WatchVersion`), answered from the
+//! same index as HTTP, plus
 //! `grpc.health.v1.Health` and server reflection. Decode, call the index, encode; errors map
 //! to status codes in one place (`status`).
 
 use crate::api::http::RequestError;
+use crate::api::reads::{self, Paged, Paging};
 use crate::index::{Decision, Index, Query, Subject};
 use crate::store::Store;
 use std::pin::Pin;
@@ -40,6 +43,7 @@ fn status(e: RequestError) -> Status {
     match e {
         RequestError::Invalid(m) => Status::invalid_argument(m),
         RequestError::Unavailable(m) => Status::unavailable(m),
+        RequestError::Missing(m) => Status::not_found(m),
         e @ RequestError::VersionNotReached { .. } => Status::unavailable(e.to_string()),
         e => Status::internal(e.to_string()),
     }
@@ -122,10 +126,52 @@ fn unimplemented_write(rpc: &str) -> Status {
     ))
 }
 
-fn not_served_yet(rpc: &str) -> Status {
-    Status::unimplemented(format!(
-        "{rpc} is not served by this build yet; use Enforce or permd.v1 Check"
-    ))
+/// Paging from `x-permd-limit` and `x-permd-cursor` (perm/v1 messages have no such fields).
+fn paging(md: &MetadataMap) -> Result<Paging, Status> {
+    let text = |name: &str| -> Result<Option<&str>, Status> {
+        md.get(name)
+            .map(|v| {
+                v.to_str()
+                    .map_err(|_| Status::invalid_argument(format!("metadata `{name}` is not text")))
+            })
+            .transpose()
+    };
+    let limit = match text("x-permd-limit")? {
+        None => None,
+        Some(v) => Some(
+            v.trim()
+                .parse::<u64>()
+                .map_err(|_| Status::invalid_argument("metadata `x-permd-limit` must be an unsigned integer"))?,
+        ),
+    };
+    let cursor = text("x-permd-cursor")?;
+    Paging::parse(limit, cursor, "x-permd-").map_err(status)
+}
+
+/// `x-permd-effective: true` asks GetRolesForUser / GetUsersForRole for inherited roles too.
+fn effective(md: &MetadataMap) -> Result<bool, Status> {
+    match md.get("x-permd-effective").map(|v| v.to_str().unwrap_or("")) {
+        None | Some("false" | "0") => Ok(false),
+        Some("true" | "1") => Ok(true),
+        Some(_) => Err(Status::invalid_argument(
+            "metadata `x-permd-effective` must be `true` or `false`",
+        )),
+    }
+}
+
+/// A read answer with its version, and `x-permd-next-cursor` / `x-permd-truncated` when the
+/// list goes on or the tree was cut.
+fn answer<T>(r: Result<Paged<T>, RequestError>, ix: &Index) -> Result<Response<T>, Status> {
+    let p = r.map_err(status)?;
+    let mut resp = versioned(p.body, ix.version());
+    if let Some(c) = p.next_cursor.and_then(|c| MetadataValue::try_from(c).ok()) {
+        resp.metadata_mut().insert("x-permd-next-cursor", c);
+    }
+    if p.truncated {
+        resp.metadata_mut()
+            .insert("x-permd-truncated", MetadataValue::from_static("true"));
+    }
+    Ok(resp)
 }
 
 #[tonic::async_trait]
@@ -160,23 +206,27 @@ impl perm::perm_service_server::PermService for GrpcState {
 
     async fn list_resources(
         &self,
-        _: Request<perm::PermServiceListResourcesRequest>,
+        req: Request<perm::PermServiceListResourcesRequest>,
     ) -> Result<Response<perm::PermServiceListResourcesResponse>, Status> {
-        Err(not_served_yet("ListResources"))
+        let p = paging(req.metadata())?;
+        let ix = self.index(req.metadata()).await?;
+        answer(reads::list_resources(&ix, req.get_ref(), p), &ix)
     }
 
     async fn list_menus(
         &self,
-        _: Request<perm::PermServiceListMenusRequest>,
+        req: Request<perm::PermServiceListMenusRequest>,
     ) -> Result<Response<perm::PermServiceListMenusResponse>, Status> {
-        Err(not_served_yet("ListMenus"))
+        let ix = self.index(req.metadata()).await?;
+        answer(reads::perm_list_menus(&ix, req.get_ref()), &ix)
     }
 
     async fn list_groups(
         &self,
-        _: Request<perm::PermServiceListGroupsRequest>,
+        req: Request<perm::PermServiceListGroupsRequest>,
     ) -> Result<Response<perm::PermServiceListGroupsResponse>, Status> {
-        Err(not_served_yet("ListGroups"))
+        let ix = self.index(req.metadata()).await?;
+        answer(reads::perm_list_groups(&ix, req.get_ref()), &ix)
     }
 
     async fn save_role_perm(
@@ -329,5 +379,162 @@ impl permd::permd_service_server::PermdService for GrpcState {
             }))
         });
         Ok(Response::new(Box::pin(events)))
+    }
+}
+
+#[tonic::async_trait]
+impl perm::role_service_server::RoleService for GrpcState {
+    async fn get_role(&self, req: Request<perm::GetRoleRequest>) -> Result<Response<perm::GetRoleResponse>, Status> {
+        let ix = self.index(req.metadata()).await?;
+        answer(reads::get_role(&ix, req.get_ref()), &ix)
+    }
+
+    async fn list_roles(
+        &self,
+        req: Request<perm::ListRolesRequest>,
+    ) -> Result<Response<perm::ListRolesResponse>, Status> {
+        let p = paging(req.metadata())?;
+        let ix = self.index(req.metadata()).await?;
+        answer(reads::list_roles(&ix, req.get_ref(), p), &ix)
+    }
+
+    async fn get_roles_for_user(
+        &self,
+        req: Request<perm::GetRolesForUserRequest>,
+    ) -> Result<Response<perm::GetRolesForUserResponse>, Status> {
+        let (p, eff) = (paging(req.metadata())?, effective(req.metadata())?);
+        let ix = self.index(req.metadata()).await?;
+        answer(reads::roles_for_user(&ix, req.get_ref(), eff, p), &ix)
+    }
+
+    async fn get_users_for_role(
+        &self,
+        req: Request<perm::GetUsersForRoleRequest>,
+    ) -> Result<Response<perm::GetUsersForRoleResponse>, Status> {
+        let (p, eff) = (paging(req.metadata())?, effective(req.metadata())?);
+        let ix = self.index(req.metadata()).await?;
+        answer(reads::users_for_role(&ix, req.get_ref(), eff, p), &ix)
+    }
+
+    async fn create_role(
+        &self,
+        _: Request<perm::CreateRoleRequest>,
+    ) -> Result<Response<perm::CreateRoleResponse>, Status> {
+        Err(unimplemented_write("CreateRole"))
+    }
+
+    async fn delete_role(
+        &self,
+        _: Request<perm::DeleteRoleRequest>,
+    ) -> Result<Response<perm::DeleteRoleResponse>, Status> {
+        Err(unimplemented_write("DeleteRole"))
+    }
+
+    async fn update_role(
+        &self,
+        _: Request<perm::UpdateRoleRequest>,
+    ) -> Result<Response<perm::UpdateRoleResponse>, Status> {
+        Err(unimplemented_write("UpdateRole"))
+    }
+
+    async fn add_role_for_user(
+        &self,
+        _: Request<perm::AddRoleForUserRequest>,
+    ) -> Result<Response<perm::AddRoleForUserResponse>, Status> {
+        Err(unimplemented_write("AddRoleForUser"))
+    }
+
+    async fn del_role_for_user(
+        &self,
+        _: Request<perm::DelRoleForUserRequest>,
+    ) -> Result<Response<perm::DelRoleForUserResponse>, Status> {
+        Err(unimplemented_write("DelRoleForUser"))
+    }
+}
+
+#[tonic::async_trait]
+impl perm::group_service_server::GroupService for GrpcState {
+    async fn list_groups(
+        &self,
+        req: Request<perm::ListGroupsRequest>,
+    ) -> Result<Response<perm::ListGroupsResponse>, Status> {
+        let ix = self.index(req.metadata()).await?;
+        answer(reads::list_groups(&ix, req.get_ref()), &ix)
+    }
+
+    async fn create_group(
+        &self,
+        _: Request<perm::CreateGroupRequest>,
+    ) -> Result<Response<perm::CreateGroupResponse>, Status> {
+        Err(unimplemented_write("CreateGroup"))
+    }
+
+    async fn delete_group(
+        &self,
+        _: Request<perm::DeleteGroupRequest>,
+    ) -> Result<Response<perm::DeleteGroupResponse>, Status> {
+        Err(unimplemented_write("DeleteGroup"))
+    }
+
+    async fn move_group(
+        &self,
+        _: Request<perm::MoveGroupRequest>,
+    ) -> Result<Response<perm::MoveGroupResponse>, Status> {
+        Err(unimplemented_write("MoveGroup"))
+    }
+
+    async fn add_res_for_group(
+        &self,
+        _: Request<perm::AddResForGroupRequest>,
+    ) -> Result<Response<perm::AddResForGroupResponse>, Status> {
+        Err(unimplemented_write("AddResForGroup"))
+    }
+
+    async fn del_res_for_group(
+        &self,
+        _: Request<perm::DelResForGroupRequest>,
+    ) -> Result<Response<perm::DelResForGroupResponse>, Status> {
+        Err(unimplemented_write("DelResForGroup"))
+    }
+}
+
+#[tonic::async_trait]
+impl perm::menu_service_server::MenuService for GrpcState {
+    async fn list_menus(
+        &self,
+        req: Request<perm::ListMenusRequest>,
+    ) -> Result<Response<perm::ListMenusResponse>, Status> {
+        let ix = self.index(req.metadata()).await?;
+        answer(reads::list_menus(&ix, req.get_ref()), &ix)
+    }
+}
+
+#[tonic::async_trait]
+impl perm::org_service_server::OrgService for GrpcState {
+    async fn list_org(&self, req: Request<perm::ListOrgRequest>) -> Result<Response<perm::ListOrgResponse>, Status> {
+        let p = paging(req.metadata())?;
+        let ix = self.index(req.metadata()).await?;
+        answer(reads::list_orgs(&ix, p), &ix)
+    }
+
+    async fn create_org(
+        &self,
+        _: Request<perm::CreateOrgRequest>,
+    ) -> Result<Response<perm::CreateOrgResponse>, Status> {
+        Err(unimplemented_write("CreateOrg"))
+    }
+
+    async fn delete_org(
+        &self,
+        _: Request<perm::DeleteOrgRequest>,
+    ) -> Result<Response<perm::DeleteOrgResponse>, Status> {
+        Err(unimplemented_write("DeleteOrg"))
+    }
+
+    async fn transfer_org(
+        &self,
+        _: Request<perm::TransferOrgRequest>,
+    ) -> Result<Response<perm::TransferOrgResponse>, Status> {
+        Err(unimplemented_write("TransferOrg"))
     }
 }

@@ -69,7 +69,7 @@ impl Ctx<'_> {
     }
 
     /// The index to answer from: the active one, or once it reaches the requested version.
-    async fn index(&self) -> Result<Arc<Index>, RequestError> {
+    pub(super) async fn index(&self) -> Result<Arc<Index>, RequestError> {
         let store = &self.state.store;
         match self.min_version {
             None => store

@@ -4,6 +4,7 @@
 mod checks;
 pub mod input;
 mod ops;
+mod queries;
 
 use crate::store::Store;
 use bytes::Bytes;
@@ -31,6 +32,9 @@ pub enum RequestError {
     TooLarge(usize),
     #[error("no route for `{0}`")]
     NotFound(String),
+    /// A named item (a role) that does not exist.
+    #[error("{0}")]
+    Missing(String),
     #[error("method `{method}` is not allowed here; use {allow}")]
     MethodNotAllowed { method: String, allow: &'static str },
     #[error("content type `{0}` is not supported; send application/json")]
@@ -50,7 +54,7 @@ impl RequestError {
         match self {
             RequestError::Invalid(_) => StatusCode::BAD_REQUEST,
             RequestError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            RequestError::NotFound(_) => StatusCode::NOT_FOUND,
+            RequestError::NotFound(_) | RequestError::Missing(_) => StatusCode::NOT_FOUND,
             RequestError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             RequestError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             RequestError::Unavailable(_) | RequestError::VersionNotReached { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -61,7 +65,7 @@ impl RequestError {
         match self {
             RequestError::Invalid(_) => "invalid_argument",
             RequestError::TooLarge(_) => "payload_too_large",
-            RequestError::NotFound(_) => "not_found",
+            RequestError::NotFound(_) | RequestError::Missing(_) => "not_found",
             RequestError::MethodNotAllowed { .. } => "method_not_allowed",
             RequestError::UnsupportedMediaType(_) => "unsupported_media_type",
             RequestError::Unavailable(_) => "unavailable",
@@ -140,9 +144,16 @@ where
         }
         "/healthz" | "/readyz" | "/v1/status" | "/.well-known/authzen-configuration" => (Method::GET, "GET, HEAD"),
         "/metrics" if crate::metrics::get().is_some() => (Method::GET, "GET, HEAD"),
+        "/user-permissions"
+        | "/authorized_users"
+        | "/access/v1/search/subject"
+        | "/access/v1/search/resource"
+        | "/access/v1/search/action" => (Method::POST, "POST"),
+        p if queries::PERM_V1_ROUTES.contains(&p) => (Method::POST, "POST"),
+        "/local/role_assignments" => (Method::GET, "GET, HEAD"),
         _ => return Err(RequestError::NotFound(path)),
     };
-    if state.admin_only && want == Method::POST {
+    if state.admin_only && (want == Method::POST || path == "/local/role_assignments") {
         return Err(RequestError::NotFound(path));
     }
     let head_ok = want == Method::GET && method == Method::HEAD;
@@ -165,6 +176,16 @@ where
             .any(|kv| kv == "explain=true" || kv == "explain=1" || kv == "explain")
     });
     let min_version = checks::MinVersion::from_headers(req.headers())?;
+    if path == "/local/role_assignments" {
+        let ctx = checks::Ctx {
+            state,
+            explain: false,
+            min_version,
+            started: std::time::Instant::now(),
+            request_id: None,
+        };
+        return queries::role_assignments(&ctx, req.uri().query()).await;
+    }
     let request_id = req.headers().get("x-request-id").cloned();
     let body = read_body(req, state.max_body_bytes).await?;
     let ctx = checks::Ctx {
@@ -179,7 +200,11 @@ where
         "/allowed/bulk" => checks::allowed_bulk(&ctx, &body).await,
         "/v1/enforce" => checks::enforce(&ctx, &body).await,
         "/access/v1/evaluation" => checks::evaluation(&ctx, &body).await,
-        _ => checks::evaluations(&ctx, &body).await,
+        "/access/v1/evaluations" => checks::evaluations(&ctx, &body).await,
+        "/user-permissions" => queries::user_permissions(&ctx, &body).await,
+        "/authorized_users" => queries::authorized_users(&ctx, &body).await,
+        p if p.starts_with("/access/v1/search/") => queries::search(&ctx, p, &body).await,
+        p => queries::perm_v1(&ctx, p, &body).await,
     }
 }
 
