@@ -69,6 +69,8 @@ pub struct Upstream {
     /// Bumped on every publish (wakes streams) and on `drop_streams` (ends them).
     tick: watch::Sender<(u64, u64)>,
     task: tokio::task::JoinHandle<()>,
+    /// Dropped with the upstream: every open connection ends then, as when a process exits.
+    _alive: watch::Sender<()>,
 }
 
 impl Drop for Upstream {
@@ -97,6 +99,7 @@ impl Upstream {
             paginated_shape: Vec::new(),
         }));
         let (tick, _) = watch::channel((0, 0));
+        let (alive, alive_rx) = watch::channel(());
         let (st, tk) = (state.clone(), tick.clone());
         let task = tokio::spawn(async move {
             loop {
@@ -104,15 +107,19 @@ impl Upstream {
                     continue;
                 };
                 let (st, tk) = (st.clone(), tk.clone());
+                let mut gone = alive_rx.clone();
                 tokio::spawn(async move {
                     if st.lock().unwrap().down {
                         drop(conn);
                         return;
                     }
                     let svc = service_fn(move |req| handle(req, st.clone(), tk.clone()));
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(conn), svc)
-                        .await;
+                    let serve = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(conn), svc);
+                    tokio::select! {
+                        _ = serve => {}
+                        // Err once the upstream is dropped.
+                        _ = gone.changed() => {}
+                    }
                 });
             }
         });
@@ -121,6 +128,7 @@ impl Upstream {
             state,
             tick,
             task,
+            _alive: alive,
         }
     }
 
