@@ -466,3 +466,102 @@ async fn convergence_after_random_batches_equals_loading_the_final_snapshot() {
         churn::agrees_with(&p, &Index::build(&final_doc), &format!("seed {seed}"));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_older_than_the_active_version_is_refused() {
+    let up = Upstream::start(example_snapshot(), 0).await;
+    let p = Permd::follow(&up.url(), &["--upstream-timeout", "1s"], &[]);
+    p.ready();
+    up.publish(&pair(42, true));
+    p.wait_version(43);
+    // The upstream comes back from an old backup: version 40, no history permd can resume from.
+    {
+        let mut st = up.state();
+        st.snapshot.version = 40;
+        st.oldest_since = 1000;
+    }
+    let snaps = up.count("/v1/snapshot");
+    up.drop_streams();
+    p.wait_for("the old snapshot to be fetched and refused", |p| {
+        up.count("/v1/snapshot") > snaps && p.stderr().contains("lower than the active version 43")
+    });
+    assert_eq!(p.allowed("dave", "read", "document:photo"), (true, 43));
+    assert!(status(&p)["rejected_total"].as_u64().unwrap() >= 1);
+    assert!(p.metrics()["permd_rejected_total{kind=\"snapshot\"}"] >= 1.0);
+    assert_eq!(p.get("/readyz").0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unwritable_cache_is_counted_and_serving_goes_on() {
+    let up = Upstream::start(example_snapshot(), 0).await;
+    // A regular file where the cache directory should be: every write fails (as on a full or
+    // read-only disk; root ignores permission bits, so a mode would not do).
+    let dir = tempfile::tempdir().unwrap();
+    let not_a_dir = dir.path().join("cache");
+    std::fs::write(&not_a_dir, b"not a directory").unwrap();
+    let p = Permd::follow(
+        &up.url(),
+        &["--upstream-timeout", "1s", "--cache-dir", not_a_dir.to_str().unwrap()],
+        &[],
+    );
+    p.ready();
+    up.publish(&pair(42, true));
+    p.wait_version(43);
+    p.wait_for("the failed cache writes to be counted", |p| {
+        p.metrics()["permd_cache_operations_total{op=\"write\",result=\"error\"}"] >= 1.0
+    });
+    assert_eq!(
+        p.metrics()["permd_cache_operations_total{op=\"write\",result=\"ok\"}"],
+        0.0
+    );
+    assert_eq!(p.allowed("dave", "read", "document:photo"), (true, 43));
+    assert_eq!(std::fs::read(&not_a_dir).unwrap(), b"not a directory");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_while_batches_stream_in_exits_cleanly_and_leaves_a_whole_cache() {
+    let up = Upstream::start(example_snapshot(), 0).await;
+    let cache_dir = tempfile::tempdir().unwrap();
+    let mut p = Permd::follow(
+        &up.url(),
+        &[
+            "--upstream-timeout",
+            "1s",
+            "--cache-dir",
+            cache_dir.path().to_str().unwrap(),
+            "--shutdown-grace",
+            "2s",
+        ],
+        &[],
+    );
+    p.ready();
+    let mut rng = SmallRng::seed_from_u64(3);
+    for v in 42..242u64 {
+        up.publish(&churn::random_batch(&mut rng, v));
+        if v == 140 {
+            p.signal("-TERM");
+        }
+    }
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = p.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "permd did not exit after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(status.success(), "{status:?}");
+    // Whatever version the cache holds, it is whole: it reads back, checksum and all.
+    let cache = permd::sync::Cache::new(cache_dir.path().to_path_buf(), up.url(), usize::MAX);
+    let (doc, _) = cache.read().unwrap().expect("a cache file was written");
+    assert!(doc.version >= 42 && doc.version <= 242, "{}", doc.version);
+    let leftovers: Vec<_> = std::fs::read_dir(cache_dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n != "permd-cache.bin")
+        .collect();
+    assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+}

@@ -170,6 +170,19 @@ async fn fetch_snapshot_once(s: &Settings, store: &Store) -> Result<(), SyncErro
             if let Some(m) = crate::metrics::get() {
                 m.index_built(started.elapsed());
             }
+            // Versions never go back: an upstream restored from an old backup, or a stale
+            // replica, must not roll the sidecar back.
+            if let Some(active) = store.load().map(|ix| ix.version())
+                && index.version() < active
+            {
+                return Err(SyncError::Rejected {
+                    url,
+                    message: format!(
+                        "snapshot version {} is lower than the active version {active}; refused",
+                        index.version()
+                    ),
+                });
+            }
             tracing::info!(
                 version = index.version(),
                 build_ms = started.elapsed().as_millis() as u64,
