@@ -565,3 +565,40 @@ async fn sigterm_while_batches_stream_in_exits_cleanly_and_leaves_a_whole_cache(
         .collect();
     assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_trickled_byte_by_byte_is_taken_while_the_old_version_serves() {
+    let up = Upstream::start(example_snapshot(), 0).await;
+    let p = Permd::follow(&up.url(), &["--upstream-timeout", "1s"], &[]);
+    p.ready();
+    // The next snapshot (version 50) comes 16 bytes every 5 ms, a few seconds in all: never
+    // silent for a whole timeout, so permd waits for it while version 42 keeps answering.
+    {
+        let mut st = up.state();
+        st.snapshot.version = 50;
+        st.oldest_since = 1000;
+        st.slow_snapshot = Some((16, Duration::from_millis(5)));
+    }
+    up.drop_streams();
+    let started = std::time::Instant::now();
+    let mut answered_meanwhile = 0;
+    loop {
+        let (allow, version) = p.allowed("alice", "write", "document:photo");
+        assert!(allow);
+        if version == 50 {
+            break;
+        }
+        assert_eq!(version, 42);
+        answered_meanwhile += 1;
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the slow snapshot never landed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        answered_meanwhile >= 5,
+        "the trickle was not slow: {answered_meanwhile} checks"
+    );
+    assert_eq!(p.allowed("alice", "write", "document:photo"), (true, 50));
+}

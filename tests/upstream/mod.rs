@@ -55,6 +55,9 @@ pub struct State {
     pub token: Option<String>,
     /// Heartbeat interval on delta streams.
     pub heartbeat: Duration,
+    /// When set, snapshot bodies are sent `(bytes, pause)`: that many bytes, then a pause, and
+    /// so on: an upstream answering slowly byte by byte.
+    pub slow_snapshot: Option<(usize, Duration)>,
     /// `(when, path and query, authorization header)` of every request.
     pub requests: Vec<(tokio::time::Instant, String, Option<String>)>,
     /// Permit-shaped lists by path (without query), paginated on request.
@@ -94,6 +97,7 @@ impl Upstream {
             down: false,
             token: None,
             heartbeat: Duration::from_millis(500),
+            slow_snapshot: None,
             requests: Vec::new(),
             permit: BTreeMap::new(),
             paginated_shape: Vec::new(),
@@ -286,18 +290,32 @@ async fn handle(
                 return Ok(r);
             }
             let accept = req.headers().get("accept").and_then(|v| v.to_str().ok()).unwrap_or("");
-            let mut r = if accept.starts_with("application/msgpack") {
-                full(
-                    StatusCode::OK,
-                    "application/msgpack",
-                    rmp_serde::to_vec_named(&st.snapshot).unwrap(),
-                )
+            let (ct, bytes) = if accept.starts_with("application/msgpack") {
+                ("application/msgpack", rmp_serde::to_vec_named(&st.snapshot).unwrap())
             } else {
-                full(
-                    StatusCode::OK,
-                    "application/json",
-                    serde_json::to_vec(&st.snapshot).unwrap(),
-                )
+                ("application/json", serde_json::to_vec(&st.snapshot).unwrap())
+            };
+            let slow = st.slow_snapshot;
+            drop(st);
+            let mut r = match slow {
+                None => full(StatusCode::OK, ct, bytes),
+                Some((chunk, pause)) => {
+                    let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(1);
+                    tokio::spawn(async move {
+                        for piece in bytes.chunks(chunk.max(1)) {
+                            if tx.send(Ok(Frame::data(Bytes::copy_from_slice(piece)))).await.is_err() {
+                                return;
+                            }
+                            tokio::time::sleep(pause).await;
+                        }
+                    });
+                    let body = StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+                    Response::builder()
+                        .status(StatusCode::OK)
+                        .header("content-type", ct)
+                        .body(BodyExt::boxed(body))
+                        .unwrap()
+                }
             };
             r.headers_mut().insert("etag", etag.parse().unwrap());
             Ok(r)
