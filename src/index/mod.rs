@@ -164,9 +164,7 @@ impl Index {
         for r in &snapshot.resources {
             ix.upsert_resource(r);
         }
-        for a in &snapshot.role_assignments {
-            ix.upsert_assignment(a);
-        }
+        ix.bulk_assignments(&snapshot.role_assignments);
         for g in &snapshot.role_grants {
             ix.upsert_grant(g);
         }
@@ -415,6 +413,71 @@ impl Index {
                         r.holders.insert(at, (uid, org, role));
                     }
                 }
+            }
+        }
+    }
+
+    /// All of a document's assignments at once, on an index that has none yet. Gives the same
+    /// index as `upsert_assignment` of each in turn (ids handed out in the same order, the same
+    /// sorted, de-duplicated vectors and bitmaps), but sorts the lot and builds every vector and
+    /// bitmap once instead of inserting into them one at a time.
+    fn bulk_assignments(&mut self, list: &[RoleAssignment]) {
+        // (user, org, role) and (user, resource, org, role), interned in document order.
+        let mut org_wide: Vec<(u32, u32, u32)> = Vec::with_capacity(list.len());
+        let mut on_instance: Vec<(u32, u32, u32, u32)> = Vec::new();
+        for a in list {
+            let org = self.names.orgs.intern(&a.org);
+            let role = self.names.roles.intern(&a.role);
+            match &a.resource {
+                None => org_wide.push((self.names.users.intern(&a.user), org, role)),
+                Some(reference) => {
+                    let res = self.res_ref(reference);
+                    on_instance.push((self.names.users.intern(&a.user), res, org, role));
+                }
+            }
+        }
+        // Every user an assignment names has a record, as `user_mut` would have made it.
+        for uid in self.users.len()..self.names.users.len() {
+            *self.users.slot(uid) = Some(Arc::default());
+        }
+        org_wide.sort_unstable();
+        org_wide.dedup();
+        on_instance.sort_unstable();
+        on_instance.dedup();
+        self.counts.role_assignments += org_wide.len() + on_instance.len();
+
+        for run in org_wide.chunk_by(|a, b| a.0 == b.0) {
+            let Some(&(uid, ..)) = run.first() else { continue };
+            if let Some(Some(rec)) = self.users.get_mut(uid as usize) {
+                Arc::make_mut(rec).org_roles = run.iter().map(|&(_, org, role)| (org, role)).collect();
+            }
+        }
+        for run in on_instance.chunk_by(|a, b| a.0 == b.0) {
+            let Some(&(uid, ..)) = run.first() else { continue };
+            if let Some(Some(rec)) = self.users.get_mut(uid as usize) {
+                Arc::make_mut(rec).inst_roles = run.iter().map(|&(_, res, org, role)| (res, org, role)).collect();
+            }
+        }
+
+        org_wide.sort_unstable_by_key(|&(uid, org, role)| (org, role, uid));
+        for run in org_wide.chunk_by(|a, b| (a.1, a.2) == (b.1, b.2)) {
+            let Some(&(_, org, role)) = run.first() else { continue };
+            let uids = run.iter().map(|&(uid, ..)| uid);
+            // Sorted and unique by construction; `collect` would give the same, only slower.
+            let users = RoaringBitmap::from_sorted_iter(uids.clone()).unwrap_or_else(|_| uids.collect());
+            match self.org_role_users.get_mut(&(org, role)) {
+                Some(b) => *Arc::make_mut(b) |= users,
+                None => {
+                    self.org_role_users.insert((org, role), Arc::new(users));
+                }
+            }
+        }
+
+        on_instance.sort_unstable_by_key(|&(uid, res, org, role)| (res, uid, org, role));
+        for run in on_instance.chunk_by(|a, b| a.1 == b.1) {
+            let Some(&(_, res, ..)) = run.first() else { continue };
+            if let Some(r) = self.res_mut(res) {
+                r.holders = run.iter().map(|&(uid, _, org, role)| (uid, org, role)).collect();
             }
         }
     }

@@ -304,3 +304,90 @@ fn list_resources_follows_trees_and_sees_a_batch() {
     assert_eq!(docs_for(&new, "bob"), ["document:memo", "document:photo"]);
     assert_eq!(docs_for(&old, "bob"), ["document:photo"]);
 }
+
+/// Everything the index holds about assignments, by name: users' org-wide and instance roles,
+/// the users-per-(org, role) bitmaps and each resource's holders.
+fn assignment_view(ix: &Index) -> Vec<String> {
+    let n = &ix.names;
+    let mut out = Vec::new();
+    for (uid, rec) in ix.users.iter().enumerate() {
+        let Some(rec) = rec else { continue };
+        let u = n.users.name(uid as u32);
+        let mut roles: Vec<String> = rec
+            .org_roles
+            .iter()
+            .map(|&(o, r)| format!("{u} {} {}", n.orgs.name(o), n.roles.name(r)))
+            .chain(
+                rec.inst_roles
+                    .iter()
+                    .map(|&(res, o, r)| format!("{u} {} {} on {}", n.orgs.name(o), n.roles.name(r), ix.res_name(res))),
+            )
+            .collect();
+        roles.sort();
+        out.push(format!("user {u}: {roles:?}"));
+    }
+    for (&(o, r), users) in ix.org_role_users.iter() {
+        let mut who: Vec<&str> = users.iter().map(|u| n.users.name(u)).collect();
+        who.sort();
+        out.push(format!("bitmap {} {}: {who:?}", n.orgs.name(o), n.roles.name(r)));
+    }
+    for (id, rec) in ix.resources.iter().enumerate() {
+        let Some(rec) = rec else { continue };
+        let mut holders: Vec<String> = rec
+            .holders
+            .iter()
+            .map(|&(u, o, r)| format!("{} {} {}", n.users.name(u), n.orgs.name(o), n.roles.name(r)))
+            .collect();
+        holders.sort();
+        out.push(format!("holders {}: {holders:?}", ix.res_name(id as u32)));
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn bulk_build_equals_one_assignment_at_a_time() {
+    use crate::model::generate::{Params, generate};
+    use crate::model::{Item, Op, RoleAssignment};
+    let mut doc = generate(&Params {
+        users: 60,
+        assignments: 900,
+        resources: 200,
+        orgs: 12,
+        depth: 4,
+        grants: 10,
+        seed: 3,
+    });
+    // What only an unvalidated document has: repeats, and references to nothing.
+    let repeats: Vec<RoleAssignment> = doc.role_assignments.iter().step_by(7).cloned().collect();
+    doc.role_assignments.extend(repeats);
+    doc.role_assignments.push(RoleAssignment {
+        user: "ghost".into(),
+        role: "viewer".into(),
+        org: "nowhere".into(),
+        resource: Some("folder:missing".into()),
+    });
+    let bulk = Index::build(&doc);
+
+    let mut empty = doc.clone();
+    empty.role_assignments.clear();
+    let ops = doc
+        .role_assignments
+        .iter()
+        .map(|a| Op::Upsert(Item::RoleAssignment(a.clone())))
+        .collect();
+    let batch = DeltaBatch {
+        from_version: doc.version,
+        to_version: doc.version + 1,
+        ops,
+    };
+    let one_by_one = Index::build(&empty).apply(&batch).unwrap();
+
+    assert_eq!(bulk.counts(), one_by_one.counts());
+    assert_eq!(assignment_view(&bulk), assignment_view(&one_by_one));
+    assert!(assignment_view(&bulk).len() > 300);
+    // Ids are handed out in the same order as upserting each assignment in turn would.
+    for (uid, name) in (0..bulk.names.users.len() as u32).map(|i| (i, bulk.names.users.name(i))) {
+        assert_eq!(one_by_one.names.users.get(name), Some(uid), "{name}");
+    }
+}

@@ -128,25 +128,28 @@ fn menu(v: &Menu, at: &str) -> Result<(), SnapshotError> {
     opt_key(&v.parent, || format!("{at}.parent"))
 }
 
-/// Checks every item of `list` and that no two share an identity.
+/// Checks every item of `list` and that no two share an identity. The field path of an item
+/// (`role_assignments[12]`) is only formatted when that item is wrong: the checks are pure, so
+/// a failing item is checked again with its path to name it.
 fn each<'a, T, I: std::hash::Hash + Eq + std::fmt::Debug>(
     list: &'a [T],
     name: &str,
     check: impl Fn(&T, &str) -> Result<(), SnapshotError>,
     identity: impl Fn(&'a T) -> I,
 ) -> Result<(), SnapshotError> {
-    let mut seen = HashSet::with_capacity(list.len());
+    let at = |i: usize| format!("{name}[{i}]");
+    let mut seen: HashSet<I, foldhash::fast::RandomState> =
+        HashSet::with_capacity_and_hasher(list.len(), Default::default());
     for (i, item) in list.iter().enumerate() {
-        let at = format!("{name}[{i}]");
-        check(item, &at)?;
-        let id = identity(item);
-        if seen.contains(&id) {
+        if check(item, "").is_err() {
+            check(item, &at(i))?;
+        }
+        if !seen.insert(identity(item)) {
             return Err(SnapshotError::Duplicate {
-                field: at,
-                identity: format!("{id:?}"),
+                field: at(i),
+                identity: format!("{:?}", identity(item)),
             });
         }
-        seen.insert(id);
     }
     Ok(())
 }

@@ -7,7 +7,7 @@
 //! bytes), payload = `{source, current_at_ms, snapshot}`.
 
 use crate::index::Index;
-use crate::model::{Snapshot, validate};
+use crate::model::{Snapshot, SnapshotError, validate};
 use crate::store::Store;
 use serde::{Deserialize, Serialize};
 use std::io::Write;
@@ -112,6 +112,51 @@ impl Cache {
 
     /// Reads and checks the cache: `Ok(None)` when there is none.
     pub fn read(&self) -> Result<Option<(Snapshot, SystemTime)>, CacheError> {
+        let Some((snapshot, at)) = self.read_unvalidated()? else {
+            return Ok(None);
+        };
+        validate(&snapshot).map_err(|e| self.rejected(&e))?;
+        *self.written() = Some(snapshot.version);
+        Ok(Some((snapshot, at)))
+    }
+
+    /// The built index of the cached version, for a warm start. Validation runs on a second
+    /// thread beside `Index::build` (the build never fails or panics on a document that does
+    /// not validate; its result is dropped then), and the decoded document is freed on a
+    /// thread of its own, so neither delays serving.
+    pub fn load_index(&self) -> Result<Option<(Index, SystemTime)>, CacheError> {
+        let Some((snapshot, at)) = self.read_unvalidated()? else {
+            return Ok(None);
+        };
+        let (index, valid) = std::thread::scope(|scope| {
+            let valid = scope.spawn(|| validate(&snapshot));
+            let index = Index::build(&snapshot);
+            (index, valid.join())
+        });
+        let valid = match valid {
+            Ok(v) => v,
+            Err(_) => Err(SnapshotError::invalid("snapshot", "validation failed unexpectedly")),
+        };
+        let version = snapshot.version;
+        // Freeing a million-item document takes a good part of a second; nothing waits on it.
+        // Should no thread be had, the closure and the document are dropped here instead.
+        let _ = std::thread::Builder::new()
+            .name("permd-free".into())
+            .spawn(move || drop(snapshot));
+        valid.map_err(|e| self.rejected(&e))?;
+        *self.written() = Some(version);
+        Ok(Some((index, at)))
+    }
+
+    fn rejected(&self, e: &SnapshotError) -> CacheError {
+        CacheError::Invalid {
+            path: self.path().display().to_string(),
+            problem: format!("rejected: {e}"),
+        }
+    }
+
+    /// Reads, checks the header and checksum, and decodes; validation is the caller's.
+    fn read_unvalidated(&self) -> Result<Option<(Snapshot, SystemTime)>, CacheError> {
         let path = self.path();
         let bad = |problem: String| CacheError::Invalid {
             path: path.display().to_string(),
@@ -158,8 +203,6 @@ impl Cache {
         if doc.source != self.source {
             return Err(bad(format!("written for source `{}`, not this one", doc.source)));
         }
-        validate(&doc.snapshot).map_err(|e| bad(format!("rejected: {e}")))?;
-        *self.written() = Some(doc.snapshot.version);
         Ok(Some((
             doc.snapshot,
             UNIX_EPOCH + Duration::from_millis(doc.current_at_ms),
@@ -186,7 +229,7 @@ pub async fn warm_start(cache: &Arc<Cache>, store: &Store) -> bool {
     }
     let started = std::time::Instant::now();
     let c = cache.clone();
-    let loaded = tokio::task::spawn_blocking(move || c.read().map(|o| o.map(|(s, at)| (Index::build(&s), at)))).await;
+    let loaded = tokio::task::spawn_blocking(move || c.load_index()).await;
     match loaded {
         Ok(Ok(Some((index, at)))) => {
             tracing::info!(
@@ -300,5 +343,23 @@ mod tests {
         assert!(other.read().unwrap_err().to_string().contains("written for source"));
         let small = Cache::new(dir.path().into(), "http://up".into(), 10);
         assert!(small.read().unwrap_err().to_string().contains("max_snapshot_bytes"));
+    }
+
+    #[test]
+    fn load_index_builds_the_cached_version_and_refuses_one_that_does_not_validate() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::new(dir.path().into(), "http://up".into(), 1 << 20);
+        assert!(cache.load_index().unwrap().is_none());
+        let at = UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
+        cache.write(&snap(), at).unwrap();
+        let (index, when) = cache.load_index().unwrap().unwrap();
+        assert_eq!((index.version(), when), (9, at));
+        assert_eq!(index.counts().orgs, 1);
+        // Whole and checksummed, but two orgs with one key: refused like a corrupt file.
+        let mut twice = snap();
+        twice.orgs.push(twice.orgs[0].clone());
+        cache.write(&twice, at).unwrap();
+        let err = cache.load_index().unwrap_err().to_string();
+        assert!(err.contains("rejected") && err.contains("orgs[1]: duplicate"), "{err}");
     }
 }
