@@ -17,7 +17,7 @@
 # ROUNDS (3: every target in turn, three times, to see the noise), BODIES (1024),
 # PIN (1: server on core 0, wrk on core 1 with taskset; 0: no pinning),
 # TARGETS ("floor permd grpc cerbos"; grpc = perm/v1 Enforce on the permd target's gRPC port with
-# bench/grpc_load.rs and the same checks; cerbos = Cerbos $CERBOS_VERSION installed with npm into
+# bench/grpc_load.rs and the same checks; cerbos = Cerbos (CERBOS_VERSION below) installed with npm into
 # bench/data/cerbos-npm if absent, checked against permd on every body once before timing;
 # also: permd-nometrics = `--metrics false`, permd-log1pct = the
 # decision log on at 1% sampling into a file; `TARGETS="floor permd permd-nometrics
