@@ -1,6 +1,8 @@
 -- wrk script for bench/http.sh: POSTs /allowed bodies in turn from a file of one JSON body
 -- per line (written by `cargo run --release --example bodies`), over keep-alive connections.
--- Usage: wrk -s bench/allowed.lua URL -- BODIES_FILE
+-- Usage: wrk -s bench/allowed.lua URL -- BODIES_FILE [PATH]
+-- PATH defaults to /allowed; the Cerbos target of http.sh passes /api/check/resources with the
+-- Cerbos bodies of `bodies` (same checks, same order).
 -- Each thread starts at a different offset so the two threads do not send the same checks
 -- at the same moment. `done` prints one machine-readable RESULT line for http.sh.
 
@@ -16,12 +18,13 @@ end
 
 function init(args)
   local path = args[1] or "bench/data/bodies.txt"
+  local target = args[2] or "/allowed"
   local f = assert(io.open(path, "r"), "cannot open " .. path)
   local headers = { ["Content-Type"] = "application/json" }
   for line in f:lines() do
     if #line > 0 then
       n = n + 1
-      requests[n] = wrk.format("POST", "/allowed", headers, line)
+      requests[n] = wrk.format("POST", target, headers, line)
     end
   end
   f:close()

@@ -2,7 +2,9 @@
 # HTTP bench: permd `POST /allowed` on the generated 1M-assignment snapshot against the floor
 # (bench/floor.rs: hyper answering a fixed {"allow":true}), same wrk load, same run, loopback;
 # and perm/v1 `Enforce` over gRPC with the same checks (bench/grpc_load.rs, a tonic client
-# counting every grpc-status), same connections and duration, in the same run.
+# counting every grpc-status), same connections and duration, in the same run; and Cerbos
+# (npm @cerbos/cerbos-linux-x64, bench/cerbos/: the generator's RBAC as resource policies)
+# answering the same checks on `POST /api/check/resources`, the roles handed over in each body.
 #
 #   bash bench/http.sh
 #
@@ -14,8 +16,10 @@
 # Knobs (environment): DURATION (10s), WARMUP (2s), THREADS (2), CONNECTIONS (32),
 # ROUNDS (3: every target in turn, three times, to see the noise), BODIES (1024),
 # PIN (1: server on core 0, wrk on core 1 with taskset; 0: no pinning),
-# TARGETS ("floor permd grpc"; grpc = perm/v1 Enforce on the permd target's gRPC port with
-# bench/grpc_load.rs and the same checks; also: permd-nometrics = `--metrics false`, permd-log1pct = the
+# TARGETS ("floor permd grpc cerbos"; grpc = perm/v1 Enforce on the permd target's gRPC port with
+# bench/grpc_load.rs and the same checks; cerbos = Cerbos (CERBOS_VERSION below) installed with npm into
+# bench/data/cerbos-npm if absent, checked against permd on every body once before timing;
+# also: permd-nometrics = `--metrics false`, permd-log1pct = the
 # decision log on at 1% sampling into a file; `TARGETS="floor permd permd-nometrics
 # permd-log1pct"` is the observability comparison of bench/README.md).
 set -euo pipefail
@@ -30,24 +34,37 @@ CONNECTIONS=${CONNECTIONS:-32}
 PIN=${PIN:-1}
 BODIES=${BODIES:-1024}
 ROUNDS=${ROUNDS:-3}
-read -r -a TARGETS <<<"${TARGETS:-floor permd grpc}"
+read -r -a TARGETS <<<"${TARGETS:-floor permd grpc cerbos}"
 SNAPSHOT=$DATA/snapshot-1m.msgpack
 BODY_FILE=$DATA/bodies.txt
+CERBOS_BODY_FILE=$DATA/cerbos-bodies.txt
+CERBOS_VERSION=0.55.0
+CERBOS_NPM=$DATA/cerbos-npm
+CERBOS=$CERBOS_NPM/node_modules/@cerbos/cerbos-linux-x64/cerbos-linux-x64
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 PERMD=$TARGET_DIR/release/permd
 FLOOR=$TARGET_DIR/release/examples/floor
 BODIES_BIN=$TARGET_DIR/release/examples/bodies
 GRPC_LOAD=$TARGET_DIR/release/examples/grpc_load
+CERBOS_AGREE=$TARGET_DIR/release/examples/cerbos_agree
 
 log() { printf '[http.sh] %s\n' "$*" >&2; }
+has() { [[ " ${TARGETS[*]} " == *" $1 "* ]]; }
 
 # --- (a) build -------------------------------------------------------------------------------
 log "building release permd and the floor/bodies examples"
-cargo build --release --quiet --bin permd --example floor --example bodies --example grpc_load
+cargo build --release --quiet --bin permd --example floor --example bodies --example grpc_load --example cerbos_agree
 
 if ! command -v wrk >/dev/null 2>&1; then
   log "wrk missing: installing with apt-get"
   apt-get update -qq && apt-get install -y -qq wrk >/dev/null
+fi
+
+# Cerbos: the npm package holds the static linux-x64 binary; nothing else is downloaded.
+if has cerbos && ! { [[ -x $CERBOS ]] && "$CERBOS" --version 2>/dev/null | grep -qx "$CERBOS_VERSION"; }; then
+  log "installing @cerbos/cerbos-linux-x64@$CERBOS_VERSION with npm into $CERBOS_NPM"
+  mkdir -p "$CERBOS_NPM"
+  npm install --silent --no-audit --no-fund --prefix "$CERBOS_NPM" "@cerbos/cerbos-linux-x64@$CERBOS_VERSION" >&2
 fi
 
 # --- (b) data ----------------------------------------------------------------------------------
@@ -56,9 +73,10 @@ if [[ ! -s $SNAPSHOT ]]; then
   log "generating $SNAPSHOT (100k users, 1M assignments, 100k resources)"
   "$PERMD" snapshot generate --out "$SNAPSHOT" >&2
 fi
-if [[ ! -s $BODY_FILE || $BODY_FILE -ot $SNAPSHOT || $(wc -l <"$BODY_FILE") -ne $BODIES ]]; then
-  log "writing $BODIES /allowed bodies from the snapshot"
-  "$BODIES_BIN" "$SNAPSHOT" "$BODY_FILE" "$BODIES" >&2
+if [[ ! -s $BODY_FILE || $BODY_FILE -ot $SNAPSHOT || $(wc -l <"$BODY_FILE") -ne $BODIES ||
+  ! -s $CERBOS_BODY_FILE || $CERBOS_BODY_FILE -ot $BODY_FILE || $CERBOS_BODY_FILE -ot $BODIES_BIN ]]; then
+  log "writing $BODIES /allowed bodies and the Cerbos bodies of the same checks from the snapshot"
+  "$BODIES_BIN" "$SNAPSHOT" "$BODY_FILE" "$BODIES" "$CERBOS_BODY_FILE" >&2
 fi
 
 # --- (c) servers -------------------------------------------------------------------------------
@@ -92,16 +110,20 @@ wait_for() { # wait_for SECONDS PID COMMAND...: until COMMAND succeeds, or fail
     sleep 0.1
   done
 }
-listen_port() { # listen_port LOG KIND: the port of the `KIND listening` log line
-  sed -n "s/.*\"$2 listening\".*\"addr\":\"127\\.0\\.0\\.1:\\([0-9]*\\)\".*/\\1/p; s/.*\"addr\":\"127\\.0\\.0\\.1:\\([0-9]*\\)\".*\"$2 listening\".*/\\1/p" "$1" | head -n1
+listen_port() { # listen_port LOG KIND: the port of the `KIND listening` log line (none while LOG is not there yet)
+  sed -n "s/.*\"$2 listening\".*\"addr\":\"127\\.0\\.0\\.1:\\([0-9]*\\)\".*/\\1/p; s/.*\"addr\":\"127\\.0\\.0\\.1:\\([0-9]*\\)\".*\"$2 listening\".*/\\1/p" "$1" 2>/dev/null | head -n1
 }
 permd_port() { listen_port "$WORK/$1.log" http; }
 floor_port() { sed -n 's/^listening 127\.0\.0\.1:\([0-9]*\)$/\1/p' "$WORK/floor.out" | head -n1; }
 have_permd_port() { [[ -n $(permd_port "$1") ]]; }
 have_floor_port() { [[ -n $(floor_port) ]]; }
 ready() { [[ $(curl -s -o /dev/null -w '%{http_code}' "$1/readyz") == 200 ]]; }
+# Cerbos says nothing of the port behind 127.0.0.1:0; its only TCP listener (gRPC is on a unix
+# socket, the gops debug listener is off) is read from ss.
+cerbos_port() { ss -ltnpH 2>/dev/null | sed -n "s/.* 127\.0\.0\.1:\([0-9]*\) .*pid=${PID[cerbos]},.*/\1/p" | head -n1; }
+have_cerbos_port() { [[ -n $(cerbos_port) ]]; }
+cerbos_ready() { [[ $(curl -s -o /dev/null -w '%{http_code}' "$1/_cerbos/health") == 200 ]]; }
 
-has() { [[ " ${TARGETS[*]} " == *" $1 "* ]]; }
 declare -A URL PID
 start_target() { # start_target NAME: starts it, fills URL[NAME] and PID[NAME]
   local name=$1 extra=()
@@ -117,6 +139,19 @@ start_target() { # start_target NAME: starts it, fills URL[NAME] and PID[NAME]
       has permd || { log "the grpc target needs the permd target"; exit 1; }
       PID[$name]=${PID[permd]}
       URL[$name]=127.0.0.1:$(listen_port "$WORK/permd.log" grpc)
+      return ;;
+    cerbos)
+      CERBOS_NO_TELEMETRY=1 "${SERVER_PIN[@]}" "$CERBOS" server --config="$ROOT/bench/cerbos/config.yaml" \
+        --debug-listen-addr= --log-level=warn --set=server.httpListenAddr=127.0.0.1:0 \
+        --set=server.grpcListenAddr="unix:$WORK/cerbos-grpc.sock" \
+        --set=storage.disk.directory="$ROOT/bench/cerbos/policies" >"$WORK/cerbos.log" 2>&1 &
+      PID[$name]=$!
+      PIDS+=("$!")
+      local started=$SECONDS
+      wait_for 30 "${PID[$name]}" have_cerbos_port || { log "cerbos did not start:"; cat "$WORK/cerbos.log" >&2; exit 1; }
+      URL[$name]=http://127.0.0.1:$(cerbos_port)
+      wait_for 60 "${PID[$name]}" cerbos_ready "${URL[$name]}" || { log "cerbos not ready:"; tail -n 20 "$WORK/cerbos.log" >&2; exit 1; }
+      log "cerbos $("$CERBOS" --version | head -n1) ready at ${URL[$name]} after $((SECONDS - started))s"
       return ;;
     permd) ;;
     permd-nometrics) extra=(--metrics false) ;;
@@ -139,10 +174,22 @@ for t in "${TARGETS[@]}"; do start_target "$t"; done
 # One body through each, so a broken setup fails here and not as a table of errors.
 probe=$(head -n1 "$BODY_FILE")
 for t in "${TARGETS[@]}"; do
-  [[ $t == grpc ]] && continue
+  [[ $t == grpc || $t == cerbos ]] && continue
   code=$(curl -s -o "$WORK/probe" -w '%{http_code}' -H 'content-type: application/json' -d "$probe" "${URL[$t]}/allowed")
   [[ $code == 200 ]] || { log "$t: /allowed answered $code: $(cat "$WORK/probe")"; exit 1; }
 done
+# Cerbos: every body once to it and to permd, counting the checks where both decide alike.
+if has cerbos; then
+  if has permd; then
+    log "agreement check: each of the $(wc -l <"$CERBOS_BODY_FILE") checks once to permd /allowed and to Cerbos"
+    AGREEMENT=$("$CERBOS_AGREE" "${URL[permd]}" "${URL[cerbos]}" "$BODY_FILE" "$CERBOS_BODY_FILE") ||
+      { log "agreement check failed: $AGREEMENT"; exit 1; }
+    printf '%s\n' "$AGREEMENT" >&2
+  else
+    code=$(curl -s -o "$WORK/probe" -w '%{http_code}' -H 'content-type: application/json' -d "$(head -n1 "$CERBOS_BODY_FILE")" "${URL[cerbos]}/api/check/resources")
+    [[ $code == 200 ]] || { log "cerbos: /api/check/resources answered $code: $(cat "$WORK/probe")"; exit 1; }
+  fi
+fi
 
 rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; } # utime + stime; comm has no spaces here
@@ -158,6 +205,8 @@ busy_steal() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8, $9 }' /proc/stat; }
 load() { # load NAME URL DURATION: wrk with the /allowed bodies, or (NAME grpc) grpc_load with the same checks
   if [[ $1 == grpc ]]; then
     "${WRK_PIN[@]}" "$GRPC_LOAD" "$2" "$BODY_FILE" "$CONNECTIONS" "${3%s}" 0 "$THREADS"
+  elif [[ $1 == cerbos ]]; then
+    "${WRK_PIN[@]}" wrk -t"$THREADS" -c"$CONNECTIONS" -d"$3" -s bench/allowed.lua "$2" -- "$CERBOS_BODY_FILE" /api/check/resources
   else
     "${WRK_PIN[@]}" wrk -t"$THREADS" -c"$CONNECTIONS" -d"$3" -s bench/allowed.lua "$2" -- "$BODY_FILE"
   fi
@@ -202,6 +251,7 @@ for round in $(seq 1 "$ROUNDS"); do
   done
 done
 RSS_AFTER_KB=$([[ -n $PERMD_PID ]] && rss_kb "$PERMD_PID" || echo 0)
+CERBOS_RSS_KB=$(has cerbos && rss_kb "${PID[cerbos]}" || echo 0)
 
 # --- (e) table ---------------------------------------------------------------------------------
 field() { sed -n "s/.* $2=\([^ ]*\).*/\1/p" <<<"$1"; }
@@ -219,6 +269,8 @@ median() { sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] 
 echo
 echo "machine: $(nproc) cores, $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n1), $(awk '/^MemTotal:/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo)"
 echo "load: wrk -t$THREADS -c$CONNECTIONS -d$DURATION keep-alive, $(wc -l <"$BODY_FILE") rotating /allowed bodies, $ROUNDS rounds; pinning: $PIN_DESC"
+AGREEMENT=${AGREEMENT:-agreement not checked (no permd target)}
+has cerbos && echo "cerbos: $("$CERBOS" --version | head -n1), POST /api/check/resources with the same checks (roles in the body); ${AGREEMENT%%$'\n'*}"
 echo "CPU-s/1k = server utime+stime per 1000 requests; server, wrk = their CPU use (100% = one core);"
 echo "other = CPU used by anything but the server and wrk, steal = hypervisor steal, both % of the whole machine;"
 echo "! = other + steal > 10%: that round shared the machine and its figures are not to be trusted"
@@ -255,5 +307,30 @@ has grpc && has permd && ratio grpc permd " (gRPC Enforce vs HTTP /allowed)"
 has permd && has permd-nometrics && ratio permd permd-nometrics " (metrics on vs off; target >= 95%)"
 has permd-log1pct && has permd && ratio permd-log1pct permd " (decision log at 1% vs off; target >= 90%)"
 has permd-log1pct && has permd-nometrics && ratio permd-log1pct permd-nometrics " (decision log at 1% and metrics vs neither)"
+# permd against Cerbos, by round and the median: throughput permd/cerbos, and how many times
+# Cerbos's p99 and CPU per check are permd's (the goals: >= 10x, p99 <= 1/10, CPU <= 1/15).
+versus() { # versus A B
+  local rps=() p99=() cpu=() ra rb pa pb ca cb
+  for round in $(seq 1 "$ROUNDS"); do
+    for r in "${RESULTS[@]}"; do
+      [[ $(field "$r" round) == "$round" ]] || continue
+      if [[ ${r%% *} == "$1" ]]; then ra=$(field "$r" rps); pa=$(field "$r" p99_us); ca=$(cpu_per_k "$r"); fi
+      if [[ ${r%% *} == "$2" ]]; then rb=$(field "$r" rps); pb=$(field "$r" p99_us); cb=$(cpu_per_k "$r"); fi
+    done
+    rps+=("$(awk -v a="$ra" -v b="$rb" 'BEGIN { printf "%.1f", a / b }')")
+    p99+=("$(awk -v a="$pa" -v b="$pb" 'BEGIN { printf "%.1f", b / a }')")
+    cpu+=("$(awk -v a="$ca" -v b="$cb" 'BEGIN { printf "%.1f", b / a }')")
+  done
+  local m
+  met() { awk -v m="$1" -v g="$2" 'BEGIN { print (m >= g) ? "met" : "not met" }'; }
+  m=$(printf '%s\n' "${rps[@]}" | median)
+  echo "$1/$2 requests/s by round: ${rps[*]} (x); median ${m}x (goal >= 10x: $(met "$m" 10))"
+  m=$(printf '%s\n' "${p99[@]}" | median)
+  echo "$1 p99 = 1/N of $2's, N by round: ${p99[*]}; median 1/$m (goal <= 1/10: $(met "$m" 10))"
+  m=$(printf '%s\n' "${cpu[@]}" | median)
+  echo "$1 server CPU per check = 1/N of $2's, N by round: ${cpu[*]}; median 1/$m (goal <= 1/15: $(met "$m" 15))"
+}
+has permd && has cerbos && versus permd cerbos
+has cerbos && awk -v a="$CERBOS_RSS_KB" 'BEGIN { printf "cerbos VmRSS after the run: %.0f MiB\n", a/1024 }'
 [[ -n $PERMD_PID ]] && awk -v a="$RSS_READY_KB" -v b="$RSS_AFTER_KB" \
   'BEGIN { printf "permd VmRSS with the 1M snapshot: %.0f MiB ready, %.0f MiB after the run (target <= 300 MB)\n", a/1024, b/1024 }'
