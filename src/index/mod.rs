@@ -312,31 +312,21 @@ impl Index {
 
     /// The resource id of `type:key`, creating an empty record for a new one.
     fn res_id(&mut self, resource_type: &str, key: &str) -> u32 {
-        let t = self.names.types.intern(resource_type);
-        if self.res_keys.len() <= t as usize {
-            self.res_keys.resize_with(t as usize + 1, KeyMap::default);
+        ResIds {
+            types: &mut self.names.types,
+            res_keys: &mut self.res_keys,
+            resources: &mut self.resources,
         }
-        if let Some(id) = self.res_keys.get(t as usize).and_then(|m| m.get(key)) {
-            return id;
-        }
-        let id = self.resources.len() as u32;
-        if let Some(m) = self.res_keys.get_mut(t as usize) {
-            m.insert(key, id);
-        }
-        self.resources.push(Some(Arc::new(ResRec {
-            resource_type: t,
-            key: Arc::from(key),
-            ..ResRec::default()
-        })));
-        id
+        .id(resource_type, key)
     }
 
     fn res_ref(&mut self, reference: &str) -> u32 {
-        let r = ResourceRef::parse(reference).unwrap_or(ResourceRef {
-            resource_type: reference,
-            key: "",
-        });
-        self.res_id(r.resource_type, r.key)
+        ResIds {
+            types: &mut self.names.types,
+            res_keys: &mut self.res_keys,
+            resources: &mut self.resources,
+        }
+        .reference(reference)
     }
 
     fn res_mut(&mut self, id: u32) -> Option<&mut ResRec> {
@@ -422,20 +412,58 @@ impl Index {
     /// sorted, de-duplicated vectors and bitmaps), but sorts the lot and builds every vector and
     /// bitmap once instead of inserting into them one at a time.
     fn bulk_assignments(&mut self, list: &[RoleAssignment]) {
-        // (user, org, role) and (user, resource, org, role), interned in document order.
+        // Interned in document order, so ids come out as one upsert after another would give
+        // them. Users are one namespace and orgs, roles and resources others: on a large
+        // document the two halves run on two threads.
+        let Index {
+            names,
+            res_keys,
+            resources,
+            ..
+        } = self;
+        let Names {
+            orgs,
+            roles,
+            types,
+            users,
+            ..
+        } = names;
+        let user_ids = |users: &mut Interner| list.iter().map(|a| users.intern(&a.user)).collect::<Vec<u32>>();
+        let mut res = ResIds {
+            types,
+            res_keys,
+            resources,
+        };
+        let mut others = |res: &mut ResIds<'_>| {
+            list.iter()
+                .map(|a| {
+                    let org = orgs.intern(&a.org);
+                    let role = roles.intern(&a.role);
+                    (org, role, a.resource.as_deref().map(|r| res.reference(r)))
+                })
+                .collect::<Vec<(u32, u32, Option<u32>)>>()
+        };
+        let (uids, rest) = if list.len() >= PARALLEL_BUILD {
+            let (uids, rest) = std::thread::scope(|scope| {
+                let half = scope.spawn(|| user_ids(users));
+                let rest = others(&mut res);
+                (half.join().ok(), rest)
+            });
+            // A panic cannot happen there; should it, interning again gives the same ids.
+            (uids.unwrap_or_else(|| user_ids(users)), rest)
+        } else {
+            (user_ids(users), others(&mut res))
+        };
+        // (user, org, role) and (user, resource, org, role).
         let mut org_wide: Vec<(u32, u32, u32)> = Vec::with_capacity(list.len());
         let mut on_instance: Vec<(u32, u32, u32, u32)> = Vec::new();
-        for a in list {
-            let org = self.names.orgs.intern(&a.org);
-            let role = self.names.roles.intern(&a.role);
-            match &a.resource {
-                None => org_wide.push((self.names.users.intern(&a.user), org, role)),
-                Some(reference) => {
-                    let res = self.res_ref(reference);
-                    on_instance.push((self.names.users.intern(&a.user), res, org, role));
-                }
+        for (&uid, &(org, role, res)) in uids.iter().zip(&rest) {
+            match res {
+                None => org_wide.push((uid, org, role)),
+                Some(res) => on_instance.push((uid, res, org, role)),
             }
         }
+        drop((uids, rest));
         // Every user an assignment names has a record, as `user_mut` would have made it.
         for uid in self.users.len()..self.names.users.len() {
             *self.users.slot(uid) = Some(Arc::default());
@@ -824,6 +852,49 @@ impl Index {
             (Kind::RoleGrant, c.role_grants),
             (Kind::Menu, c.menus),
         ]
+    }
+}
+
+/// Documents with at least this many assignments are built on two threads.
+const PARALLEL_BUILD: usize = 50_000;
+
+/// The three tables a resource id lives in, borrowed apart from the rest of the index so the
+/// bulk build can intern resources while another thread interns users.
+struct ResIds<'a> {
+    types: &'a mut Interner,
+    res_keys: &'a mut Vec<KeyMap>,
+    resources: &'a mut PagedVec<Option<Arc<ResRec>>>,
+}
+
+impl ResIds<'_> {
+    /// The resource id of `type:key`, creating an empty record for a new one.
+    fn id(&mut self, resource_type: &str, key: &str) -> u32 {
+        let t = self.types.intern(resource_type);
+        if self.res_keys.len() <= t as usize {
+            self.res_keys.resize_with(t as usize + 1, KeyMap::default);
+        }
+        if let Some(id) = self.res_keys.get(t as usize).and_then(|m| m.get(key)) {
+            return id;
+        }
+        let id = self.resources.len() as u32;
+        if let Some(m) = self.res_keys.get_mut(t as usize) {
+            m.insert(key, id);
+        }
+        self.resources.push(Some(Arc::new(ResRec {
+            resource_type: t,
+            key: Arc::from(key),
+            ..ResRec::default()
+        })));
+        id
+    }
+
+    /// The resource id of a `type:key` reference (all of it the type when there is no `:`).
+    fn reference(&mut self, reference: &str) -> u32 {
+        let r = ResourceRef::parse(reference).unwrap_or(ResourceRef {
+            resource_type: reference,
+            key: "",
+        });
+        self.id(r.resource_type, r.key)
     }
 }
 
