@@ -64,6 +64,7 @@ for t in "${targets[@]}"; do
         echo "   ok: ${execs:-?} runs, ${rate:-?} exec/s, ${cov:-cov: ?}, $((SECONDS - started)) s"
     else
         tail -n 60 "$work/$t.log"
+        grep -A 2 'panicked at' "$work/$t.log" | head -n 6 || true
         artifact=$(grep -o 'Test unit written to [^ ]*' "$work/$t.log" | tail -1 | sed 's/Test unit written to //' || true)
         echo "   CRASH in $t; artifact: ${artifact:-see the log above (fuzz/artifacts/$t/)}"
         failed+=("$t")

@@ -234,7 +234,8 @@ fn listings(ix: &Index, queries: &[Query<'_>]) -> Vec<BTreeSet<(String, String)>
     out
 }
 
-/// `list_resources` without an org equals asking `decide()` about each instance of the type.
+/// `list_resources` without an org equals asking `decide()` about each existing instance of
+/// the type.
 fn check_listings(ix: &Index, doc: &Snapshot, queries: &[Query<'_>]) -> Result<(), String> {
     let mut seen = BTreeSet::new();
     for q in queries {
@@ -247,10 +248,14 @@ fn check_listings(ix: &Index, doc: &Snapshot, queries: &[Query<'_>]) -> Result<(
             .filter_map(|id| ix.instance_names(id))
             .map(|(t, k, _)| (t.to_string(), k.to_string()))
             .collect();
+        // Only instances that exist (type and org known) are listed; a check on a key whose
+        // org is unknown is decided in `default`, as for a key the document lacks.
+        let org_known = |o: &str| doc.orgs.iter().any(|x| x.key == o);
+        let type_known = doc.resource_types.iter().any(|x| x.key == q.resource_type);
         let decided: BTreeSet<(String, String)> = doc
             .resources
             .iter()
-            .filter(|r| r.resource_type == q.resource_type)
+            .filter(|r| type_known && r.resource_type == q.resource_type && org_known(&r.org))
             .filter(|r| {
                 ix.decide(&Query {
                     resource_key: Some(&r.key),
