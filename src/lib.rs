@@ -8,6 +8,7 @@
 //! - [`store`]: the one `ArcSwap` holding the active index, and its version watch.
 //! - [`sync`]: sources that produce snapshots and batches (file source), off the request path.
 //! - [`api`]: HTTP adapter (hyper 1): decode, call the index, encode.
+//! - `fuzzing`: the bodies of the fuzz targets in `fuzz/`, shared with `tests/fuzz_corpus.rs`.
 //! - [`config`], [`cli`]: configuration (file, `PERMD_*` environment, flags) and commands.
 //!
 //! Data flows one way: source → model → index → store → APIs.
@@ -17,6 +18,8 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod decision_log;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod index;
 pub mod inject;
 pub mod metrics;

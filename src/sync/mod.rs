@@ -4,16 +4,19 @@
 //!
 //! `file` watches a local document; `upstream` speaks the native protocol of sync.md
 //! (snapshot, then a stream of delta batches); `permit` pulls a Permit-style REST API and
-//! applies the difference between pulls; `cache` keeps the active version on disk for a warm
+//! applies the difference between pulls; `lines` splits the delta stream into NDJSON lines;
+//! `cache` keeps the active version on disk for a warm
 //! start when the upstream is out of reach. Nothing here decides anything.
 
 mod cache;
 mod file;
+mod lines;
 pub mod permit;
 mod upstream;
 
 pub use cache::{Cache, CacheError};
 pub use file::watch_file;
+pub use lines::{LineSplitter, LineTooLong};
 
 use crate::config::{ApiKey, Config, Protocol, Source};
 use crate::store::Store;

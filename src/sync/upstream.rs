@@ -4,7 +4,7 @@
 //! active version; `410` or a `from_version` gap means a fresh snapshot. Every wait is bounded
 //! by `upstream_timeout`: the connect, a silent body, a line that never ends.
 
-use super::{Backoff, Cache, SyncError, report, status_error};
+use super::{Backoff, Cache, LineSplitter, LineTooLong, SyncError, report, status_error};
 use crate::index::{ApplyError, Index};
 use crate::model::{DeltaBatch, Encoding, Snapshot};
 use crate::store::Store;
@@ -338,8 +338,7 @@ async fn stream_once(s: &Settings, store: &Store) -> StreamEnd {
     store.confirm();
     tracing::debug!(since, "delta stream open");
     let mut body = resp.bytes_stream();
-    let mut buf: Vec<u8> = Vec::new();
-    let mut line_no: u64 = 0;
+    let mut splitter = LineSplitter::new(s.max_line_bytes);
     let mut applied = false;
     // When the first byte of the unfinished line arrived.
     let mut line_started: Option<Instant> = None;
@@ -349,7 +348,7 @@ async fn stream_once(s: &Settings, store: &Store) -> StreamEnd {
         let chunk = match tokio::time::timeout_at(deadline, body.next()).await {
             Err(_) => {
                 let message = if line_started.is_some_and(|t| t + s.timeout <= Instant::now()) {
-                    format!("line {} did not end within {:?}", line_no + 1, s.timeout)
+                    format!("line {} did not end within {:?}", splitter.lines_done() + 1, s.timeout)
                 } else {
                     format!("no data or heartbeat for {:?}", s.timeout)
                 };
@@ -359,20 +358,20 @@ async fn stream_once(s: &Settings, store: &Store) -> StreamEnd {
                 };
             }
             Ok(None) => {
-                if !buf.is_empty() {
+                if !splitter.tail().is_empty() {
                     tracing::warn!(
-                        line = line_no + 1,
-                        bytes = buf.len(),
+                        line = splitter.lines_done() + 1,
+                        bytes = splitter.tail().len(),
                         "delta stream ended inside a line; the partial line is dropped"
                     );
                 }
                 return StreamEnd::Closed { applied };
             }
             Ok(Some(Err(e))) => {
-                if !buf.is_empty() {
+                if !splitter.tail().is_empty() {
                     tracing::warn!(
-                        line = line_no + 1,
-                        bytes = buf.len(),
+                        line = splitter.lines_done() + 1,
+                        bytes = splitter.tail().len(),
                         "delta stream broke inside a line; the partial line is dropped"
                     );
                 }
@@ -387,31 +386,21 @@ async fn stream_once(s: &Settings, store: &Store) -> StreamEnd {
             Ok(Some(Ok(c))) => c,
         };
         // Complete lines in this chunk, in order; the tail stays buffered.
-        let mut lines: Vec<(u64, Vec<u8>)> = Vec::new();
-        let mut rest: &[u8] = &chunk;
-        while let Some(nl) = rest.iter().position(|b| *b == b'\n') {
-            let (head, tail) = rest.split_at(nl);
-            let mut line = std::mem::take(&mut buf);
-            line.extend_from_slice(head);
-            line_no += 1;
-            rest = tail.get(1..).unwrap_or_default();
-            if line.len() > s.max_line_bytes {
-                return too_long(url, line_no, s.max_line_bytes, applied);
-            }
-            if line.iter().all(u8::is_ascii_whitespace) {
-                continue; // a heartbeat
-            }
-            lines.push((line_no, line));
-        }
-        buf.extend_from_slice(rest);
-        if buf.len() > s.max_line_bytes {
-            return too_long(url, line_no + 1, s.max_line_bytes, applied);
-        }
-        line_started = match (buf.is_empty(), line_started) {
+        let continues_tail = !splitter.tail().is_empty();
+        let complete = match splitter.feed(&chunk) {
+            Ok(lines) => lines,
+            Err(e) => return too_long(url, e, applied),
+        };
+        line_started = match (splitter.tail().is_empty(), line_started) {
             (true, _) => None,
-            (false, Some(t)) if rest.len() < buf.len() => Some(t),
+            (false, Some(t)) if continues_tail && complete.is_empty() => Some(t),
             (false, _) => Some(Instant::now()),
         };
+        // Blank lines are heartbeats.
+        let lines: Vec<(u64, Vec<u8>)> = complete
+            .into_iter()
+            .filter(|(_, line)| !line.iter().all(u8::is_ascii_whitespace))
+            .collect();
         if lines.is_empty() {
             store.confirm();
             continue;
@@ -447,7 +436,7 @@ async fn stream_once(s: &Settings, store: &Store) -> StreamEnd {
     }
 }
 
-fn too_long(url: String, line: u64, limit: usize, applied: bool) -> StreamEnd {
+fn too_long(url: String, e: LineTooLong, applied: bool) -> StreamEnd {
     if let Some(m) = crate::metrics::get() {
         m.rejected("batch");
     }
@@ -455,7 +444,7 @@ fn too_long(url: String, line: u64, limit: usize, applied: bool) -> StreamEnd {
         applied,
         why: Some(SyncError::Rejected {
             url,
-            message: format!("line {line} is longer than max_line_bytes ({limit} bytes)"),
+            message: e.to_string(),
         }),
     }
 }
