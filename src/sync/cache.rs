@@ -120,30 +120,13 @@ impl Cache {
         Ok(Some((snapshot, at)))
     }
 
-    /// The built index of the cached version, for a warm start. Validation runs on a second
-    /// thread beside `Index::build` (the build never fails or panics on a document that does
-    /// not validate; its result is dropped then), and the decoded document is freed on a
-    /// thread of its own, so neither delays serving.
+    /// The built index of the cached version, for a warm start (`super::build_validated`).
     pub fn load_index(&self) -> Result<Option<(Index, SystemTime)>, CacheError> {
         let Some((snapshot, at)) = self.read_unvalidated()? else {
             return Ok(None);
         };
-        let (index, valid) = std::thread::scope(|scope| {
-            let valid = scope.spawn(|| validate(&snapshot));
-            let index = Index::build(&snapshot);
-            (index, valid.join())
-        });
-        let valid = match valid {
-            Ok(v) => v,
-            Err(_) => Err(SnapshotError::invalid("snapshot", "validation failed unexpectedly")),
-        };
         let version = snapshot.version;
-        // Freeing a million-item document takes a good part of a second; nothing waits on it.
-        // Should no thread be had, the closure and the document are dropped here instead.
-        let _ = std::thread::Builder::new()
-            .name("permd-free".into())
-            .spawn(move || drop(snapshot));
-        valid.map_err(|e| self.rejected(&e))?;
+        let index = super::build_validated(snapshot).map_err(|e| self.rejected(&e))?;
         *self.written() = Some(version);
         Ok(Some((index, at)))
     }

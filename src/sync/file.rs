@@ -2,9 +2,8 @@
 //! content hash) rather than inotify, because Kubernetes ConfigMaps and editors replace files
 //! through renames and symlink swaps that file watches miss.
 
-use crate::index::Index;
 use crate::metrics::{self, SyncKind};
-use crate::model::{Encoding, Snapshot};
+use crate::model::Encoding;
 use crate::store::Store;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
@@ -51,10 +50,6 @@ async fn read_bounded(path: &Path, limit: usize) -> Result<Vec<u8>, String> {
     Ok(bytes)
 }
 
-/// Decodes, validates and compiles a document.
-pub fn load_index(bytes: &[u8], encoding: Encoding) -> Result<Index, crate::model::SnapshotError> {
-    Snapshot::load(bytes, encoding).map(|s| Index::build(&s))
-}
 
 /// Watches `path` forever: every changed content is loaded and, if good, published.
 pub async fn watch_file(path: PathBuf, store: Arc<Store>, poll: Duration, max_bytes: usize) {
@@ -120,7 +115,7 @@ pub async fn watch_file(path: PathBuf, store: Arc<Store>, poll: Duration, max_by
 /// Loads one content; returns the error if it was refused.
 async fn load(bytes: Vec<u8>, encoding: Encoding, store: &Store, path: &Path) -> Option<String> {
     let started = std::time::Instant::now();
-    let built = tokio::task::spawn_blocking(move || load_index(&bytes, encoding)).await;
+    let built = tokio::task::spawn_blocking(move || super::load_index(&bytes, encoding)).await;
     match built {
         Ok(Ok(index)) => {
             if let Some(m) = metrics::get() {

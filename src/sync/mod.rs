@@ -19,6 +19,8 @@ pub use file::watch_file;
 pub use lines::{LineSplitter, LineTooLong};
 
 use crate::config::{ApiKey, Config, Protocol, Source};
+use crate::index::Index;
+use crate::model::{Encoding, Snapshot, SnapshotError, validate};
 use crate::store::Store;
 use rand::Rng;
 use std::sync::Arc;
@@ -214,6 +216,33 @@ fn report(store: &Store, error: &SyncError) {
         store.fail(msg);
         store.set_online(false);
     }
+}
+
+/// Validates and compiles a decoded document, the way every source takes a whole snapshot in:
+/// validation on a second thread beside `Index::build` (the build never fails or panics on a
+/// document that does not validate; its result is dropped then), and the document freed on a
+/// thread of its own afterwards, so neither delays the new version. On a 1M-assignment document
+/// that is about a third of the time from decoded to serving (bench/README.md).
+pub fn build_validated(snapshot: Snapshot) -> Result<Index, SnapshotError> {
+    let (index, valid) = std::thread::scope(|scope| {
+        let valid = scope.spawn(|| validate(&snapshot));
+        let index = Index::build(&snapshot);
+        (index, valid.join())
+    });
+    // Should no thread be had, the closure and the document are dropped here instead.
+    let _ = std::thread::Builder::new()
+        .name("permd-free".into())
+        .spawn(move || drop(snapshot));
+    match valid {
+        Ok(Ok(())) => Ok(index),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(SnapshotError::invalid("snapshot", "validation failed unexpectedly")),
+    }
+}
+
+/// Decodes, validates and compiles a document.
+pub fn load_index(bytes: &[u8], encoding: Encoding) -> Result<Index, SnapshotError> {
+    build_validated(Snapshot::decode(bytes, encoding)?)
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@
 
 use super::{Backoff, Cache, LineSplitter, LineTooLong, SyncError, report, status_error};
 use crate::index::{ApplyError, Index};
-use crate::model::{DeltaBatch, Encoding, Snapshot};
+use crate::model::{DeltaBatch, Encoding};
 use crate::store::Store;
 use futures_util::StreamExt;
 use std::sync::Arc;
@@ -162,7 +162,7 @@ async fn fetch_snapshot_once(s: &Settings, store: &Store) -> Result<(), SyncErro
         } else {
             Encoding::MessagePack
         });
-        Snapshot::load(&bytes, encoding).map(|s| Index::build(&s))
+        super::load_index(&bytes, encoding)
     })
     .await;
     match built {
