@@ -209,7 +209,7 @@ fn main() {
         let rss = num(l, "rss_kb") * 1024.0;
         let per = (num(l, "rss_kb") - num(l, "baseline_kb")) * 1024.0 / n;
         let ten_m = name == "10m";
-        let goal = |g: &str| if ten_m { g.to_owned() } else { "—".to_owned() };
+        let goal = |g: &str| if ten_m { g.to_owned() } else { String::new() };
         let ok = |b: bool| if ten_m { met(b) } else { "" };
         println!(
             "TABLE|scale {name}|Index::build|{build:.2} s|{}|{}",
