@@ -288,6 +288,11 @@ for name in "${TARGETS[@]}"; do
     "$(for r in "${sel[@]}"; do field "$r" p50_us; done | median)" \
     "$(for r in "${sel[@]}"; do field "$r" p99_us; done | median)" \
     "$(for r in "${sel[@]}"; do cpu_per_k "$r"; done | median)"
+  # For bench/run.sh's final table.
+  printf 'TABLE|http|%s: requests/s, p50, p99 (median of %d rounds)|%.0f, %.0f µs, %.0f µs||\n' "$name" "${#sel[@]}" \
+    "${MEDIAN_RPS[$name]}" \
+    "$(for r in "${sel[@]}"; do field "$r" p50_us; done | median)" \
+    "$(for r in "${sel[@]}"; do field "$r" p99_us; done | median)"
 done
 # Ratios per round (each round runs every target back to back), then their median.
 ratio() { # ratio A B: A/B requests/s by round, and the median
@@ -300,12 +305,18 @@ ratio() { # ratio A B: A/B requests/s by round, and the median
     done
     rs+=("$(awk -v a="$ra" -v b="$rb" 'BEGIN { printf "%.1f", 100 * a / b }')")
   done
-  echo "$1/$2 requests/s by round: ${rs[*]} (%); median $(printf '%s\n' "${rs[@]}" | median)%${3:-}"
+  local med
+  med=$(printf '%s\n' "${rs[@]}" | median)
+  echo "$1/$2 requests/s by round: ${rs[*]} (%); median $med%${3:-}"
+  # For bench/run.sh: ratio A B NOTE [MIN GOAL]: met when the median is at least MIN.
+  local met=""
+  [[ -n ${4:-} ]] && met=$(awk -v m="$med" -v t="$4" 'BEGIN { print (m >= t) ? "yes" : "no" }')
+  echo "TABLE|http|$1 / $2 requests/s (median of per-round ratios)|$med% (rounds ${rs[*]})|${5:-}|$met"
 }
-has permd && has floor && ratio permd floor " (target >= 60%)"
+has permd && has floor && ratio permd floor " (target >= 60%)" 60 "≥ 60%"
 has grpc && has permd && ratio grpc permd " (gRPC Enforce vs HTTP /allowed)"
-has permd && has permd-nometrics && ratio permd permd-nometrics " (metrics on vs off; target >= 95%)"
-has permd-log1pct && has permd && ratio permd-log1pct permd " (decision log at 1% vs off; target >= 90%)"
+has permd && has permd-nometrics && ratio permd permd-nometrics " (metrics on vs off; target >= 95%)" 95 "≥ 95%"
+has permd-log1pct && has permd && ratio permd-log1pct permd " (decision log at 1% vs off; target >= 90%)" 90 "≥ 90%"
 has permd-log1pct && has permd-nometrics && ratio permd-log1pct permd-nometrics " (decision log at 1% and metrics vs neither)"
 # permd against Cerbos, by round and the median: throughput permd/cerbos, and how many times
 # Cerbos's p99 and CPU per check are permd's (the goals: >= 10x, p99 <= 1/10, CPU <= 1/15).
@@ -333,4 +344,5 @@ versus() { # versus A B
 has permd && has cerbos && versus permd cerbos
 has cerbos && awk -v a="$CERBOS_RSS_KB" 'BEGIN { printf "cerbos VmRSS after the run: %.0f MiB\n", a/1024 }'
 [[ -n $PERMD_PID ]] && awk -v a="$RSS_READY_KB" -v b="$RSS_AFTER_KB" \
-  'BEGIN { printf "permd VmRSS with the 1M snapshot: %.0f MiB ready, %.0f MiB after the run (target <= 300 MB)\n", a/1024, b/1024 }'
+  'BEGIN { printf "permd VmRSS with the 1M snapshot: %.0f MiB ready, %.0f MiB after the run (target <= 300 MB)\n", a/1024, b/1024
+          printf "TABLE|http|permd VmRSS with the 1M snapshot, after the run|%.0f MiB|≤ 300 MB|%s\n", b/1024, (b * 1024 <= 300e6) ? "yes" : "no" }'

@@ -197,6 +197,11 @@ async fn main() {
         "one-op batch visible: p50 {p50:?}, p99 {p99:?}, max {:?} ({samples} samples)",
         lat.last().unwrap()
     );
+    let yes = |ok: bool| if ok { "yes" } else { "no" };
+    println!(
+        "TABLE|sync|one-op batch visible to checks, p50 / p99|{p50:.2?} / {p99:.2?}|p99 ≤ 1 ms|{}",
+        yes(p99 <= Duration::from_millis(1))
+    );
 
     // 2. /allowed under load, without and with 10,000 ops/s of deltas.
     let mut base = load(&addr, clients, secs);
@@ -255,6 +260,12 @@ async fn main() {
         ops as f64 / secs as f64,
         t.elapsed()
     );
+    println!(
+        "TABLE|sync|/allowed p99 absorbing {:.0} ops/s vs alone|{u99:.2?} vs {b99:.2?} (x{:.2})|at most doubled|{}",
+        ops as f64 / secs as f64,
+        u99.as_secs_f64() / b99.as_secs_f64(),
+        yes(u99 <= b99 * 2)
+    );
     let _ = child.kill();
     let _ = child.wait();
 
@@ -278,4 +289,13 @@ async fn main() {
         let _ = child.wait();
     }
     println!("warm start from the cache ({:.1} MB): {warm:?}", size as f64 / 1e6);
+    let mut sorted = warm.clone();
+    sorted.sort();
+    let median = sorted[sorted.len() / 2];
+    println!(
+        "TABLE|sync|warm start from the cache ({:.1} MB), median of {}|{median:.2?}|≤ 2 s|{}",
+        size as f64 / 1e6,
+        warm.len(),
+        yes(median <= Duration::from_secs(2))
+    );
 }

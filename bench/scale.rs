@@ -1,0 +1,246 @@
+//! Scale: index build time, resident memory and bytes per role assignment at 1M and 10M
+//! assignments, and the load of a snapshot from MessagePack (read + decode + validate +
+//! `Index::build`), each measured in a fresh child process.
+//!
+//! `cargo run --release --example scale -- [SIZES]` (SIZES: comma-separated, `1m,10m` by
+//! default; `1k`, `100k` too; or env `SIZES`). For each size the snapshot is generated with
+//! `model::generate::Params` scaled (bench/sizes.rs) and written to
+//! bench/data/snapshot-<size>.msgpack if absent; then this binary re-executes itself as
+//! `scale measure FILE`, so the generator's memory is not in the figures. The child reads its
+//! VmRSS before loading anything (the baseline), loads the file, drops the document and the
+//! bytes, and reads VmRSS and VmHWM from /proc/self/status with only the index left. Rows
+//! prefixed `TABLE|` are for bench/run.sh.
+
+// A bench that cannot do what it is meant to measure must stop loudly: `expect` and `panic`
+// are the right tools here, unlike in the library.
+#![allow(clippy::expect_used, clippy::panic)]
+
+#[path = "sizes.rs"]
+mod sizes;
+
+/// The allocator of the permd binary (src/main.rs), so the memory figures are permd's.
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+use permd::index::Index;
+use permd::model::generate::generate;
+use permd::model::{Encoding, Snapshot, validate};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+/// A `/proc/self/status` field in kB (VmRSS, VmHWM).
+fn status_kb(field: &str) -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status is readable");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/self/status"))
+}
+
+/// The child: load FILE as permd's file source does, report one `MEASURED k=v …` line.
+fn measure(file: &Path) {
+    let baseline_kb = status_kb("VmRSS");
+    let started = Instant::now();
+    let bytes = std::fs::read(file).unwrap_or_else(|e| panic!("cannot read `{}`: {e}", file.display()));
+    let read = started.elapsed();
+    let t = Instant::now();
+    let snapshot = Snapshot::decode(&bytes, Encoding::MessagePack).expect("the snapshot decodes");
+    let decode = t.elapsed();
+    drop(bytes);
+    let t = Instant::now();
+    validate(&snapshot).expect("the snapshot is valid");
+    let validated = t.elapsed();
+    let t = Instant::now();
+    let index = Index::build(&snapshot);
+    let build = t.elapsed();
+    let total = started.elapsed();
+    let assignments = snapshot.role_assignments.len();
+    let t = Instant::now();
+    drop(snapshot);
+    let dropped = t.elapsed();
+    let rss_kb = status_kb("VmRSS");
+    let hwm_kb = status_kb("VmHWM");
+    let c = index.counts();
+    assert_eq!(c.role_assignments, assignments, "the index holds every assignment");
+    println!(
+        "MEASURED assignments={assignments} resources={} read_s={} decode_s={} validate_s={} build_s={} \
+         total_s={} drop_s={} baseline_kb={baseline_kb} rss_kb={rss_kb} hwm_kb={hwm_kb}",
+        c.resources,
+        read.as_secs_f64(),
+        decode.as_secs_f64(),
+        validated.as_secs_f64(),
+        build.as_secs_f64(),
+        total.as_secs_f64(),
+        dropped.as_secs_f64(),
+    );
+    drop(index);
+}
+
+/// Writes bench/data/snapshot-<size>.msgpack unless it is there; returns its path.
+fn ensure_snapshot(data: &Path, name: &str, assignments: usize) -> PathBuf {
+    let path = data.join(format!("snapshot-{name}.msgpack"));
+    if path.exists() {
+        eprintln!("[scale] using {}", path.display());
+        return path;
+    }
+    let p = sizes::params(assignments);
+    eprintln!("[scale] generating {name}: {p:?}");
+    let t = Instant::now();
+    let snapshot = generate(&p);
+    eprintln!(
+        "[scale] generated {} assignments, {} resources in {:.1?}",
+        snapshot.role_assignments.len(),
+        snapshot.resources.len(),
+        t.elapsed()
+    );
+    let t = Instant::now();
+    let bytes = snapshot.encode(Encoding::MessagePack).expect("the snapshot encodes");
+    drop(snapshot);
+    std::fs::create_dir_all(data).expect("bench/data can be created");
+    // Written under another name first, so an interrupted run leaves no half file behind.
+    let part = path.with_extension("msgpack.part");
+    std::fs::write(&part, &bytes).expect("the snapshot can be written");
+    std::fs::rename(&part, &path).expect("the snapshot can be renamed");
+    eprintln!(
+        "[scale] encoded and wrote {} ({:.1} MB) in {:.1?}",
+        path.display(),
+        bytes.len() as f64 / 1e6,
+        t.elapsed()
+    );
+    path
+}
+
+fn field<'a>(line: &'a str, key: &str) -> &'a str {
+    line.split_whitespace()
+        .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+        .unwrap_or_else(|| panic!("no {key} in `{line}`"))
+}
+fn num(line: &str, key: &str) -> f64 {
+    field(line, key)
+        .parse()
+        .unwrap_or_else(|_| panic!("{key} is not a number in `{line}`"))
+}
+
+fn met(ok: bool) -> &'static str {
+    if ok { "yes" } else { "no" }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("measure") {
+        measure(Path::new(args.get(2).expect("measure FILE")));
+        return;
+    }
+    let list = args
+        .get(1)
+        .cloned()
+        .or_else(|| std::env::var("SIZES").ok())
+        .unwrap_or_else(|| "1m,10m".into());
+    let sizes = sizes::parse_list(&list).unwrap_or_else(|e| panic!("{e}"));
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/data");
+    let me = std::env::current_exe().expect("the path of this binary");
+
+    let mut rows = Vec::new();
+    for (name, n) in &sizes {
+        let path = ensure_snapshot(&data, name, *n);
+        let size_mb = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0) as f64 / 1e6;
+        let t = Instant::now();
+        let out = Command::new(&me)
+            .arg("measure")
+            .arg(&path)
+            .output()
+            .expect("the measuring child starts");
+        let wall = t.elapsed();
+        assert!(
+            out.status.success(),
+            "the measuring child failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with("MEASURED "))
+            .unwrap_or_else(|| panic!("no MEASURED line from the child: {stdout}"))
+            .to_owned();
+        eprintln!("[scale] {name}: {line} (child wall {wall:.1?})");
+        rows.push((name.clone(), size_mb, line));
+    }
+
+    let mib = |kb: f64| kb / 1024.0;
+    println!();
+    println!("scale: fresh child process per size; RSS after the document is dropped, only the index left;");
+    println!("B/assignment = (RSS - the child's RSS before loading) / role assignments (the whole index: users,");
+    println!("resources, orgs and grants too); peak = VmHWM (bytes + document + index at once); load = read + decode");
+    println!("+ validate + build");
+    println!();
+    println!(
+        "{:<5} {:>11} {:>9} {:>8} {:>8} {:>9} {:>8} {:>8} {:>10} {:>10} {:>10} {:>7}",
+        "size",
+        "assignments",
+        "file MB",
+        "read",
+        "decode",
+        "validate",
+        "build",
+        "load",
+        "RSS MiB",
+        "peak MiB",
+        "base MiB",
+        "B/asgn"
+    );
+    for (name, size_mb, l) in &rows {
+        let n = num(l, "assignments");
+        let per = (num(l, "rss_kb") - num(l, "baseline_kb")) * 1024.0 / n;
+        let s = |k: &str| format!("{:.2}s", num(l, k));
+        println!(
+            "{name:<5} {n:>11.0} {size_mb:>9.1} {:>8} {:>8} {:>9} {:>8} {:>8} {:>10.0} {:>10.0} {:>10.1} {per:>7.0}",
+            s("read_s"),
+            s("decode_s"),
+            s("validate_s"),
+            s("build_s"),
+            s("total_s"),
+            mib(num(l, "rss_kb")),
+            mib(num(l, "hwm_kb")),
+            mib(num(l, "baseline_kb")),
+        );
+    }
+    println!();
+    for (name, _, l) in &rows {
+        let n = num(l, "assignments");
+        let build = num(l, "build_s");
+        let rss = num(l, "rss_kb") * 1024.0;
+        let per = (num(l, "rss_kb") - num(l, "baseline_kb")) * 1024.0 / n;
+        let ten_m = name == "10m";
+        let goal = |g: &str| if ten_m { g.to_owned() } else { String::new() };
+        let ok = |b: bool| if ten_m { met(b) } else { "" };
+        println!(
+            "TABLE|scale {name}|Index::build|{build:.2} s|{}|{}",
+            goal("≤ 5 s"),
+            ok(build <= 5.0)
+        );
+        println!(
+            "TABLE|scale {name}|load from MessagePack (read + decode + validate + build)|{:.2} s (decode {:.2}, validate {:.2})||",
+            num(l, "total_s"),
+            num(l, "decode_s"),
+            num(l, "validate_s")
+        );
+        println!(
+            "TABLE|scale {name}|resident memory, index only|{:.0} MiB|{}|{}",
+            rss / 1048576.0,
+            goal("≤ 1.5 GB"),
+            ok(rss <= 1.5e9)
+        );
+        println!(
+            "TABLE|scale {name}|resident bytes per role assignment|{per:.0} B|{}|{}",
+            goal("≤ 100 B"),
+            ok(per <= 100.0)
+        );
+        println!(
+            "TABLE|scale {name}|peak resident (VmHWM) during the load|{:.0} MiB||",
+            mib(num(l, "hwm_kb"))
+        );
+    }
+}
