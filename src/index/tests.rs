@@ -391,3 +391,29 @@ fn bulk_build_equals_one_assignment_at_a_time() {
         assert_eq!(one_by_one.names.users.get(name), Some(uid), "{name}");
     }
 }
+
+#[test]
+fn users_keep_their_items_whether_or_not_they_say_more_than_the_key() {
+    let doc = Snapshot::load(
+        b"format: 1\nversion: 1\nusers: [{key: bare}, {key: full, email: f@x, attributes: {a: 1}}]\n\
+          role_assignments: [{user: implicit, role: r, org: o}]\n",
+        Encoding::Yaml,
+    )
+    .unwrap();
+    let ix = Index::build(&doc);
+    assert_eq!(ix.counts().users, 2);
+    assert!(ix.user("bare").unwrap().meta.is_none());
+    let back = ix.to_snapshot();
+    assert_eq!(back.users, doc.users);
+    let mut del = DeltaBatch {
+        from_version: 1,
+        to_version: 2,
+        ops: vec![crate::model::Op::Delete(crate::model::Identity::User { key: "bare".into() })],
+    };
+    let after = ix.apply(&del).unwrap();
+    assert_eq!(after.counts().users, 1);
+    assert_eq!(after.to_snapshot().users, doc.users[1..]);
+    del.from_version = 2;
+    del.to_version = 3;
+    assert_eq!(after.apply(&del).unwrap().counts().users, 1, "deleting twice counts once");
+}

@@ -50,7 +50,6 @@ async fn read_bounded(path: &Path, limit: usize) -> Result<Vec<u8>, String> {
     Ok(bytes)
 }
 
-
 /// Watches `path` forever: every changed content is loaded and, if good, published.
 pub async fn watch_file(path: PathBuf, store: Arc<Store>, poll: Duration, max_bytes: usize) {
     let Some(encoding) = Encoding::from_path(&path.to_string_lossy()) else {
