@@ -408,12 +408,18 @@ fn users_keep_their_items_whether_or_not_they_say_more_than_the_key() {
     let mut del = DeltaBatch {
         from_version: 1,
         to_version: 2,
-        ops: vec![crate::model::Op::Delete(crate::model::Identity::User { key: "bare".into() })],
+        ops: vec![crate::model::Op::Delete(crate::model::Identity::User {
+            key: "bare".into(),
+        })],
     };
     let after = ix.apply(&del).unwrap();
     assert_eq!(after.counts().users, 1);
     assert_eq!(after.to_snapshot().users, doc.users[1..]);
     del.from_version = 2;
     del.to_version = 3;
-    assert_eq!(after.apply(&del).unwrap().counts().users, 1, "deleting twice counts once");
+    assert_eq!(
+        after.apply(&del).unwrap().counts().users,
+        1,
+        "deleting twice counts once"
+    );
 }
