@@ -30,45 +30,10 @@ use picks::{OwnedQuery, Shape};
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-/// casbin-rs RBAC with domains, as in bench/decide.rs: roles are global (as the generator's
-/// are), so a policy line is (role, type, action) and `g(user, role, org)` carries the org-wide
-/// assignments.
-const CASBIN_MODEL: &str = r#"
-[request_definition]
-r = sub, dom, obj, act
+#[path = "casbin_model.rs"]
+mod casbin_model;
 
-[policy_definition]
-p = sub, obj, act
-
-[role_definition]
-g = _, _, _
-
-[policy_effect]
-e = some(where (p.eft == allow))
-
-[matchers]
-m = g(r.sub, p.sub, r.dom) && r.obj == p.obj && r.act == p.act
-"#;
-
-/// The generator's roles expanded to concrete (type, action) pairs.
-const CASBIN_POLICY: &[(&str, &str, &str)] = &[
-    ("viewer", "document", "read"),
-    ("viewer", "folder", "read"),
-    ("editor", "document", "read"),
-    ("editor", "folder", "read"),
-    ("editor", "document", "write"),
-    ("editor", "folder", "write"),
-    ("admin", "document", "read"),
-    ("admin", "document", "write"),
-    ("admin", "document", "delete"),
-    ("admin", "document", "share"),
-    ("admin", "folder", "read"),
-    ("admin", "folder", "write"),
-    ("admin", "folder", "share"),
-    ("auditor", "document", "read"),
-    ("auditor", "folder", "read"),
-    ("auditor", "report", "read"),
-];
+use casbin_model::{CASBIN_MODEL, CASBIN_POLICY};
 
 fn env_or(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
