@@ -22,7 +22,7 @@ mod picks;
 #[path = "sizes.rs"]
 mod sizes;
 
-use casbin::{CoreApi, DefaultModel, Enforcer, MemoryAdapter, MgmtApi};
+use casbin::CoreApi;
 use permd::index::{Index, Query};
 use permd::model::RoleAssignment;
 use permd::model::generate::generate;
@@ -32,8 +32,6 @@ use std::time::{Duration, Instant};
 
 #[path = "casbin_model.rs"]
 mod casbin_model;
-
-use casbin_model::{CASBIN_MODEL, CASBIN_POLICY};
 
 fn env_or(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
@@ -108,25 +106,7 @@ fn run(name: &str, n: usize, batches: usize, cap: usize) -> Row {
         .build()
         .expect("a tokio runtime");
     let t = Instant::now();
-    let enforcer = rt.block_on(async {
-        let model = DefaultModel::from_str(CASBIN_MODEL)
-            .await
-            .expect("the casbin model parses");
-        let mut e = Enforcer::new(model, MemoryAdapter::default())
-            .await
-            .expect("an enforcer");
-        let policy: Vec<Vec<String>> = CASBIN_POLICY
-            .iter()
-            .map(|(r, t, a)| vec![(*r).into(), (*t).into(), (*a).into()])
-            .collect();
-        e.add_policies(policy).await.expect("policies load");
-        let grouping: Vec<Vec<String>> = loaded
-            .iter()
-            .map(|a| vec![a.user.clone(), a.role.clone(), a.org.clone()])
-            .collect();
-        e.add_grouping_policies(grouping).await.expect("grouping policies load");
-        e
-    });
+    let enforcer = casbin_model::load_enforcer(&rt, &loaded);
     let load = t.elapsed();
     eprintln!(
         "[casbin] {name}: casbin loaded {} of {} org-wide assignments as grouping policies in {load:.2?}",

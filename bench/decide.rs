@@ -11,7 +11,7 @@
 // something else: `expect` is the right tool here, unlike in the library.
 #![allow(clippy::expect_used, clippy::panic)]
 
-use casbin::{CoreApi, DefaultModel, Enforcer, MemoryAdapter, MgmtApi};
+use casbin::CoreApi;
 use criterion::{Criterion, SamplingMode, criterion_group, criterion_main};
 use permd::index::{Index, Query, Reason, Subject};
 use permd::model::generate::{Params, generate};
@@ -304,8 +304,6 @@ fn build(c: &mut Criterion) {
 #[path = "casbin_model.rs"]
 mod casbin_model;
 
-use casbin_model::{CASBIN_MODEL, CASBIN_POLICY};
-
 fn casbin_vs_permd(c: &mut Criterion) {
     let d = data();
     let ix = &d.index;
@@ -321,25 +319,7 @@ fn casbin_vs_permd(c: &mut Criterion) {
         .take(100_000)
         .collect();
     let started = Instant::now();
-    let enforcer = rt.block_on(async {
-        let model = DefaultModel::from_str(CASBIN_MODEL)
-            .await
-            .expect("the casbin model parses");
-        let mut e = Enforcer::new(model, MemoryAdapter::default())
-            .await
-            .expect("an enforcer");
-        let policy: Vec<Vec<String>> = CASBIN_POLICY
-            .iter()
-            .map(|(r, t, a)| vec![(*r).into(), (*t).into(), (*a).into()])
-            .collect();
-        e.add_policies(policy).await.expect("policies load");
-        let grouping: Vec<Vec<String>> = subset
-            .iter()
-            .map(|a| vec![a.user.clone(), a.role.clone(), a.org.clone()])
-            .collect();
-        e.add_grouping_policies(grouping).await.expect("grouping policies load");
-        e
-    });
+    let enforcer = casbin_model::load_enforcer(&rt, &subset);
     eprintln!(
         "casbin loaded {} grouping policies in {:.2?}",
         subset.len(),
