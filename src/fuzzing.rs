@@ -277,8 +277,9 @@ fn check_listings(ix: &Index, doc: &Snapshot, queries: &[Query<'_>]) -> Result<(
     Ok(())
 }
 
-/// The document with lists sorted where the index does not keep document order.
-fn normal(mut s: Snapshot) -> Snapshot {
+/// The document with lists sorted where the index does not keep document order (also used by
+/// tests/model_prop.rs to compare `to_snapshot` with a document).
+pub fn normal(mut s: Snapshot) -> Snapshot {
     s.users.sort_by(|a, b| a.key.cmp(&b.key));
     s.resources
         .sort_by(|a, b| (&a.resource_type, &a.key).cmp(&(&b.resource_type, &b.key)));

@@ -439,17 +439,9 @@ fn check_agrees(ix: &Index, s: &Snapshot, rng: &mut SmallRng, n: usize) -> Resul
     Ok(())
 }
 
-/// The document with lists sorted, so id order and document order compare equal where the
-/// model does not fix an order.
-fn normal(mut s: Snapshot) -> Snapshot {
-    s.users.sort_by(|a, b| a.key.cmp(&b.key));
-    s.resources
-        .sort_by(|a, b| (&a.resource_type, &a.key).cmp(&(&b.resource_type, &b.key)));
-    s.role_assignments.sort();
-    s.role_grants
-        .sort_by(|a, b| (&a.org, &a.role, &a.resource).cmp(&(&b.org, &b.role, &b.resource)));
-    s
-}
+// The document with lists sorted, so id order and document order compare equal where the
+// model does not fix an order: the fuzz targets' own.
+use permd::fuzzing::normal;
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
