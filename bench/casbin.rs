@@ -1,7 +1,9 @@
 //! casbin-rs `enforce` beside permd `decide` on the same generated data at 1k, 100k and 1M
 //! role assignments, and `decide` on the 1,024-check mix of bench/picks.rs at each size (is
 //! `decide` flat from 1k to 1M?). Plain timing loops, not criterion: per figure, the median of
-//! `BATCHES` batches of about 20 ms each.
+//! `BATCHES` batches of about 20 ms each; the mix is measured after every size is built, one
+//! batch per size in turns, so the sizes are compared under the same machine conditions.
+//! `MIX_DETAIL=1` also prints, per size, the mix's checks by reason and their time.
 //!
 //! `cargo run --release --example casbin_sizes -- [SIZES]` (comma-separated, `1k,100k,1m` by
 //! default, or env `SIZES`; env `BATCHES` (15), `CASBIN_MAX` (no cap) caps the grouping
@@ -16,6 +18,12 @@
 // A bench that cannot find the data it is meant to measure must stop loudly, not measure
 // something else: `expect` and `panic` are the right tools here, unlike in the library.
 #![allow(clippy::expect_used, clippy::panic)]
+
+/// The allocator of the permd binary (src/main.rs): where the index's records land in memory
+/// is part of what `decide` costs on a big index.
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 #[path = "picks.rs"]
 mod picks;
@@ -85,7 +93,7 @@ struct Row {
     mix: Duration,
 }
 
-fn run(name: &str, n: usize, batches: usize, cap: usize) -> Row {
+fn run(name: &str, n: usize, batches: usize, cap: usize) -> (Row, Index, Vec<picks::OwnedQuery>) {
     let t = Instant::now();
     let snapshot = generate(&sizes::params(n));
     let index = Index::build(&snapshot);
@@ -176,23 +184,18 @@ fn run(name: &str, n: usize, batches: usize, cap: usize) -> Row {
         black_box(index.decide(black_box(&qd)));
     });
     let mix = shape.mix(&snapshot, 1024);
-    let qs: Vec<Query<'_>> = mix.iter().map(OwnedQuery::query).collect();
-    let mut i = 0usize;
-    let mix = per_call(batches, || {
-        i = (i + 1) & 1023;
-        if let Some(q) = qs.get(i) {
-            black_box(index.decide(black_box(q)));
-        }
-    });
+    if std::env::var_os("MIX_DETAIL").is_some() {
+        let qs: Vec<Query<'_>> = mix.iter().map(OwnedQuery::query).collect();
+        mix_detail(name, &index, &qs, batches);
+    }
     eprintln!(
-        "[casbin] {name}: casbin allow {}, permd allow {}, casbin deny {}, permd deny {}, permd mix_1024 {}",
+        "[casbin] {name}: casbin allow {}, permd allow {}, casbin deny {}, permd deny {}",
         fmt(casbin_allow),
         fmt(permd_allow),
         fmt(casbin_deny),
         fmt(permd_deny),
-        fmt(mix)
     );
-    Row {
+    let row = Row {
         name: name.into(),
         assignments: snapshot.role_assignments.len(),
         loaded: loaded.len(),
@@ -202,7 +205,79 @@ fn run(name: &str, n: usize, batches: usize, cap: usize) -> Row {
         permd_allow,
         casbin_deny,
         permd_deny,
-        mix,
+        mix: Duration::ZERO,
+    };
+    (row, index, mix)
+}
+
+/// `n` decisions cycling through `qs`.
+fn cycle(index: &Index, qs: &[Query<'_>], n: u32) {
+    for q in qs.iter().cycle().take(n as usize) {
+        black_box(index.decide(black_box(q)));
+    }
+}
+
+/// The mix's time per decision at every size, measured in turns: each round runs one batch
+/// of about 20 ms per size, and each size's figure is the median over `batches` rounds. A
+/// machine that speeds up or slows down during the run (a shared host does) then moves every
+/// size alike, instead of whichever size happened to run at the time.
+fn mix_interleaved(sets: &[(Index, Vec<OwnedQuery>)], batches: usize) -> Vec<Duration> {
+    let qs: Vec<Vec<Query<'_>>> = sets
+        .iter()
+        .map(|(_, mix)| mix.iter().map(OwnedQuery::query).collect())
+        .collect();
+    let ns: Vec<u32> = sets
+        .iter()
+        .zip(&qs)
+        .map(|((index, _), qs)| {
+            let mut n = 1024u32;
+            loop {
+                let t = Instant::now();
+                cycle(index, qs, n);
+                if t.elapsed() >= Duration::from_millis(20) || n >= 1 << 26 {
+                    break n;
+                }
+                n *= 2;
+            }
+        })
+        .collect();
+    let mut samples: Vec<Vec<Duration>> = vec![Vec::new(); sets.len()];
+    for _ in 0..batches.max(1) {
+        for (((index, _), qs), (&n, out)) in sets.iter().zip(&qs).zip(ns.iter().zip(samples.iter_mut())) {
+            let t = Instant::now();
+            cycle(index, qs, n);
+            out.push(t.elapsed() / n);
+        }
+    }
+    samples
+        .into_iter()
+        .map(|mut v| {
+            v.sort();
+            v.get(v.len() / 2).copied().unwrap_or_default()
+        })
+        .collect()
+}
+
+/// What the mix is made of: per reason, how many checks and the time per decision cycling
+/// through just those checks.
+fn mix_detail(name: &str, index: &Index, qs: &[Query<'_>], batches: usize) {
+    let mut by: std::collections::BTreeMap<&'static str, Vec<Query<'_>>> = Default::default();
+    for q in qs {
+        by.entry(index.decide(q).reason.as_str()).or_default().push(*q);
+    }
+    for (reason, group) in by {
+        let mut i = 0usize;
+        let t = per_call(batches, || {
+            i = (i + 1) % group.len();
+            if let Some(q) = group.get(i) {
+                black_box(index.decide(black_box(q)));
+            }
+        });
+        eprintln!(
+            "[casbin] {name}: mix {reason:<18} {:>4} checks, {}",
+            group.len(),
+            fmt(t)
+        );
     }
 }
 
@@ -214,13 +289,25 @@ fn main() {
     let sizes = sizes::parse_list(&list).unwrap_or_else(|e| panic!("{e}"));
     let batches = env_or("BATCHES", 15);
     let cap = env_or("CASBIN_MAX", usize::MAX);
-    let rows: Vec<Row> = sizes.iter().map(|(name, n)| run(name, *n, batches, cap)).collect();
+    let mut rows = Vec::new();
+    let mut sets = Vec::new();
+    for (name, n) in &sizes {
+        let (row, index, mix) = run(name, *n, batches, cap);
+        rows.push(row);
+        sets.push((index, mix));
+    }
+    for (row, mix) in rows.iter_mut().zip(mix_interleaved(&sets, batches)) {
+        eprintln!("[casbin] {}: permd mix_1024 {}", row.name, fmt(mix));
+        row.mix = mix;
+    }
+    drop(sets);
 
     let ratio = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64().max(1e-12);
     println!();
     println!("casbin-rs enforce vs permd decide, same generated data per size: permd has the whole snapshot,");
     println!("casbin its org-wide assignments as g(user, role, org) (no org tree, no instance roles);");
-    println!("median of {batches} batches of ~20 ms per figure; mix = decide over the 1,024 checks of bench/picks.rs");
+    println!("median of {batches} batches of ~20 ms per figure; mix = decide over the 1,024 checks of bench/picks.rs,");
+    println!("measured at every size in turns (one batch per size per round)");
     println!();
     println!(
         "{:<5} {:>11} {:>16} {:>10} {:>12} {:>12} {:>8} {:>12} {:>12} {:>8} {:>10}",

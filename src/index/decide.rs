@@ -1,7 +1,7 @@
 //! `decide()`: model.md §2, step by step, with the evidence for `explain`. Allocation-free
 //! for trees of ordinary depth; the walk up `parents` is bounded by the number of instances.
 
-use super::{Index, STAR};
+use super::{Index, NONE, ResHot, STAR};
 use roaring::RoaringBitmap;
 use serde::Serialize;
 use smallvec::SmallVec;
@@ -159,11 +159,18 @@ impl Index {
     pub fn decide(&self, q: &Query<'_>) -> Decision {
         let p = &*self.policy;
         let names = &self.names;
+        // The user's record and the instance are looked up first, one after the other and
+        // before anything depends on either, so their cache misses overlap.
+        let user = match q.subject {
+            Subject::User(u) => self.user(u),
+            Subject::Role(_) => None,
+        };
+        let org_roles = user.map_or(&[][..], |u| &u.org_roles[..]);
         let node_type = q.group_type.unwrap_or(q.resource_type);
         let x = q
             .resource_key
             .and_then(|k| self.lookup_res(node_type, k))
-            .and_then(|id| self.instance(id).map(|item| (id, item)));
+            .and_then(|id| self.instance_hot(id).map(|item| (id, item)));
 
         // Step 1: the org.
         let org = match q.org {
@@ -194,13 +201,9 @@ impl Index {
         // Step 4: org-wide roles, collected for step 6 too.
         let anc = p.org_anc(o);
         let mut held: SmallVec<[u32; 8]> = SmallVec::new();
-        let user = match q.subject {
-            Subject::User(u) => self.user(u),
-            Subject::Role(_) => None,
-        };
         match q.subject {
             Subject::User(_) => {
-                for &(org_a, role_name) in user.map_or(&[][..], |u| &u.org_roles[..]) {
+                for &(org_a, role_name) in org_roles {
                     if anc.binary_search(&org_a).is_err() {
                         continue;
                     }
@@ -234,9 +237,12 @@ impl Index {
         let Some((x_id, _)) = x else {
             return self.decision(Reason::NoMatchingGrant, Evidence::None);
         };
-        let inst_roles = user.map_or(&[][..], |u| &u.inst_roles[..]);
+        let inst_roles = match user {
+            Some(u) if u.may_hold_in(o) => &u.inst_roles[..],
+            _ => &[],
+        };
         let step5 = inst_roles.iter().any(|&(_, org_a, _)| org_a == o);
-        let step6 = self.counts.role_grants > 0 && !held.is_empty();
+        let step6 = !held.is_empty() && self.grant_may_match(o, t, a, &held);
         if !step5 && !step6 {
             return self.decision(Reason::NoMatchingGrant, Evidence::None);
         }
@@ -265,6 +271,9 @@ impl Index {
         // Step 6: grants on the node or above it, to a role the subject holds through Expand.
         if step6 {
             for &y in &ancestors.list {
+                if !self.res_hot.get(y as usize).is_some_and(|h| h.grants) {
+                    continue;
+                }
                 let Some(rec) = self.res(y) else { continue };
                 for g in &rec.grants {
                     if g.org != o
@@ -295,6 +304,25 @@ impl Index {
         self.decision(Reason::NoMatchingGrant, Evidence::None)
     }
 
+    /// Whether org `o` has a grant that step 6 could find for (`t`, `a`) through a role in
+    /// `held`: without one, the walk up the tree for step 6 cannot succeed and is skipped.
+    /// An org with many kinds of grant is walked without looking.
+    fn grant_may_match(&self, o: u32, t: u32, a: u32, held: &[u32]) -> bool {
+        const MAX_KINDS: usize = 32;
+        let kinds = self.org_grants(o);
+        if kinds.len() > MAX_KINDS {
+            return true;
+        }
+        let p = &*self.policy;
+        kinds.iter().any(|k| {
+            let (pt, pa) = k.pattern;
+            (pt == STAR || pt == t)
+                && (pa == STAR || pa == a)
+                && p.resolve(o, k.role)
+                    .is_some_and(|r| held.iter().any(|&h| p.expand(h).binary_search(&r).is_ok()))
+        })
+    }
+
     /// `ResAnc(x)` within org `o`: `x` and every instance reachable through `parents`, skipping
     /// links to unknown instances or into another org (those are ignored items).
     pub(crate) fn res_ancestors(&self, x: u32, o: u32) -> Ancestors {
@@ -306,10 +334,22 @@ impl Index {
         let mut i = 0;
         while let Some(&y) = anc.list.get(i) {
             i += 1;
-            let Some(item) = self.instance(y) else { continue };
-            for &parent in item.parents.iter() {
-                if self.instance(parent).is_some_and(|pi| pi.org == o) {
-                    anc.insert(parent);
+            let Some(hot) = self.instance_hot(y) else { continue };
+            let in_org = |parent: u32| self.instance_hot(parent).is_some_and(|pi| pi.org == o);
+            match hot.parent {
+                NONE => {}
+                ResHot::MANY => {
+                    let Some(item) = self.instance(y) else { continue };
+                    for &parent in item.parents.iter() {
+                        if in_org(parent) {
+                            anc.insert(parent);
+                        }
+                    }
+                }
+                parent => {
+                    if in_org(parent) {
+                        anc.insert(parent);
+                    }
                 }
             }
         }

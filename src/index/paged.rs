@@ -7,10 +7,12 @@ use std::sync::Arc;
 const PAGE_BITS: usize = 8;
 const PAGE: usize = 1 << PAGE_BITS;
 
-/// A vector split into fixed pages shared between versions. Lookups are two indexings.
+/// A vector split into fixed pages shared between versions. Every page is a full `PAGE`
+/// slots (the last one padded with defaults) held as `Arc<[T]>`, so a lookup is the page
+/// pointer and then the element: no `Vec` header between them.
 #[derive(Clone, Debug)]
 pub struct PagedVec<T> {
-    pages: Vec<Arc<Vec<T>>>,
+    pages: Vec<Arc<[T]>>,
     len: usize,
 }
 
@@ -50,34 +52,30 @@ impl<T: Clone + Default> PagedVec<T> {
 
     /// Grows the vector with default values until `i` is a valid index, then gives its slot.
     pub fn slot(&mut self, i: usize) -> &mut T {
-        while self.len <= i {
-            self.push(T::default());
+        while self.pages.len() <= i >> PAGE_BITS {
+            self.pages.push((0..PAGE).map(|_| T::default()).collect());
         }
-        // The loop above made both the page and the element exist.
-        let page = Arc::make_mut(&mut self.pages[i >> PAGE_BITS]);
-        &mut page[i & (PAGE - 1)]
+        self.len = self.len.max(i + 1);
+        // The loop above made the page exist, and a page has `PAGE` slots.
+        &mut Arc::make_mut(&mut self.pages[i >> PAGE_BITS])[i & (PAGE - 1)]
     }
 
     pub fn push(&mut self, value: T) {
-        if self.len & (PAGE - 1) == 0 {
-            self.pages.push(Arc::new(Vec::with_capacity(PAGE)));
-        }
-        if let Some(last) = self.pages.last_mut() {
-            Arc::make_mut(last).push(value);
-            self.len += 1;
-        }
+        let i = self.len;
+        *self.slot(i) = value;
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &T> {
-        self.pages.iter().flat_map(|p| p.iter())
+        self.pages.iter().flat_map(|p| p.iter()).take(self.len)
     }
 }
 
 /// A map from strings to ids: a hash map built once for a whole snapshot, and a persistent
-/// overlay for the keys deltas add afterwards.
+/// overlay for the keys deltas add afterwards. The base keeps keys of up to 24 bytes inline in
+/// its buckets, so a lookup compares them without loading another cache line.
 #[derive(Clone, Debug, Default)]
 pub struct KeyMap {
-    base: Arc<std::collections::HashMap<Box<str>, u32, foldhash::fast::RandomState>>,
+    base: Arc<std::collections::HashMap<compact_str::CompactString, u32, foldhash::fast::RandomState>>,
     overlay: imbl::HashMap<Arc<str>, u32>,
 }
 
@@ -95,7 +93,7 @@ impl KeyMap {
     pub fn insert(&mut self, key: &str, id: u32) {
         match Arc::get_mut(&mut self.base) {
             Some(base) if self.overlay.is_empty() => {
-                base.insert(key.into(), id);
+                base.insert(compact_str::CompactString::new(key), id);
             }
             _ => {
                 self.overlay.insert(Arc::from(key), id);

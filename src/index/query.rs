@@ -538,7 +538,7 @@ impl Index {
             true
         };
         for uid in uids {
-            let Some(Some(rec)) = self.users.get(uid as usize) else {
+            let Some(rec) = self.users.get(uid as usize) else {
                 continue;
             };
             let user = names.users.name(uid);

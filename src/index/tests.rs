@@ -311,7 +311,6 @@ fn assignment_view(ix: &Index) -> Vec<String> {
     let n = &ix.names;
     let mut out = Vec::new();
     for (uid, rec) in ix.users.iter().enumerate() {
-        let Some(rec) = rec else { continue };
         let u = n.users.name(uid as u32);
         let mut roles: Vec<String> = rec
             .org_roles
@@ -422,4 +421,119 @@ fn users_keep_their_items_whether_or_not_they_say_more_than_the_key() {
         1,
         "deleting twice counts once"
     );
+}
+
+/// Applies one batch at version `v` → `v + 1` made of the given op objects.
+fn step(ix: &Index, v: u64, ops: &str) -> Index {
+    let line = format!(r#"{{"from_version": {v}, "to_version": {}, "ops": [{ops}]}}"#, v + 1);
+    ix.apply(&DeltaBatch::from_json(line.as_bytes()).unwrap()).unwrap()
+}
+
+#[test]
+fn grant_kinds_follow_grants_added_changed_and_deleted() {
+    let carol_play = user("carol", "play", "camera", Some("cam1"), None);
+    let carol_export = user("carol", "export", "camera", Some("cam1"), None);
+    let acme = |ix: &Index| ix.org_grants(ix.names.orgs.get("acme").unwrap()).to_vec();
+    let old = ix();
+    assert_eq!(reason(&old, carol_play), Reason::RoleGrant);
+    assert_eq!(acme(&old).len(), 1);
+
+    // The grant's actions change: `export` now reaches it, `play` no longer does.
+    let grant = r#"{"org": "acme", "role": "guard", "resource": "site:hq", "actions": ["camera:export"]}"#;
+    let changed = step(
+        &old,
+        7,
+        &format!(r#"{{"op": "upsert", "kind": "role_grant", "value": {grant}}}"#),
+    );
+    assert_eq!(changed.decide(&carol_export).reason, Reason::RoleGrant);
+    assert_eq!(changed.decide(&carol_play).reason, Reason::NoMatchingGrant);
+    let kinds = acme(&changed);
+    assert_eq!(kinds.len(), 1, "{kinds:?}");
+    assert_eq!(kinds.first().map(|k| k.count), Some(1));
+
+    // A second grant of the same kind on the camera itself counts twice; deleting one of
+    // them keeps the kind, deleting both removes it and step 6 finds nothing.
+    let on_cam = r#"{"org": "acme", "role": "guard", "resource": "camera:cam1", "actions": ["camera:export"]}"#;
+    let two = step(
+        &changed,
+        8,
+        &format!(r#"{{"op": "upsert", "kind": "role_grant", "value": {on_cam}}}"#),
+    );
+    assert_eq!(acme(&two).first().map(|k| k.count), Some(2));
+    let one = step(
+        &two,
+        9,
+        &format!(r#"{{"op": "delete", "kind": "role_grant", "value": {grant}}}"#),
+    );
+    assert_eq!(acme(&one).first().map(|k| k.count), Some(1));
+    assert_eq!(one.decide(&carol_export).reason, Reason::RoleGrant);
+    let none = step(
+        &one,
+        10,
+        &format!(r#"{{"op": "delete", "kind": "role_grant", "value": {on_cam}}}"#),
+    );
+    assert!(acme(&none).is_empty());
+    assert_eq!(none.decide(&carol_export).reason, Reason::NoMatchingGrant);
+    // The old versions are untouched.
+    assert_eq!(reason(&old, carol_play), Reason::RoleGrant);
+    assert_eq!(acme(&old).first().map(|k| k.pattern.1), old.names.actions.get("play"));
+}
+
+#[test]
+fn tree_walk_follows_moved_and_many_parented_resources() {
+    let bob_photo = user("bob", "read", "document", Some("photo"), None);
+    let old = ix();
+    assert_eq!(reason(&old, bob_photo), Reason::ResourceRole);
+    // The photo moves out from under bob's folder into a new acme folder of its own.
+    let moved = step(
+        &old,
+        7,
+        r#"{"op": "upsert", "kind": "resource", "value": {"type": "folder", "key": "side", "org": "acme"}},
+           {"op": "upsert", "kind": "resource", "value": {"type": "document", "key": "photo", "org": "acme", "parents": ["folder:side"]}}"#,
+    );
+    assert_eq!(moved.decide(&bob_photo).reason, Reason::NoMatchingGrant);
+    // Two parents: the walk reaches bob's folder through the second one.
+    let both = step(
+        &moved,
+        8,
+        r#"{"op": "upsert", "kind": "resource", "value": {"type": "document", "key": "photo", "org": "acme", "parents": ["folder:side", "folder:inner"]}}"#,
+    );
+    assert_eq!(both.decide(&bob_photo).reason, Reason::ResourceRole);
+    // Deleted, the photo is no instance: a type-level check in `default`, where bob has nothing.
+    let gone = step(
+        &both,
+        9,
+        r#"{"op": "delete", "kind": "resource", "value": {"type": "document", "key": "photo"}}"#,
+    );
+    assert_eq!(gone.decide(&bob_photo).reason, Reason::NoMatchingGrant);
+    assert_eq!(reason(&old, bob_photo), Reason::ResourceRole);
+}
+
+#[test]
+fn instance_roles_are_found_in_orgs_that_share_a_mask_bit() {
+    // 40 orgs, so some share a bit of `UserRec::inst_orgs` (org id modulo 32).
+    let mut doc = String::from("format: 1\nversion: 1\norgs:\n");
+    for i in 0..40 {
+        doc.push_str(&format!("  - {{key: o{i}}}\n"));
+    }
+    doc.push_str("resource_types:\n  - {key: folder, actions: [read]}\n");
+    doc.push_str("roles:\n  - {key: viewer, permissions: [\"folder:read\"]}\nresources:\n");
+    for i in 0..40 {
+        doc.push_str(&format!("  - {{type: folder, key: f{i}, org: o{i}}}\n"));
+    }
+    doc.push_str("role_assignments:\n  - {user: u, role: viewer, org: o3, resource: \"folder:f3\"}\n");
+    doc.push_str("  - {user: u, role: viewer, org: o35, resource: \"folder:f35\"}\n");
+    let ix = Index::build(&Snapshot::load(doc.as_bytes(), Encoding::Yaml).unwrap());
+    let read = |ix: &Index, i: usize| {
+        let key = format!("f{i}");
+        ix.decide(&user("u", "read", "folder", Some(&key), None)).reason
+    };
+    let allowed: Vec<usize> = (0..40).filter(|&i| read(&ix, i) == Reason::ResourceRole).collect();
+    assert_eq!(allowed, [3, 35]);
+    // One of the two removed: the other still holds, whatever bit they shared.
+    let line = br#"{"from_version": 1, "to_version": 2, "ops": [
+        {"op": "delete", "kind": "role_assignment", "value": {"user": "u", "role": "viewer", "org": "o3", "resource": "folder:f3"}}]}"#;
+    let next = ix.apply(&DeltaBatch::from_json(line).unwrap()).unwrap();
+    let allowed: Vec<usize> = (0..40).filter(|&i| read(&next, i) == Reason::ResourceRole).collect();
+    assert_eq!(allowed, [35]);
 }
