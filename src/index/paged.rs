@@ -4,12 +4,12 @@
 
 use std::sync::Arc;
 
-const PAGE_BITS: usize = 8;
-const PAGE: usize = 1 << PAGE_BITS;
+/// Elements a page holds at most; see `PagedVec::PER_PAGE`.
+const PAGE: usize = 256;
 
-/// A vector split into fixed pages shared between versions. Every page is a full `PAGE`
-/// slots (the last one padded with defaults) held as `Arc<[T]>`, so a lookup is the page
-/// pointer and then the element: no `Vec` header between them.
+/// A vector split into fixed pages shared between versions. Every page is a full
+/// `PER_PAGE` slots (the last one padded with defaults) held as `Arc<[T]>`, so a lookup is
+/// the page pointer and then the element: no `Vec` header between them.
 #[derive(Clone, Debug)]
 pub struct PagedVec<T> {
     pages: Vec<Arc<[T]>>,
@@ -23,6 +23,27 @@ impl<T> Default for PagedVec<T> {
             len: 0,
         }
     }
+}
+
+impl<T> PagedVec<T> {
+    /// Slots per page: between half of `PAGE` and `PAGE`, as many as fit with the `Arc`
+    /// header in a power-of-two number of bytes, so that a page is exactly one allocator size class (256 slots and the
+    /// header would spill into the next class, a quarter larger).
+    const PER_PAGE: usize = {
+        let size = if std::mem::size_of::<T>() == 0 {
+            1
+        } else {
+            std::mem::size_of::<T>()
+        };
+        let header = if std::mem::align_of::<T>() > 16 {
+            std::mem::align_of::<T>()
+        } else {
+            16
+        };
+        let bytes = (PAGE * size + header).next_power_of_two() / 2;
+        let n = (bytes - header) / size;
+        if n == 0 { 1 } else { n }
+    };
 }
 
 impl<T: Clone + Default> PagedVec<T> {
@@ -39,7 +60,7 @@ impl<T: Clone + Default> PagedVec<T> {
         if i >= self.len {
             return None;
         }
-        self.pages.get(i >> PAGE_BITS)?.get(i & (PAGE - 1))
+        self.pages.get(i / Self::PER_PAGE)?.get(i % Self::PER_PAGE)
     }
 
     /// A mutable slot, copying its page first if another version shares it.
@@ -47,17 +68,17 @@ impl<T: Clone + Default> PagedVec<T> {
         if i >= self.len {
             return None;
         }
-        Arc::make_mut(self.pages.get_mut(i >> PAGE_BITS)?).get_mut(i & (PAGE - 1))
+        Arc::make_mut(self.pages.get_mut(i / Self::PER_PAGE)?).get_mut(i % Self::PER_PAGE)
     }
 
     /// Grows the vector with default values until `i` is a valid index, then gives its slot.
     pub fn slot(&mut self, i: usize) -> &mut T {
-        while self.pages.len() <= i >> PAGE_BITS {
-            self.pages.push((0..PAGE).map(|_| T::default()).collect());
+        while self.pages.len() <= i / Self::PER_PAGE {
+            self.pages.push((0..Self::PER_PAGE).map(|_| T::default()).collect());
         }
         self.len = self.len.max(i + 1);
-        // The loop above made the page exist, and a page has `PAGE` slots.
-        &mut Arc::make_mut(&mut self.pages[i >> PAGE_BITS])[i & (PAGE - 1)]
+        // The loop above made the page exist, and a page has `PER_PAGE` slots.
+        &mut Arc::make_mut(&mut self.pages[i / Self::PER_PAGE])[i % Self::PER_PAGE]
     }
 
     pub fn push(&mut self, value: T) {
@@ -144,6 +165,23 @@ impl Interner {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pages_fill_an_allocator_size_class() {
+        assert_eq!(PagedVec::<u32>::PER_PAGE, 252);
+        assert_eq!(PagedVec::<Option<Arc<u64>>>::PER_PAGE, 254);
+        assert_eq!(PagedVec::<(u64, u64)>::PER_PAGE, 255);
+        assert_eq!(PagedVec::<super::super::UserRec>::PER_PAGE, 255);
+        let mut v: PagedVec<u64> = PagedVec::default();
+        for i in 0..1000 {
+            v.push(i);
+        }
+        assert_eq!(
+            (v.len(), v.iter().count(), v.get(999), v.get(1000)),
+            (1000, 1000, Some(&999), None)
+        );
+        assert_eq!(v.pages.len(), 4);
+    }
 
     #[test]
     fn paged_vec_copies_only_touched_pages() {
