@@ -47,26 +47,37 @@ fn env_or(name: &str, default: usize) -> usize {
 
 /// Median time per call of `f` over `batches` batches of about 20 ms each.
 fn per_call(batches: usize, mut f: impl FnMut()) -> Duration {
-    let mut n = 1u32;
-    loop {
-        let t = Instant::now();
+    let mut calls = |n: u32| {
         for _ in 0..n {
             f();
         }
+    };
+    let n = batch_size(&mut calls);
+    median(
+        (0..batches.max(1))
+            .map(|_| {
+                let t = Instant::now();
+                calls(n);
+                t.elapsed() / n
+            })
+            .collect(),
+    )
+}
+
+/// The number of calls that makes a batch of about 20 ms: `run(n)` makes `n` calls.
+fn batch_size(mut run: impl FnMut(u32)) -> u32 {
+    let mut n = 1u32;
+    loop {
+        let t = Instant::now();
+        run(n);
         if t.elapsed() >= Duration::from_millis(20) || n >= 1 << 26 {
-            break;
+            return n;
         }
         n *= 2;
     }
-    let mut v: Vec<Duration> = (0..batches.max(1))
-        .map(|_| {
-            let t = Instant::now();
-            for _ in 0..n {
-                f();
-            }
-            t.elapsed() / n
-        })
-        .collect();
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v.get(v.len() / 2).copied().unwrap_or_default()
 }
@@ -93,7 +104,7 @@ struct Row {
     mix: Duration,
 }
 
-fn run(name: &str, n: usize, batches: usize, cap: usize) -> (Row, Index, Vec<picks::OwnedQuery>) {
+fn run(name: &str, n: usize, batches: usize, cap: usize) -> (Row, Index, Vec<OwnedQuery>) {
     let t = Instant::now();
     let snapshot = generate(&sizes::params(n));
     let index = Index::build(&snapshot);
@@ -229,17 +240,7 @@ fn mix_interleaved(sets: &[(Index, Vec<OwnedQuery>)], batches: usize) -> Vec<Dur
     let ns: Vec<u32> = sets
         .iter()
         .zip(&qs)
-        .map(|((index, _), qs)| {
-            let mut n = 1024u32;
-            loop {
-                let t = Instant::now();
-                cycle(index, qs, n);
-                if t.elapsed() >= Duration::from_millis(20) || n >= 1 << 26 {
-                    break n;
-                }
-                n *= 2;
-            }
-        })
+        .map(|((index, _), qs)| batch_size(|n| cycle(index, qs, n)))
         .collect();
     let mut samples: Vec<Vec<Duration>> = vec![Vec::new(); sets.len()];
     for _ in 0..batches.max(1) {
@@ -249,13 +250,7 @@ fn mix_interleaved(sets: &[(Index, Vec<OwnedQuery>)], batches: usize) -> Vec<Dur
             out.push(t.elapsed() / n);
         }
     }
-    samples
-        .into_iter()
-        .map(|mut v| {
-            v.sort();
-            v.get(v.len() / 2).copied().unwrap_or_default()
-        })
-        .collect()
+    samples.into_iter().map(median).collect()
 }
 
 /// What the mix is made of: per reason, how many checks and the time per decision cycling

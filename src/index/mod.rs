@@ -185,7 +185,7 @@ pub struct Index {
     org_type_res: imbl::HashMap<(u32, u32), Arc<RoaringBitmap>>,
     /// Per org id: which grants exist in it, so `decide` walks a tree for step 6 only when
     /// one could match.
-    org_grants: PagedVec<Option<Arc<Vec<GrantKind>>>>,
+    org_grants: PagedVec<Vec<GrantKind>>,
     counts: Counts,
     ignored: Arc<OnceLock<Arc<Vec<Ignored>>>>,
     /// Reverse `parents` links and grant sites, for the queries; computed once per version on
@@ -693,8 +693,7 @@ impl Index {
 
     /// Adds (`by` = 1) or removes (-1) a grant's kinds in its org's `org_grants`.
     fn count_grant(&mut self, g: &GrantRec, by: i64) {
-        let slot = self.org_grants.slot(g.org as usize);
-        let kinds = Arc::make_mut(slot.get_or_insert_with(Arc::default));
+        let kinds = self.org_grants.slot(g.org as usize);
         for &pattern in g.patterns.iter() {
             let key = (g.role, pattern);
             match kinds.binary_search_by_key(&key, |k| (k.role, k.pattern)) {
@@ -717,18 +716,12 @@ impl Index {
                 Err(_) => {}
             }
         }
-        if kinds.is_empty() {
-            *slot = None;
-        }
     }
 
     /// The grant kinds of org `o`, sorted by (role-name id, pattern).
     #[inline]
     pub(crate) fn org_grants(&self, o: u32) -> &[GrantKind] {
-        match self.org_grants.get(o as usize) {
-            Some(Some(k)) => k,
-            _ => &[],
-        }
+        self.org_grants.get(o as usize).map_or(&[], |k| k)
     }
 
     fn delete_grant(&mut self, org: &str, role: &str, resource: &str) {
@@ -774,7 +767,7 @@ impl Index {
         (self.policy.type_known(rec.resource_type) && self.policy.org_known(item.org)).then_some(item)
     }
 
-    /// The org of instance `id`, when it exists for decisions (as `instance`), and its hot entry.
+    /// The flat entry of instance `id`, when the instance exists for decisions (as `instance`).
     #[inline]
     pub(crate) fn instance_hot(&self, id: u32) -> Option<&ResHot> {
         let hot = self.res_hot.get(id as usize)?;

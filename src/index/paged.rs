@@ -27,8 +27,8 @@ impl<T> Default for PagedVec<T> {
 
 impl<T> PagedVec<T> {
     /// Slots per page: between half of `PAGE` and `PAGE`, as many as fit with the `Arc`
-    /// header in a power-of-two number of bytes, so that a page is exactly one allocator size class (256 slots and the
-    /// header would spill into the next class, a quarter larger).
+    /// header in a power-of-two number of bytes, so that a page is exactly one allocator size
+    /// class (256 slots and the header would spill into the next class, a quarter larger).
     const PER_PAGE: usize = {
         let size = if std::mem::size_of::<T>() == 0 {
             1
