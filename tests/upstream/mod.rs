@@ -249,6 +249,9 @@ async fn handle(
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
     let mut st = state.lock().unwrap();
+    // The stream generation as of this request: a `drop_streams` from now on ends its stream,
+    // even one that comes before the stream's task first runs.
+    let generation = tick.borrow().1;
     st.requests
         .push((tokio::time::Instant::now(), path_q.clone(), auth.clone()));
     if let Some(token) = &st.token
@@ -345,6 +348,7 @@ async fn handle(
             tokio::spawn(stream_deltas(
                 state.clone(),
                 tick.subscribe(),
+                generation,
                 tx,
                 start,
                 fault,
@@ -398,12 +402,12 @@ async fn handle(
 async fn stream_deltas(
     state: Arc<Mutex<State>>,
     mut tick: watch::Receiver<(u64, u64)>,
+    generation: u64,
     tx: mpsc::Sender<Result<Frame<Bytes>, std::io::Error>>,
     mut next: usize,
     fault: Option<StreamFault>,
     heartbeat: Duration,
 ) {
-    let generation = tick.borrow_and_update().1;
     let send = |b: Bytes| {
         let tx = tx.clone();
         async move { tx.send(Ok(Frame::data(b))).await.is_ok() }
@@ -428,6 +432,9 @@ async fn stream_deltas(
     }
     let cut = fault == Some(StreamFault::CutNextLine);
     loop {
+        if tick.borrow_and_update().1 != generation {
+            return;
+        }
         let lines: Vec<String> = {
             let st = state.lock().unwrap();
             st.history
