@@ -23,6 +23,14 @@ mod sizes;
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+/// jemalloc's settings, read by jemalloc at its start (see `permd::JEMALLOC_CONF`). The one
+/// `unsafe` in permd: exporting a symbol under a chosen name. jemalloc reads it as a C string,
+/// which the constant is (NUL-terminated), and nothing else defines this name.
+#[cfg(feature = "jemalloc")]
+#[allow(unsafe_code, non_upper_case_globals)]
+#[unsafe(export_name = "_rjem_malloc_conf")]
+pub static malloc_conf: &[u8; 21] = permd::JEMALLOC_CONF;
+
 use permd::index::Index;
 use permd::model::generate::generate;
 use permd::model::{Encoding, Snapshot, validate};
