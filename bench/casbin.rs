@@ -19,19 +19,9 @@
 // something else: `expect` and `panic` are the right tools here, unlike in the library.
 #![allow(clippy::expect_used, clippy::panic)]
 
-/// The allocator of the permd binary (src/main.rs): where the index's records land in memory
-/// is part of what `decide` costs on a big index.
-#[cfg(feature = "jemalloc")]
-#[global_allocator]
-static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
-/// jemalloc's settings, read by jemalloc at its start (see `permd::JEMALLOC_CONF`). The one
-/// `unsafe` in permd: exporting a symbol under a chosen name. jemalloc reads it as a C string,
-/// which the constant is (NUL-terminated), and nothing else defines this name.
-#[cfg(feature = "jemalloc")]
-#[allow(unsafe_code, non_upper_case_globals)]
-#[unsafe(export_name = "_rjem_malloc_conf")]
-pub static malloc_conf: &[u8; 21] = permd::JEMALLOC_CONF;
+// The allocator of the permd binary (src/main.rs): where the index's records land in memory
+// is part of what `decide` costs on a big index.
+permd::jemalloc!();
 
 #[path = "picks.rs"]
 mod picks;

@@ -18,18 +18,8 @@
 #[path = "sizes.rs"]
 mod sizes;
 
-/// The allocator of the permd binary (src/main.rs), so the memory figures are permd's.
-#[cfg(feature = "jemalloc")]
-#[global_allocator]
-static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
-/// jemalloc's settings, read by jemalloc at its start (see `permd::JEMALLOC_CONF`). The one
-/// `unsafe` in permd: exporting a symbol under a chosen name. jemalloc reads it as a C string,
-/// which the constant is (NUL-terminated), and nothing else defines this name.
-#[cfg(feature = "jemalloc")]
-#[allow(unsafe_code, non_upper_case_globals)]
-#[unsafe(export_name = "_rjem_malloc_conf")]
-pub static malloc_conf: &[u8; 21] = permd::JEMALLOC_CONF;
+// The allocator of the permd binary (src/main.rs), so the memory figures are permd's.
+permd::jemalloc!();
 
 use permd::index::Index;
 use permd::model::generate::generate;

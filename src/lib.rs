@@ -31,9 +31,30 @@ pub mod sync;
 /// The settings the binaries compile into jemalloc (`_RJEM_MALLOC_CONF` in the environment
 /// still overrides them). `thp:always`: jemalloc asks for transparent huge pages on the memory
 /// it maps (the kernel's default mode, `madvise`, gives them only when asked). A big index
-/// spreads a decision's handful of cache lines over as many 4 KiB pages, and on 1M
-/// assignments the TLB misses were a fifth of `decide`'s time. `narenas:2`: one arena per core
-/// of a sidecar's usual two instead of eight, so the partly filled huge pages of idle arenas do
-/// not add up (the example snapshot: 12.9 MiB resident with neither setting, 28 MiB with huge
-/// pages and eight arenas, 15.8 MiB with both). Figures in bench/README.md.
+/// spreads a decision's handful of cache lines over as many 4 KiB pages; on 1M assignments
+/// huge pages took about a fifth off the `decide` mix, which is what TLB misses had cost.
+/// `narenas:2`: one arena per core of a sidecar's usual two instead of eight, so the partly
+/// filled huge pages of idle arenas do not add up (the example snapshot: 12.9 MiB resident
+/// with neither setting, 28 MiB with huge pages and eight arenas, about 16 MiB with both).
+/// Figures in bench/README.md.
 pub const JEMALLOC_CONF: &[u8; 21] = b"thp:always,narenas:2\0";
+
+/// Makes jemalloc, with [`JEMALLOC_CONF`], the allocator of the binary that calls it (the
+/// permd binary, and the benches whose figures are permd's). Does nothing without the default
+/// `jemalloc` feature.
+#[macro_export]
+macro_rules! jemalloc {
+    () => {
+        #[cfg(feature = "jemalloc")]
+        #[global_allocator]
+        static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+        /// Read by jemalloc at its start. The one `unsafe` in permd: exporting a symbol under
+        /// a chosen name. jemalloc reads it as a C string, which the constant is
+        /// (NUL-terminated), and nothing else defines this name.
+        #[cfg(feature = "jemalloc")]
+        #[allow(unsafe_code, non_upper_case_globals)]
+        #[unsafe(export_name = "_rjem_malloc_conf")]
+        pub static malloc_conf: &[u8; 21] = $crate::JEMALLOC_CONF;
+    };
+}

@@ -6,20 +6,10 @@ use permd::cli::{self, Cli, Command};
 use permd::config::{Config, LogFormat};
 use std::process::ExitCode;
 
-/// jemalloc returns the memory of a dropped snapshot document to the system and keeps the
-/// index's millions of small allocations tighter than glibc's malloc: on the 1M-assignment
-/// snapshot about half the resident memory and a faster build (bench/README.md).
-#[cfg(feature = "jemalloc")]
-#[global_allocator]
-static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
-/// jemalloc's settings, read by jemalloc at its start (see `permd::JEMALLOC_CONF`). The one
-/// `unsafe` in permd: exporting a symbol under a chosen name. jemalloc reads it as a C string,
-/// which the constant is (NUL-terminated), and nothing else defines this name.
-#[cfg(feature = "jemalloc")]
-#[allow(unsafe_code, non_upper_case_globals)]
-#[unsafe(export_name = "_rjem_malloc_conf")]
-pub static malloc_conf: &[u8; 21] = permd::JEMALLOC_CONF;
+// jemalloc returns the memory of a dropped snapshot document to the system and keeps the
+// index's millions of small allocations tighter than glibc's malloc: on the 1M-assignment
+// snapshot about half the resident memory and a faster build (bench/README.md).
+permd::jemalloc!();
 
 /// EX_USAGE: the configuration is wrong.
 const EXIT_CONFIG: u8 = 64;
