@@ -21,7 +21,9 @@
 # bench/data/cerbos-npm if absent, checked against permd on every body once before timing;
 # also: permd-nometrics = `--metrics false`, permd-log1pct = the
 # decision log on at 1% sampling into a file; `TARGETS="floor permd permd-nometrics
-# permd-log1pct"` is the observability comparison of bench/README.md).
+# permd-log1pct"` is the observability comparison of bench/README.md; permd-malloc = permd with
+# jemalloc's settings overridden by `_RJEM_MALLOC_CONF=$PERMD_MALLOC_CONF`, to compare allocator
+# settings side by side).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -126,7 +128,7 @@ cerbos_ready() { [[ $(curl -s -o /dev/null -w '%{http_code}' "$1/_cerbos/health"
 
 declare -A URL PID
 start_target() { # start_target NAME: starts it, fills URL[NAME] and PID[NAME]
-  local name=$1 extra=()
+  local name=$1 extra=() env=()
   case $name in
     floor)
       "${SERVER_PIN[@]}" "$FLOOR" --addr 127.0.0.1:0 >"$WORK/floor.out" 2>"$WORK/floor.err" &
@@ -156,10 +158,11 @@ start_target() { # start_target NAME: starts it, fills URL[NAME] and PID[NAME]
     permd) ;;
     permd-nometrics) extra=(--metrics false) ;;
     permd-log1pct) extra=(--decision-log "$WORK/decisions.jsonl" --decision-log-sample-rate 0.01) ;;
+    permd-malloc) env=("_RJEM_MALLOC_CONF=${PERMD_MALLOC_CONF:?permd-malloc needs PERMD_MALLOC_CONF}") ;;
     *) log "unknown target $name"; exit 1 ;;
   esac
   # JSON logs, so the bound port can be read without ANSI colors in the way.
-  "${SERVER_PIN[@]}" "$PERMD" serve --source "file://$SNAPSHOT" --http-addr 127.0.0.1:0 --grpc-addr 127.0.0.1:0 \
+  env "${env[@]}" "${SERVER_PIN[@]}" "$PERMD" serve --source "file://$SNAPSHOT" --http-addr 127.0.0.1:0 --grpc-addr 127.0.0.1:0 \
     --log-format json --log-level info --config /dev/null "${extra[@]}" 2>"$WORK/$name.log" >/dev/null &
   PID[$name]=$!
   PIDS+=("$!")
@@ -319,6 +322,7 @@ has grpc && has permd && ratio grpc permd " (gRPC Enforce vs HTTP /allowed)"
 has permd && has permd-nometrics && ratio permd permd-nometrics " (metrics on vs off; target >= 95%)" 95 "≥ 95%"
 has permd-log1pct && has permd && ratio permd-log1pct permd " (decision log at 1% vs off; target >= 90%)" 90 "≥ 90%"
 has permd-log1pct && has permd-nometrics && ratio permd-log1pct permd-nometrics " (decision log at 1% and metrics vs neither)"
+has permd-malloc && has permd && ratio permd-malloc permd " (permd with _RJEM_MALLOC_CONF=$PERMD_MALLOC_CONF vs as built)"
 # permd against Cerbos, by round and the median: throughput permd/cerbos, and how many times
 # Cerbos's p99 and CPU per check are permd's (the goals: >= 10x, p99 <= 1/10, CPU <= 1/15).
 versus() { # versus A B

@@ -150,6 +150,98 @@ fn load(addr: &str, clients: u64, secs: u64) -> Vec<Duration> {
     threads.into_iter().flat_map(|t| t.join().unwrap()).collect()
 }
 
+/// What `absorb` measured.
+struct Absorbed {
+    base: (Duration, Duration),
+    under: (Duration, Duration),
+    ops_per_s: f64,
+    caught_up: Duration,
+}
+
+impl Absorbed {
+    fn print(&self, how: &str) {
+        let yes = |ok: bool| if ok { "yes" } else { "no" };
+        let ((b50, b99), (u50, u99)) = (self.base, self.under);
+        let ratio = u99.as_secs_f64() / b99.as_secs_f64();
+        println!(
+            "/allowed{how}: alone p50 {b50:?}, p99 {b99:?}; absorbing {:.0} ops/s p50 {u50:?}, p99 {u99:?} (x{ratio:.2}); the last version reached {:?} after the feed stopped",
+            self.ops_per_s, self.caught_up
+        );
+        println!(
+            "TABLE|sync|/allowed p99 absorbing {:.0} ops/s vs alone{how}|{u99:.2?} vs {b99:.2?} (x{ratio:.2})|at most doubled|{}",
+            self.ops_per_s,
+            yes(u99 <= b99 * 2)
+        );
+    }
+}
+
+/// `/allowed` under closed-loop load alone, then while the upstream streams 100 batches of 100
+/// ops a second, starting at `version`; waits until permd has the last one.
+fn absorb(up: &Arc<Upstream>, addr: &str, version: u64, clients: u64, secs: u64) -> Absorbed {
+    let mut base = load(addr, clients, secs);
+    let base = (pct(&mut base, 0.5), pct(&mut base, 0.99));
+    let stop = Arc::new(AtomicBool::new(false));
+    let published = Arc::new(AtomicU64::new(0));
+    let feeder = {
+        let (stop, published, up) = (stop.clone(), published.clone(), up.clone());
+        std::thread::spawn(move || {
+            let mut v = version;
+            let mut i = 1_000_000u64 + version * 100;
+            let start = Instant::now();
+            let mut tick = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                tick += 1;
+                let ops = (0..100).map(|k| assignment(i + k)).collect();
+                i += 100;
+                up.publish_stream_only(&DeltaBatch {
+                    from_version: v,
+                    to_version: v + 1,
+                    ops,
+                });
+                v += 1;
+                published.fetch_add(100, Ordering::Relaxed);
+                let due = start + Duration::from_millis(10 * tick);
+                if let Some(d) = due.checked_duration_since(Instant::now()) {
+                    std::thread::sleep(d);
+                }
+            }
+            v
+        })
+    };
+    let mut under = load(addr, clients, secs);
+    stop.store(true, Ordering::Relaxed);
+    let last = feeder.join().unwrap();
+    let ops = published.load(Ordering::Relaxed);
+    let under = (pct(&mut under, 0.5), pct(&mut under, 0.99));
+    let t = Instant::now();
+    let mut c = Conn::new(addr);
+    c.send(
+        "/allowed",
+        &format!("x-permd-min-version: {last}\r\nx-permd-wait-ms: 30000\r\n"),
+        CHECK,
+    );
+    let (st, body) = c.recv();
+    assert_eq!(st, 200, "version {last} not reached: {body}");
+    Absorbed {
+        base,
+        under,
+        ops_per_s: ops as f64 / secs as f64,
+        caught_up: t.elapsed(),
+    }
+}
+
+/// `permd_cache_operations_total{op="write",result="ok"}` from permd's `/metrics`.
+fn cache_writes(addr: &str) -> u64 {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out.lines()
+        .find_map(|l| l.strip_prefix("permd_cache_operations_total{op=\"write\",result=\"ok\"} "))
+        .map_or(0, |v| v.trim().parse().unwrap_or(0))
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 1)]
 async fn main() {
     let bin = std::env::var("PERMD_BIN").unwrap_or_else(|_| "target/release/permd".into());
@@ -203,75 +295,39 @@ async fn main() {
         yes(p99 <= Duration::from_millis(1))
     );
 
-    // 2. /allowed under load, without and with 10,000 ops/s of deltas.
-    let mut base = load(&addr, clients, secs);
-    let base_rps = base.len() as f64 / secs as f64;
-    let (b50, b99) = (pct(&mut base, 0.5), pct(&mut base, 0.99));
-    println!("/allowed alone: {base_rps:.0} req/s, p50 {b50:?}, p99 {b99:?}");
-    let stop = Arc::new(AtomicBool::new(false));
-    let published = Arc::new(AtomicU64::new(0));
-    let feeder = {
-        let (stop, published) = (stop.clone(), published.clone());
-        let up_version = version;
-        let up = Arc::new(up);
-        let upc = up.clone();
-        let h = std::thread::spawn(move || {
-            let mut v = up_version;
-            let mut i = 1_000_000u64;
-            let start = Instant::now();
-            let mut tick = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                tick += 1;
-                let ops = (0..100).map(|k| assignment(i + k)).collect();
-                i += 100;
-                upc.publish_stream_only(&DeltaBatch {
-                    from_version: v,
-                    to_version: v + 1,
-                    ops,
-                });
-                v += 1;
-                published.fetch_add(100, Ordering::Relaxed);
-                let due = start + Duration::from_millis(10 * tick);
-                if let Some(d) = due.checked_duration_since(Instant::now()) {
-                    std::thread::sleep(d);
-                }
-            }
-            v
-        });
-        (h, up)
-    };
-    let mut under = load(&addr, clients, secs);
-    stop.store(true, Ordering::Relaxed);
-    let last = feeder.0.join().unwrap();
-    let ops = published.load(Ordering::Relaxed);
-    let rps = under.len() as f64 / secs as f64;
-    let (u50, u99) = (pct(&mut under, 0.5), pct(&mut under, 0.99));
-    let t = Instant::now();
-    let mut c = Conn::new(&addr);
-    c.send(
-        "/allowed",
-        &format!("x-permd-min-version: {last}\r\nx-permd-wait-ms: 30000\r\n"),
-        CHECK,
+    // 2. /allowed under load, without and with 10,000 ops/s of deltas; then the same with a
+    //    cache directory, in a fresh permd, so the cache writer's cost shows beside it.
+    let up = Arc::new(up);
+    let plain = absorb(&up, &addr, version, clients, secs);
+    plain.print("");
+    let _ = child.kill();
+    let _ = child.wait();
+    let cache_dir = tempfile::tempdir().unwrap();
+    let (mut child, addr) = spawn(
+        &bin,
+        &["--source", &up.url(), "--cache-dir", cache_dir.path().to_str().unwrap()],
     );
-    let (st, _) = c.recv();
-    println!(
-        "/allowed with deltas: {rps:.0} req/s, p50 {u50:?}, p99 {u99:?} (p99 x{:.2}); {:.0} ops/s published, last version reached {:?} after the feed stopped (status {st})",
-        u99.as_secs_f64() / b99.as_secs_f64(),
-        ops as f64 / secs as f64,
-        t.elapsed()
+    assert!(
+        ready(&addr, Duration::from_secs(120)),
+        "permd with a cache did not get ready"
     );
-    println!(
-        "TABLE|sync|/allowed p99 absorbing {:.0} ops/s vs alone|{u99:.2?} vs {b99:.2?} (x{:.2})|at most doubled|{}",
-        ops as f64 / secs as f64,
-        u99.as_secs_f64() / b99.as_secs_f64(),
-        yes(u99 <= b99 * 2)
-    );
+    // The first write (the fetched snapshot) is not part of the measurement.
+    let end = Instant::now() + Duration::from_secs(60);
+    while cache_writes(&addr) == 0 {
+        assert!(Instant::now() < end, "the first cache write did not come");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let writes_before = cache_writes(&addr);
+    let cached = absorb(&up, &addr, up.version(), clients, secs);
+    let writes = cache_writes(&addr) - writes_before;
+    cached.print(" with --cache-dir");
+    println!("cache writes of the 1M index while absorbing: {writes} in {secs} s");
+    println!("TABLE|sync|cache writes of the 1M index in {secs} s of absorbing (paced: rest 9x a write)|{writes}||");
     let _ = child.kill();
     let _ = child.wait();
 
     // 3. Warm start from the cache of the 1M snapshot, upstream down.
     let dir = tempfile::tempdir().unwrap();
-    let up = feeder.1;
     let cache = permd::sync::Cache::new(dir.path().into(), up.url(), usize::MAX);
     cache.write(&snapshot, std::time::SystemTime::now()).unwrap();
     let size = std::fs::metadata(cache.path()).unwrap().len();

@@ -250,10 +250,39 @@ pub async fn warm_start(cache: &Arc<Cache>, store: &Store) -> bool {
     }
 }
 
-/// Writes every new active version, coalescing: while one write runs, later versions collapse
-/// into the newest, which is written next.
-pub async fn write_each_version(cache: Arc<Cache>, store: Arc<Store>) {
+/// How the writer paces itself. A write is the whole version (encode, checksum, fsync): on a
+/// large index under a steady delta stream, writing each version back to back would keep a
+/// core busy. After a write that took `t` the writer rests `t × rest_factor` (within
+/// `min_rest..=max_rest`) before it writes again, so it spends at most about
+/// `1 / (rest_factor + 1)` of one core, and the file lags the active version by at most about
+/// one write and one rest. Versions that come while it writes or rests collapse into the
+/// newest.
+#[derive(Debug, Clone, Copy)]
+pub struct Pacing {
+    pub rest_factor: u32,
+    pub min_rest: Duration,
+    pub max_rest: Duration,
+}
+
+impl Pacing {
+    /// At most a tenth of a core; a rest never longer than a minute.
+    pub const DEFAULT: Pacing = Pacing {
+        rest_factor: 9,
+        min_rest: Duration::ZERO,
+        max_rest: Duration::from_secs(60),
+    };
+
+    pub fn rest_after(&self, took: Duration) -> Duration {
+        took.saturating_mul(self.rest_factor)
+            .clamp(self.min_rest, self.max_rest)
+    }
+}
+
+/// Writes the active version whenever a new one comes, paced by `pacing`.
+pub async fn write_each_version(cache: Arc<Cache>, store: Arc<Store>, pacing: Pacing) {
     let mut rx = store.subscribe();
+    // A version published before this task first ran is written too.
+    rx.mark_changed();
     loop {
         if rx.changed().await.is_err() {
             return;
@@ -267,18 +296,16 @@ pub async fn write_each_version(cache: Arc<Cache>, store: Arc<Store>) {
         let started = std::time::Instant::now();
         let version = index.version();
         let written = tokio::task::spawn_blocking(move || c.write(&index.to_snapshot(), current_at)).await;
+        let took = started.elapsed();
         if let Some(m) = crate::metrics::get() {
             m.cache("write", matches!(written, Ok(Ok(()))));
         }
         match written {
-            Ok(Ok(())) => tracing::debug!(
-                version,
-                write_ms = started.elapsed().as_millis() as u64,
-                "cache written"
-            ),
+            Ok(Ok(())) => tracing::debug!(version, write_ms = took.as_millis() as u64, "cache written"),
             Ok(Err(e)) => tracing::warn!(error = %e, "cache not written"),
             Err(e) => tracing::error!(error = %e, "cache writer failed"),
         }
+        tokio::time::sleep(pacing.rest_after(took)).await;
     }
 }
 
@@ -326,6 +353,59 @@ mod tests {
         assert!(other.read().unwrap_err().to_string().contains("written for source"));
         let small = Cache::new(dir.path().into(), "http://up".into(), 10);
         assert!(small.read().unwrap_err().to_string().contains("max_snapshot_bytes"));
+    }
+
+    #[test]
+    fn the_rest_is_the_write_time_times_the_factor_within_its_bounds() {
+        let p = Pacing::DEFAULT;
+        assert_eq!(p.rest_after(Duration::from_millis(100)), Duration::from_millis(900));
+        assert_eq!(p.rest_after(Duration::from_secs(3600)), Duration::from_secs(60));
+        assert_eq!(p.rest_after(Duration::ZERO), Duration::ZERO);
+        let floor = Pacing {
+            min_rest: Duration::from_millis(5),
+            ..p
+        };
+        assert_eq!(floor.rest_after(Duration::ZERO), Duration::from_millis(5));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_writer_rests_after_a_write_then_writes_the_newest_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Arc::new(Cache::new(dir.path().into(), "http://up".into(), 1 << 20));
+        let store = Store::new("http://up");
+        let rest = Duration::from_millis(800);
+        let pacing = Pacing {
+            rest_factor: 0,
+            min_rest: rest,
+            max_rest: rest,
+        };
+        tokio::spawn(write_each_version(cache.clone(), store.clone(), pacing));
+        let on_disk = || cache.read().unwrap().map(|(s, _)| s.version);
+        let until = |want: u64| {
+            let on_disk = &on_disk;
+            async move {
+                let end = std::time::Instant::now() + Duration::from_secs(20);
+                while on_disk() != Some(want) {
+                    assert!(std::time::Instant::now() < end, "version {want} never written");
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        };
+        let published = std::time::Instant::now();
+        store.publish(Index::build(&snap()));
+        until(9).await;
+        for v in [10, 11] {
+            let batch = crate::model::DeltaBatch {
+                from_version: v - 1,
+                to_version: v,
+                ops: vec![],
+            };
+            store.publish(store.load().unwrap().apply(&batch).unwrap());
+        }
+        until(11).await;
+        // Version 9's write ended after it was published, and the next one waited `rest` after
+        // that: without the rest, 10 and 11 are on disk within milliseconds.
+        assert!(published.elapsed() >= rest, "{:?}", published.elapsed());
     }
 
     #[test]

@@ -31,7 +31,11 @@ use std::time::{Duration, SystemTime};
 pub fn spawn(cfg: &Config, store: Arc<Store>) -> tokio::task::JoinHandle<()> {
     let cache = cfg.cache_dir.as_ref().map(|dir| {
         let cache = Arc::new(Cache::new(dir.clone(), cfg.source.display(), cfg.max_snapshot_bytes));
-        tokio::spawn(cache::write_each_version(cache.clone(), store.clone()));
+        tokio::spawn(cache::write_each_version(
+            cache.clone(),
+            store.clone(),
+            cache::Pacing::DEFAULT,
+        ));
         cache
     });
     match &cfg.source {
