@@ -4,7 +4,8 @@
 //! 1. one-op batch → visible to checks: a check holding `X-Permd-Min-Version: N+1` waits in
 //!    permd; the time from the upstream writing the line to the check's answer, p50/p99;
 //! 2. `/allowed` p50/p99 under closed-loop load, without and then with 10,000 ops/s of streamed
-//!    deltas (100 batches/s of 100 ops), and whether permd kept up;
+//!    deltas (100 batches/s of 100 ops), and whether permd kept up; then the same in a fresh
+//!    permd with `--cache-dir`, counting its cache writes while it absorbs;
 //! 3. warm start: the cache of that snapshot, upstream down, process start → `/readyz` 200.
 //!
 //! `cargo build --release && cargo run --release --example sync_bench` (env `PERMD_BIN`,
