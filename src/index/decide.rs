@@ -160,16 +160,18 @@ impl Index {
         let p = &*self.policy;
         let names = &self.names;
         // The user's record and the instance are looked up first, one after the other and
-        // before anything depends on either, so their cache misses overlap.
+        // before anything depends on either, so their cache misses overlap. The type's id is
+        // looked up once, for the instance and for step 2.
+        let node_type = names.types.get(q.group_type.unwrap_or(q.resource_type));
         let user = match q.subject {
             Subject::User(u) => self.user(u),
             Subject::Role(_) => None,
         };
         let org_roles = user.map_or(&[][..], |u| &u.org_roles[..]);
-        let node_type = q.group_type.unwrap_or(q.resource_type);
         let x = q
             .resource_key
-            .and_then(|k| self.lookup_res(node_type, k))
+            .zip(node_type)
+            .and_then(|(k, nt)| self.res_keys.get(nt as usize)?.get(k))
             .and_then(|id| self.instance_hot(id).map(|item| (id, item)));
 
         // Step 1: the org.
@@ -184,7 +186,11 @@ impl Index {
             return self.decision(Reason::UnknownOrg, Evidence::None);
         };
         // Step 2: the type and the action.
-        let Some(t) = names.types.get(q.resource_type).filter(|t| p.type_known(*t)) else {
+        let t = match q.group_type {
+            None => node_type,
+            Some(_) => names.types.get(q.resource_type),
+        };
+        let Some(t) = t.filter(|t| p.type_known(*t)) else {
             return self.decision(Reason::UnknownResourceType, Evidence::None);
         };
         let action = names.actions.get(q.action);

@@ -243,6 +243,13 @@ impl Index {
 
     /// Drops the spare capacity insertion left behind; a full build does it once at the end.
     fn shrink(&mut self) {
+        let n = &mut self.names;
+        for i in [&mut n.orgs, &mut n.types, &mut n.actions, &mut n.roles, &mut n.users] {
+            i.shrink();
+        }
+        for m in &mut self.res_keys {
+            m.shrink();
+        }
         for i in 0..self.users.len() {
             if let Some(rec) = self.users.get_mut(i) {
                 rec.org_roles.shrink_to_fit();

@@ -91,12 +91,11 @@ impl<T: Clone + Default> PagedVec<T> {
     }
 }
 
-/// A map from strings to ids: a hash map built once for a whole snapshot, and a persistent
-/// overlay for the keys deltas add afterwards. The base keeps keys of up to 24 bytes inline in
-/// its buckets, so a lookup compares them without loading another cache line.
+/// A map from strings to ids: a table built once for a whole snapshot (`KeyTable`), and a
+/// persistent overlay for the keys deltas add afterwards.
 #[derive(Clone, Debug, Default)]
 pub struct KeyMap {
-    base: Arc<std::collections::HashMap<compact_str::CompactString, u32, foldhash::fast::RandomState>>,
+    base: Arc<KeyTable>,
     overlay: imbl::HashMap<Arc<str>, u32>,
 }
 
@@ -104,21 +103,243 @@ impl KeyMap {
     #[inline]
     pub fn get(&self, key: &str) -> Option<u32> {
         match self.base.get(key) {
-            Some(id) => Some(*id),
+            Some(id) => Some(id),
             None if self.overlay.is_empty() => None,
-            None => self.overlay.get(key).copied(),
+            None => self.overlay_get(key),
         }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn overlay_get(&self, key: &str) -> Option<u32> {
+        self.overlay.get(key).copied()
     }
 
     /// Adds a key; during a bulk build (the base not yet shared) it goes straight into the base.
     pub fn insert(&mut self, key: &str, id: u32) {
-        match Arc::get_mut(&mut self.base) {
-            Some(base) if self.overlay.is_empty() => {
-                base.insert(compact_str::CompactString::new(key), id);
+        if self.overlay.is_empty()
+            && let Some(base) = Arc::get_mut(&mut self.base)
+            && base.insert(key, id)
+        {
+            return;
+        }
+        self.overlay.insert(Arc::from(key), id);
+    }
+
+    /// Gives back the spare capacity of the key bytes once a build is done.
+    pub fn shrink(&mut self) {
+        if let Some(base) = Arc::get_mut(&mut self.base) {
+            base.arena.shrink_to_fit();
+        }
+    }
+
+    /// Keys held.
+    pub fn len(&self) -> usize {
+        self.base.len + self.overlay.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// An open-addressing hash table (linear probing, at most three quarters full) of 32-byte
+/// slots, two to a cache line. A slot holds a hash tag, the id, and the key itself when it is
+/// at most `INLINE` bytes (else where its bytes are in an arena): a lookup of a short key reads
+/// one line of the table and nothing else, and the id it finds is not waiting behind a second
+/// dependent miss as it is with a map that keeps the key, or a pointer to it, in a bucket the
+/// control bytes point to.
+#[derive(Clone, Debug, Default)]
+struct KeyTable {
+    slots: Box<[Slot]>,
+    /// The bytes of the keys longer than `INLINE`, one after the other.
+    arena: Vec<u8>,
+    len: usize,
+    state: foldhash::fast::RandomState,
+}
+
+/// Keys of up to this many bytes live in their slot.
+const INLINE: usize = 24;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(C, align(32))]
+struct Slot {
+    /// High 24 bits: of the key's hash. Low 8: the key's length, or `LONG`.
+    tag: u32,
+    id: u32,
+    /// A short key: its bytes as words (`Slot::words`). A long one: its offset in the arena
+    /// and its length.
+    key: [u64; 3],
+}
+
+impl Slot {
+    /// `id` of a slot that holds nothing (interners never hand it out).
+    const VACANT_ID: u32 = u32::MAX;
+    const VACANT: Slot = Slot {
+        tag: 0,
+        id: Slot::VACANT_ID,
+        key: [0; 3],
+    };
+    const LONG: u32 = 0xff;
+
+    /// A short key as three words, loaded whole (overlapping where the length is not a
+    /// multiple of 8), never through a byte buffer: with the length, it gives the key back.
+    #[inline]
+    fn words(key: &[u8]) -> Option<[u64; 3]> {
+        #[inline]
+        fn w8(b: &[u8], at: usize) -> u64 {
+            b.get(at..at + 8)
+                .and_then(|s| <[u8; 8]>::try_from(s).ok())
+                .map_or(0, u64::from_le_bytes)
+        }
+        #[inline]
+        fn w4(b: &[u8], at: usize) -> u64 {
+            b.get(at..at + 4)
+                .and_then(|s| <[u8; 4]>::try_from(s).ok())
+                .map_or(0, |a| u32::from_le_bytes(a) as u64)
+        }
+        let n = key.len();
+        Some(match n {
+            0..=3 => [key.iter().rev().fold(0, |w, &b| w << 8 | b as u64), 0, 0],
+            4..=7 => [w4(key, 0) | w4(key, n - 4) << 32, 0, 0],
+            8..=15 => [w8(key, 0), w8(key, n - 8), 0],
+            16..=INLINE => [w8(key, 0), w8(key, 8), w8(key, n - 8)],
+            _ => return None,
+        })
+    }
+
+    /// The slot's tag for a key of `len` bytes and hash `h`.
+    #[inline]
+    fn tag(h: u64, len: usize) -> u32 {
+        let len = if len <= INLINE { len as u32 } else { Slot::LONG };
+        (h >> 32) as u32 & !0xff | len
+    }
+}
+
+impl KeyTable {
+    /// Short keys are hashed in their slot form, so growing the table needs no arena.
+    #[inline]
+    fn hash(&self, key: &[u8], words: Option<&[u64; 3]>) -> u64 {
+        use std::hash::BuildHasher;
+        match words {
+            Some(w) => self.hash_words(w, key.len()),
+            None => self.state.hash_one(key),
+        }
+    }
+
+    #[inline]
+    fn hash_words(&self, w: &[u64; 3], len: usize) -> u64 {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = self.state.build_hasher();
+        h.write_u64(w[0]);
+        h.write_u64(w[1]);
+        h.write_u64(w[2] ^ (len as u64) << 59);
+        h.finish()
+    }
+
+    /// The hash of the key in slot `s`.
+    fn slot_hash(&self, s: &Slot) -> u64 {
+        use std::hash::BuildHasher;
+        match s.tag & 0xff {
+            Slot::LONG => self.state.hash_one(self.long_key(s)),
+            len => self.hash_words(&s.key, len as usize),
+        }
+    }
+
+    fn long_key(&self, s: &Slot) -> &[u8] {
+        let (off, len) = (s.key[0] as usize, s.key[1] as usize);
+        self.arena.get(off..off + len).unwrap_or_default()
+    }
+
+    /// Where `key` is, or the vacant slot where it would go.
+    #[inline]
+    fn find(&self, key: &[u8], words: Option<&[u64; 3]>, h: u64) -> Result<usize, usize> {
+        let tag = Slot::tag(h, key.len());
+        match words {
+            // The words are compared one by one from registers: comparing the arrays whole
+            // reloads them as one vector from where they were just stored, which the CPU
+            // cannot forward and waits for.
+            Some(&[w0, w1, w2]) => self.probe(h, |s| {
+                s.tag == tag && s.key[0] == w0 && s.key[1] == w1 && s.key[2] == w2
+            }),
+            None => self.probe(h, |s| s.tag == tag && self.long_key(s) == key),
+        }
+    }
+
+    #[inline]
+    fn probe(&self, h: u64, same: impl Fn(&Slot) -> bool) -> Result<usize, usize> {
+        let mask = self.slots.len().wrapping_sub(1);
+        let mut i = h as usize & mask;
+        loop {
+            let Some(s) = self.slots.get(i) else { return Err(i) };
+            if s.id == Slot::VACANT_ID {
+                return Err(i);
             }
-            _ => {
-                self.overlay.insert(Arc::from(key), id);
+            if same(s) {
+                return Ok(i);
             }
+            i = (i + 1) & mask;
+        }
+    }
+
+    #[inline]
+    fn get(&self, key: &str) -> Option<u32> {
+        if self.len == 0 {
+            return None;
+        }
+        let key = key.as_bytes();
+        let words = Slot::words(key);
+        let i = self.find(key, words.as_ref(), self.hash(key, words.as_ref())).ok()?;
+        self.slots.get(i).map(|s| s.id)
+    }
+
+    /// Adds `key` (or sets its id); false when it cannot hold it (an id it uses as a marker,
+    /// or past 4 GiB of key bytes), and the caller keeps it elsewhere.
+    fn insert(&mut self, key: &str, id: u32) -> bool {
+        let key = key.as_bytes();
+        if id == Slot::VACANT_ID || self.arena.len() + key.len() > u32::MAX as usize {
+            return false;
+        }
+        if (self.len + 1) * 4 > self.slots.len() * 3 {
+            self.grow();
+        }
+        let words = Slot::words(key);
+        let h = self.hash(key, words.as_ref());
+        let i = match self.find(key, words.as_ref(), h) {
+            Ok(i) => {
+                self.slots[i].id = id;
+                return true;
+            }
+            Err(i) => i,
+        };
+        let stored = match words {
+            Some(w) => w,
+            None => {
+                let off = self.arena.len() as u64;
+                self.arena.extend_from_slice(key);
+                [off, key.len() as u64, 0]
+            }
+        };
+        self.slots[i] = Slot {
+            tag: Slot::tag(h, key.len()),
+            id,
+            key: stored,
+        };
+        self.len += 1;
+        true
+    }
+
+    /// Doubles the slots (16 to start) and places every key again.
+    fn grow(&mut self) {
+        let cap = (self.slots.len() * 2).max(16);
+        let old = std::mem::replace(&mut self.slots, vec![Slot::VACANT; cap].into_boxed_slice());
+        let mask = cap - 1;
+        for s in old.iter().filter(|s| s.id != Slot::VACANT_ID) {
+            let mut i = self.slot_hash(s) as usize & mask;
+            while self.slots[i].id != Slot::VACANT_ID {
+                i = (i + 1) & mask;
+            }
+            self.slots[i] = *s;
         }
     }
 }
@@ -129,7 +350,20 @@ impl KeyMap {
 #[derive(Clone, Debug, Default)]
 pub struct Interner {
     ids: KeyMap,
-    names: PagedVec<Arc<str>>,
+    /// The names of the first ids, packed one after the other; filled while the interner is
+    /// not shared (a bulk build), fixed once it is.
+    base: Arc<NameArena>,
+    /// The names of the ids after those, one allocation each, shared page by page between
+    /// versions.
+    late: PagedVec<Arc<str>>,
+}
+
+/// Names packed in one string: id `i` is `text[ends[i - 1]..ends[i]]`. At a million users
+/// that is 4 bytes and the name's own per id, where a `str` allocation each costs ~48.
+#[derive(Debug, Default)]
+struct NameArena {
+    text: String,
+    ends: Vec<u32>,
 }
 
 impl Interner {
@@ -142,22 +376,45 @@ impl Interner {
         if let Some(id) = self.ids.get(key) {
             return id;
         }
-        let id = self.names.len() as u32;
+        let id = self.len() as u32;
         self.ids.insert(key, id);
-        self.names.push(Arc::from(key));
+        match Arc::get_mut(&mut self.base) {
+            Some(base) if self.late.is_empty() && base.text.len() + key.len() <= u32::MAX as usize => {
+                base.text.push_str(key);
+                base.ends.push(base.text.len() as u32);
+            }
+            _ => self.late.push(Arc::from(key)),
+        }
         id
     }
 
+    /// Gives back spare capacity once a build is done.
+    pub fn shrink(&mut self) {
+        self.ids.shrink();
+        if let Some(base) = Arc::get_mut(&mut self.base) {
+            base.text.shrink_to_fit();
+            base.ends.shrink_to_fit();
+        }
+    }
+
     pub fn name(&self, id: u32) -> &str {
-        self.names.get(id as usize).map_or("", |s| s)
+        let i = id as usize;
+        let ends = &self.base.ends;
+        match ends.get(i) {
+            Some(&end) => {
+                let start = i.checked_sub(1).and_then(|p| ends.get(p)).map_or(0, |&s| s as usize);
+                self.base.text.get(start..end as usize).unwrap_or_default()
+            }
+            None => self.late.get(i - ends.len()).map_or("", |s| s),
+        }
     }
 
     pub fn len(&self) -> usize {
-        self.names.len()
+        self.base.ends.len() + self.late.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.names.is_empty()
+        self.len() == 0
     }
 }
 
@@ -203,6 +460,74 @@ mod tests {
     }
 
     #[test]
+    fn key_table_finds_every_key_and_no_other() {
+        let mut m = KeyMap::default();
+        for i in 0..10_000u32 {
+            m.insert(&format!("user-{i}"), i);
+        }
+        m.insert("", 10_000);
+        m.insert("user-5", 55);
+        let long = |i: u32| format!("{i:08}-aaaa-bbbb-cccc-{i:012}");
+        for i in 0..1_000u32 {
+            m.insert(&long(i), 20_000 + i);
+        }
+        m.insert(&"x".repeat(INLINE), 30_000);
+        m.insert(&"x".repeat(INLINE + 1), 30_001);
+        m.shrink();
+        assert_eq!(m.len(), 11_003);
+        assert_eq!(m.overlay.len(), 0, "a bulk build fills the base");
+        for i in 0..10_000u32 {
+            let want = if i == 5 { 55 } else { i };
+            assert_eq!(m.get(&format!("user-{i}")), Some(want), "user-{i}");
+        }
+        assert_eq!(m.get(""), Some(10_000));
+        for i in 0..1_000u32 {
+            assert_eq!(m.get(&long(i)), Some(20_000 + i));
+        }
+        assert_eq!(m.get(&"x".repeat(INLINE)), Some(30_000));
+        assert_eq!(m.get(&"x".repeat(INLINE + 1)), Some(30_001));
+        assert_eq!(
+            m.base.arena.len(),
+            1_000 * 36 + INLINE + 1,
+            "only long keys are in the arena"
+        );
+        for miss in [
+            "user-10000",
+            "user-",
+            "user-01",
+            "x",
+            "user-5 ",
+            &long(1_000),
+            &"x".repeat(INLINE + 2),
+        ] {
+            assert_eq!(m.get(miss), None, "{miss}");
+        }
+        // The marker id cannot live in a slot: it goes to the overlay, and is still found.
+        m.insert("marker", u32::MAX);
+        assert_eq!(m.get("marker"), Some(u32::MAX));
+        // Once shared, new keys go to the overlay and the other version does not see them.
+        let before = m.clone();
+        m.insert("late", 7);
+        assert_eq!((m.get("late"), before.get("late")), (Some(7), None));
+        assert_eq!(m.base.slots.len(), 16_384);
+        assert_eq!(std::mem::size_of::<Slot>(), 32);
+        // Every length from 0 to past `INLINE`, keys that differ in one byte anywhere.
+        let mut m = KeyMap::default();
+        let key = |n: usize, at: usize| -> String { (0..n).map(|i| if i == at { 'b' } else { 'a' }).collect() };
+        for n in 0..=INLINE + 2 {
+            for at in 0..=n {
+                m.insert(&key(n, at), (n * 100 + at) as u32);
+            }
+        }
+        for n in 0..=INLINE + 2 {
+            for at in 0..=n {
+                assert_eq!(m.get(&key(n, at)), Some((n * 100 + at) as u32), "{n} {at}");
+            }
+        }
+        assert_eq!(m.get(&key(INLINE + 3, 0)), None);
+    }
+
+    #[test]
     fn interner_is_append_only_across_clones() {
         let mut a = Interner::default();
         assert_eq!(a.intern("x"), 0);
@@ -214,5 +539,18 @@ mod tests {
         assert_eq!(b.get("z"), Some(2));
         assert_eq!(b.name(2), "z");
         assert_eq!(b.len(), 3);
+        // Built alone, the names are packed; once shared, later ones are kept apart.
+        assert_eq!((a.base.ends.len(), a.late.len()), (2, 0));
+        assert_eq!((b.base.ends.len(), b.late.len()), (2, 1));
+        assert_eq!((b.name(0), b.name(1), b.name(3), a.name(2)), ("x", "y", "", ""));
+        drop(a);
+        // The only holder again, but names stay in order: 3 cannot go to the arena after 2.
+        assert_eq!(b.intern("w"), 3);
+        assert_eq!((b.base.ends.len(), b.late.len(), b.name(3)), (2, 2, "w"));
+        let mut c = Interner::default();
+        for k in ["", "é", "ab", ""] {
+            c.intern(k);
+        }
+        assert_eq!((c.len(), c.name(0), c.name(1), c.name(2)), (3, "", "é", "ab"));
     }
 }
