@@ -124,6 +124,7 @@ pub(crate) struct Ancestors {
 }
 
 impl Ancestors {
+    #[inline]
     pub(crate) fn contains(&self, id: u32) -> bool {
         match &self.big {
             Some(b) => b.contains(id),
@@ -131,6 +132,7 @@ impl Ancestors {
         }
     }
 
+    #[inline]
     fn insert(&mut self, id: u32) -> bool {
         if self.contains(id) {
             return false;
@@ -337,7 +339,22 @@ impl Index {
             big: None,
         };
         anc.insert(x);
-        let mut i = 0;
+        // A chain of single parents, the common tree, reads each entry once; the walk below
+        // takes over at the first instance with several parents.
+        let Some(mut hot) = self.instance_hot(x) else {
+            return anc;
+        };
+        loop {
+            match hot.parent {
+                NONE => return anc,
+                ResHot::MANY => break,
+                parent => match self.instance_hot(parent) {
+                    Some(p) if p.org == o && anc.insert(parent) => hot = p,
+                    _ => return anc,
+                },
+            }
+        }
+        let mut i = anc.list.len() - 1;
         while let Some(&y) = anc.list.get(i) {
             i += 1;
             let Some(hot) = self.instance_hot(y) else { continue };
