@@ -132,15 +132,6 @@ impl KeyMap {
             base.arena.shrink_to_fit();
         }
     }
-
-    /// Keys held.
-    pub fn len(&self) -> usize {
-        self.base.len + self.overlay.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 /// An open-addressing hash table (linear probing, at most three quarters full) of 32-byte
@@ -474,7 +465,7 @@ mod tests {
         m.insert(&"x".repeat(INLINE), 30_000);
         m.insert(&"x".repeat(INLINE + 1), 30_001);
         m.shrink();
-        assert_eq!(m.len(), 11_003);
+        assert_eq!(m.base.len, 11_003);
         assert_eq!(m.overlay.len(), 0, "a bulk build fills the base");
         for i in 0..10_000u32 {
             let want = if i == 5 { 55 } else { i };
