@@ -10,7 +10,7 @@
 #
 # Builds release permd and the floor/bodies examples, generates bench/data/snapshot-1m.msgpack
 # if absent, writes 1024 realistic /allowed bodies, starts both servers on 127.0.0.1:0, runs
-# wrk (-t2 -c32 -d10s, keep-alive, bench/allowed.lua) against each in turn, prints a table
+# wrk (-t1 -c32 -d10s pinned, -t2 unpinned, keep-alive, bench/allowed.lua) against each in turn, prints a table
 # (requests/s, p50, p99, server CPU per 1000 requests, permd/floor, permd VmRSS), kills both.
 #
 # Knobs (environment): DURATION (10s), WARMUP (2s), THREADS (load generator threads: 1 when

@@ -173,7 +173,7 @@ impl Index {
         let x = q
             .resource_key
             .zip(node_type)
-            .and_then(|(k, nt)| self.res_keys.get(nt as usize)?.get(k))
+            .and_then(|(k, nt)| self.lookup_res_in(nt, k))
             .and_then(|id| self.instance_hot(id).map(|item| (id, item)));
 
         // Step 1: the org.

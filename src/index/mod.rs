@@ -751,7 +751,12 @@ impl Index {
     /// The resource id of `type:key`, whether or not the instance exists.
     #[inline]
     pub fn lookup_res(&self, resource_type: &str, key: &str) -> Option<u32> {
-        let t = self.names.types.get(resource_type)?;
+        self.lookup_res_in(self.names.types.get(resource_type)?, key)
+    }
+
+    /// `lookup_res` with the type's id already known.
+    #[inline]
+    pub(crate) fn lookup_res_in(&self, t: u32, key: &str) -> Option<u32> {
         self.res_keys.get(t as usize)?.get(key)
     }
 
