@@ -451,6 +451,7 @@ proptest! {
         let mut rng = SmallRng::seed_from_u64(seed);
         let s = rand_snapshot(&mut rng);
         let ix = Index::build(&s);
+        prop_assert_eq!(ix.span_violation(), None);
         check_agrees(&ix, &s, &mut rng, 400)?;
         prop_assert_eq!(normal(ix.to_snapshot()), normal(s.clone()));
     }
@@ -484,6 +485,7 @@ proptest! {
             // The old version is untouched by the apply.
             prop_assert_eq!(before.version(), batch.from_version);
             prop_assert_eq!(normal(ix.to_snapshot()), normal(doc.clone()));
+            prop_assert_eq!(ix.span_violation(), None, "batch {:?}", batch);
             check_agrees(&ix, &doc, &mut rng, 200)?;
             let rebuilt = Index::build(&doc);
             for _ in 0..200 {
@@ -985,5 +987,142 @@ proptest! {
         enrich(&mut s, &mut rng);
         let ix = Index::build(&s);
         check_queries(&ix, &s, &mut rng)?;
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Trees that move: a forest of folders in one org with instance roles on some of them,
+// batches that re-parent, add, delete and re-create folders (one parent, none, two, or a
+// cycle), and every (user, folder) check after each batch held to the naive model. The
+// snapshots above are too small and too flat for step 5 through deep, moving trees.
+
+const TREE_NODES: usize = 24;
+
+fn tree_folder(rng: &mut SmallRng, key: usize) -> Resource {
+    let parent = |rng: &mut SmallRng| format!("folder:n{}", rng.random_range(0..TREE_NODES));
+    let parents = match rng.random_range(0..10) {
+        0..2 => vec![],
+        2..9 => vec![parent(rng)],
+        _ => vec![parent(rng), parent(rng)],
+    };
+    Resource {
+        resource_type: "folder".into(),
+        key: format!("n{key}"),
+        org: "t".into(),
+        parents,
+        attributes: None,
+    }
+}
+
+fn tree_snapshot(rng: &mut SmallRng) -> Snapshot {
+    let mut s = Snapshot {
+        format: 1,
+        version: 1,
+        orgs: vec![Org {
+            key: "t".into(),
+            parent: None,
+            name: None,
+            attributes: None,
+        }],
+        resource_types: vec![ResourceType {
+            key: "folder".into(),
+            actions: vec!["read".into()],
+            name: None,
+            description: None,
+        }],
+        roles: vec![Role {
+            key: "viewer".into(),
+            org: None,
+            permissions: vec!["folder:read".into()],
+            extends: vec![],
+            menus: vec![],
+            name: None,
+            description: None,
+        }],
+        ..Snapshot::default()
+    };
+    // Mostly a chain-shaped forest: each folder under an earlier one, deep enough to matter.
+    for i in 0..TREE_NODES {
+        let mut r = tree_folder(rng, i);
+        if i > 0 && rng.random_bool(0.8) {
+            r.parents = vec![format!("folder:n{}", rng.random_range(i.saturating_sub(3)..i))];
+        }
+        s.resources.push(r);
+    }
+    s.resources.retain(|_| rng.random_bool(0.9));
+    for u in 0..4 {
+        for _ in 0..rng.random_range(1..4) {
+            s.role_assignments.push(RoleAssignment {
+                user: format!("u{u}"),
+                role: "viewer".into(),
+                org: "t".into(),
+                resource: Some(format!("folder:n{}", rng.random_range(0..TREE_NODES))),
+            });
+        }
+    }
+    s.role_assignments = dedup(std::mem::take(&mut s.role_assignments), |a: &RoleAssignment| a.clone());
+    validate(&s).expect("tree snapshot is valid");
+    s
+}
+
+fn tree_op(rng: &mut SmallRng) -> Op {
+    let key = rng.random_range(0..TREE_NODES);
+    match rng.random_range(0..10) {
+        0 => Op::Delete(Identity::Resource {
+            resource_type: "folder".into(),
+            key: format!("n{key}"),
+        }),
+        1 => Op::Upsert(Item::RoleAssignment(RoleAssignment {
+            user: format!("u{}", rng.random_range(0..4)),
+            role: "viewer".into(),
+            org: "t".into(),
+            resource: Some(format!("folder:n{}", rng.random_range(0..TREE_NODES))),
+        })),
+        _ => Op::Upsert(Item::Resource(tree_folder(rng, key))),
+    }
+}
+
+fn check_tree(ix: &Index, s: &Snapshot) -> Result<(), TestCaseError> {
+    prop_assert_eq!(ix.span_violation(), None);
+    let naive = Naive { s };
+    for u in 0..5 {
+        let user = format!("u{u}");
+        for k in 0..TREE_NODES {
+            let key = format!("n{k}");
+            let q = Query {
+                subject: Subject::User(&user),
+                action: "read",
+                resource_type: "folder",
+                resource_key: Some(&key),
+                org: None,
+                group_type: None,
+            };
+            let d = ix.decide(&q);
+            prop_assert_eq!((d.allow, d.reason.as_str()), naive.decide(&q), "{:?}", q);
+        }
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+    #[test]
+    fn moving_trees_keep_decisions(seed in any::<u64>()) {
+        let mut rng = SmallRng::seed_from_u64(seed);
+        let mut doc = tree_snapshot(&mut rng);
+        let mut ix = Index::build(&doc);
+        check_tree(&ix, &doc)?;
+        for _ in 0..rng.random_range(1..8) {
+            let batch = DeltaBatch {
+                from_version: doc.version,
+                to_version: doc.version + 1,
+                ops: (0..rng.random_range(1..4)).map(|_| tree_op(&mut rng)).collect(),
+            };
+            ix = ix.apply(&batch).expect("contiguous batch applies");
+            doc.apply_ops(&batch.ops);
+            doc.version = batch.to_version;
+            check_tree(&ix, &doc)?;
+        }
     }
 }

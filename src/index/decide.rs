@@ -242,14 +242,18 @@ impl Index {
         }
 
         // Steps 5 and 6 need an instance; a key naming none is a type-level check.
-        let Some((x_id, _)) = x else {
+        let Some((x_id, x_hot)) = x else {
             return self.decision(Reason::NoMatchingGrant, Evidence::None);
         };
         let inst_roles = match user {
             Some(u) if u.may_hold_in(o) => &u.inst_roles[..],
             _ => &[],
         };
-        let step5 = inst_roles.iter().any(|&(_, org_a, _)| org_a == o);
+        // Step 5 can only succeed through a role on a resource whose span covers x's
+        // (spans.rs): a load per role rather than one per level of the tree.
+        let step5 = inst_roles.iter().any(|&(res, org_a, _)| {
+            org_a == o && self.res_hot.get(res as usize).is_some_and(|h| h.may_cover(x_hot.pre))
+        });
         let step6 = !held.is_empty() && self.grant_may_match(o, t, a, &held);
         if !step5 && !step6 {
             return self.decision(Reason::NoMatchingGrant, Evidence::None);

@@ -8,6 +8,7 @@ mod explain;
 mod paged;
 mod policy;
 mod query;
+mod spans;
 #[cfg(test)]
 mod tests;
 
@@ -93,7 +94,7 @@ pub struct ResItem {
 }
 
 /// What `decide` reads of a resource on every step up a tree, kept apart from `ResRec` in a
-/// flat array of 16-byte entries: one cache line a level instead of three pointer chases.
+/// flat array of 24-byte entries: one cache line a level instead of three pointer chases.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ResHot {
     /// The instance's org id; `NONE` when the document has no instance under this key.
@@ -101,8 +102,14 @@ pub struct ResHot {
     pub resource_type: u32,
     /// The only parent, `NONE` for none; `MANY` when there are several (read `ResItem`).
     pub parent: u32,
+    /// The resource's span in the tree (`spans.rs`): its number, `NONE` when not precise,
+    /// and the end of its subtree's numbers.
+    pub pre: u32,
+    pub end: u32,
     /// The resource has grants (of any org).
     pub grants: bool,
+    /// Some precise resource's span was placed below this one's.
+    pub kids: bool,
 }
 
 impl ResHot {
@@ -116,7 +123,10 @@ impl Default for ResHot {
             org: NONE,
             resource_type: NONE,
             parent: NONE,
+            pre: NONE,
+            end: 0,
             grants: false,
+            kids: false,
         }
     }
 }
@@ -191,6 +201,10 @@ pub struct Index {
     /// Reverse `parents` links and grant sites, for the queries; computed once per version on
     /// first use.
     query_aux: Arc<OnceLock<Arc<query::QueryAux>>>,
+    /// The first number of `spans.rs` not handed out.
+    next_span: u32,
+    /// A change in this batch (or the build) needs the spans renumbered at its end.
+    renumber: bool,
 }
 
 impl std::fmt::Debug for Index {
@@ -225,6 +239,8 @@ impl Index {
             counts: Counts::default(),
             ignored: Arc::default(),
             query_aux: Arc::default(),
+            next_span: 0,
+            renumber: true,
         };
         for u in &snapshot.users {
             ix.upsert_user(u);
@@ -237,6 +253,7 @@ impl Index {
             ix.upsert_grant(g);
         }
         ix.rebuild_policy();
+        ix.number_forest();
         ix.shrink();
         ix
     }
@@ -283,6 +300,9 @@ impl Index {
         }
         if policy_changed {
             next.rebuild_policy();
+        }
+        if next.renumber {
+            next.number_forest();
         }
         next.version = batch.to_version;
         Ok(next)
@@ -445,9 +465,11 @@ impl Index {
         self.sync_hot(id);
     }
 
-    /// Recomputes resource `id`'s `ResHot` from its record.
+    /// Recomputes resource `id`'s `ResHot` from its record, and its span when its link up
+    /// changed (`spans.rs`).
     fn sync_hot(&mut self, id: u32) {
-        let hot = match self.res(id) {
+        let old = self.res_hot.get(id as usize).copied().unwrap_or_default();
+        let mut hot = match self.res(id) {
             None => ResHot::default(),
             Some(rec) => {
                 let (org, parent) = match &rec.item {
@@ -466,9 +488,14 @@ impl Index {
                     resource_type: rec.resource_type,
                     parent,
                     grants: !rec.grants.is_empty(),
+                    ..old
                 }
             }
         };
+        (hot.pre, hot.end, hot.kids) = (old.pre, old.end, old.kids);
+        if hot.parent != old.parent || (hot.parent == NONE && old.pre == NONE) {
+            self.place_moved(id, &old, &mut hot);
+        }
         if self.res_hot.get(id as usize) != Some(&hot) {
             *self.res_hot.slot(id as usize) = hot;
         }
