@@ -488,7 +488,7 @@ impl Index {
                     resource_type: rec.resource_type,
                     parent,
                     grants: !rec.grants.is_empty(),
-                    ..old
+                    ..ResHot::default()
                 }
             }
         };
