@@ -94,7 +94,8 @@ pub struct ResItem {
 }
 
 /// What `decide` reads of a resource on every step up a tree, kept apart from `ResRec` in a
-/// flat array of 24-byte entries: one cache line a level instead of three pointer chases.
+/// flat array of 24-byte entries: one cache line a level (two for the one entry in four that
+/// straddles a line) instead of three pointer chases.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ResHot {
     /// The instance's org id; `NONE` when the document has no instance under this key.
