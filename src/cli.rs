@@ -31,6 +31,8 @@ pub enum Command {
     Snapshot(SnapshotCommand),
     /// Serve the Kubernetes mutating admission webhook that injects the permd sidecar.
     InjectWebhook(crate::inject::Options),
+    /// The control plane on PostgreSQL: run a replica, `migrate`, `keys create|list|revoke`.
+    Control(crate::control::cli::ControlCommand),
 }
 
 #[derive(Debug, clap::Args)]

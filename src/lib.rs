@@ -10,13 +10,18 @@
 //! - [`api`]: HTTP adapter (hyper 1): decode, call the index, encode.
 //! - `fuzzing`: the bodies of the fuzz targets in `fuzz/`, shared with `tests/fuzz_corpus.rs`.
 //! - [`config`], [`cli`]: configuration (file, `PERMD_*` environment, flags) and commands.
+//! - [`control`]: the control plane (`permd control`): PostgreSQL, the write path, the native
+//!   protocol served to sidecars.
+//! - [`wire`]: what the sidecar's and the control plane's HTTP faces share (request errors).
 //!
-//! Data flows one way: source → model → index → store → APIs.
+//! Data flows one way: source → model → index → store → APIs; on the control plane, API →
+//! write path → database → change feed → sidecars.
 
 pub mod api;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod control;
 pub mod decision_log;
 #[doc(hidden)]
 pub mod fuzzing;
@@ -27,6 +32,7 @@ pub mod model;
 pub mod server;
 pub mod store;
 pub mod sync;
+pub mod wire;
 
 /// The settings the binaries compile into jemalloc (`_RJEM_MALLOC_CONF` in the environment
 /// still overrides them). `thp:always`: jemalloc asks for transparent huge pages on the memory

@@ -22,6 +22,70 @@ fn main() -> ExitCode {
         Command::Validate { file } => cli::validate(&file),
         Command::Snapshot(cmd) => cli::snapshot(&cmd),
         Command::InjectWebhook(opts) => inject_webhook(opts),
+        Command::Control(cmd) => control(cmd),
+    }
+}
+
+fn runtime() -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => Some(rt),
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            None
+        }
+    }
+}
+
+fn control(cmd: permd::control::cli::ControlCommand) -> ExitCode {
+    use permd::control::cli::{self as ccli, ControlSub};
+    match cmd.sub {
+        Some(sub) => {
+            let Some(rt) = runtime() else {
+                return ExitCode::FAILURE;
+            };
+            let done = rt.block_on(async {
+                match &sub {
+                    ControlSub::Migrate(db) => ccli::migrate(db).await,
+                    ControlSub::Keys(k) => ccli::keys(k).await,
+                }
+            });
+            match done {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        None => {
+            let (settings, logs) = match cmd.run.settings() {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("error: bad configuration: {e}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            let filter = tracing_subscriber::EnvFilter::try_new(&logs.level)
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+            let builder = tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_writer(std::io::stderr);
+            if logs.json {
+                builder.json().init();
+            } else {
+                builder.init();
+            }
+            let Some(rt) = runtime() else {
+                return ExitCode::FAILURE;
+            };
+            match rt.block_on(permd::control::run(settings, shutdown_signal())) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!(error = %e, "permd control stopped");
+                    ExitCode::FAILURE
+                }
+            }
+        }
     }
 }
 

@@ -6,7 +6,9 @@ use crate::api::grpc::{FILE_DESCRIPTOR_SET, GrpcState, perm, permd};
 use crate::api::http::{HttpState, handle};
 use crate::config::{Config, ListenAddr};
 use crate::store::Store;
+use hyper::body::Incoming;
 use hyper::service::service_fn;
+use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
@@ -115,22 +117,27 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for FirstBytesDeadline<IO> {
     }
 }
 
-fn spawn_conn<IO>(
+fn spawn_conn<IO, S, F, B>(
     io: IO,
-    state: Arc<HttpState>,
+    service: S,
     builder: &auto::Builder<TokioExecutor>,
     graceful: &GracefulShutdown,
     permit: tokio::sync::OwnedSemaphorePermit,
     first_bytes_timeout: Duration,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
+    F: Future<Output = Result<Response<B>, std::convert::Infallible>> + Send + 'static,
+    B: hyper::body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let io = FirstBytesDeadline {
         io,
         deadline: Some(Box::pin(tokio::time::sleep(first_bytes_timeout))),
     };
-    let svc = service_fn(move |req| handle(req, state.clone()));
-    let conn = builder.serve_connection(TokioIo::new(io), svc).into_owned();
+    let conn = builder
+        .serve_connection(TokioIo::new(io), service_fn(service))
+        .into_owned();
     let conn = graceful.watch(conn);
     tokio::spawn(async move {
         if let Err(e) = conn.await {
@@ -160,7 +167,8 @@ impl HttpLimits {
     }
 }
 
-/// Serves HTTP on `listener` until `shutdown` resolves, then drains within `grace`.
+/// Serves the sidecar's HTTP API on `listener` until `shutdown` resolves, then drains within
+/// `grace`.
 pub async fn serve_http(
     listener: Listener,
     state: Arc<HttpState>,
@@ -168,6 +176,24 @@ pub async fn serve_http(
     grace: Duration,
     shutdown: impl Future<Output = ()>,
 ) {
+    let service = move |req| handle(req, state.clone());
+    serve_with(listener, Arc::new(service), limits, grace, shutdown).await
+}
+
+/// Serves HTTP/1.1 and h2c on `listener` with `service` (the sidecar's API, the control
+/// plane's): the connection limit, the header and first-bytes timeouts, graceful shutdown.
+pub async fn serve_with<S, F, B>(
+    listener: Listener,
+    service: Arc<S>,
+    limits: HttpLimits,
+    grace: Duration,
+    shutdown: impl Future<Output = ()>,
+) where
+    S: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
+    F: Future<Output = Result<Response<B>, std::convert::Infallible>> + Send + 'static,
+    B: hyper::body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let max_connections = limits.max_connections;
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // Slow-header (slowloris) and idle keep-alive clients are closed after the timeout; h2c
@@ -199,23 +225,27 @@ pub async fn serve_http(
         match accepted {
             Ok(Accepted::Tcp(s)) => {
                 let _ = s.set_nodelay(true);
+                let service = service.clone();
                 spawn_conn(
                     s,
-                    state.clone(),
+                    move |req| service(req),
                     &builder,
                     &graceful,
                     permit,
                     limits.header_read_timeout,
                 )
             }
-            Ok(Accepted::Unix(s)) => spawn_conn(
-                s,
-                state.clone(),
-                &builder,
-                &graceful,
-                permit,
-                limits.header_read_timeout,
-            ),
+            Ok(Accepted::Unix(s)) => {
+                let service = service.clone();
+                spawn_conn(
+                    s,
+                    move |req| service(req),
+                    &builder,
+                    &graceful,
+                    permit,
+                    limits.header_read_timeout,
+                )
+            }
             Err(e) => {
                 // Out of file descriptors and the like: back off instead of spinning.
                 tracing::warn!(error = %e, "accept failed");

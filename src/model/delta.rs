@@ -124,7 +124,35 @@ impl Item {
         }
     }
 
-    fn to_value(&self) -> serde_json::Result<Value> {
+    /// The identity fields of the item: what a delete of it carries.
+    pub fn identity(&self) -> Identity {
+        match self {
+            Item::Org(v) => Identity::Org { key: v.key.clone() },
+            Item::ResourceType(v) => Identity::ResourceType { key: v.key.clone() },
+            Item::Role(v) => Identity::Role {
+                key: v.key.clone(),
+                org: v.org.clone(),
+            },
+            Item::User(v) => Identity::User { key: v.key.clone() },
+            Item::Resource(v) => Identity::Resource {
+                resource_type: v.resource_type.clone(),
+                key: v.key.clone(),
+            },
+            Item::RoleAssignment(v) => Identity::RoleAssignment(v.clone()),
+            Item::RoleGrant(v) => Identity::RoleGrant {
+                org: v.org.clone(),
+                role: v.role.clone(),
+                resource: v.resource.clone(),
+            },
+            Item::Menu(v) => Identity::Menu {
+                platform: v.platform.clone(),
+                code: v.code.clone(),
+            },
+        }
+    }
+
+    /// The item as the JSON object a snapshot holds.
+    pub fn to_value(&self) -> serde_json::Result<Value> {
         match self {
             Item::Org(v) => serde_json::to_value(v),
             Item::ResourceType(v) => serde_json::to_value(v),
@@ -152,7 +180,9 @@ impl Identity {
         }
     }
 
-    fn to_value(&self) -> Value {
+    /// The identity as a JSON object of its fields only (keys sorted): what a delete carries,
+    /// and a canonical text for it.
+    pub fn to_value(&self) -> Value {
         use serde_json::json;
         match self {
             Identity::Org { key } | Identity::ResourceType { key } | Identity::User { key } => {
@@ -230,6 +260,43 @@ fn field<T: DeserializeOwned>(value: Value, at: &str) -> Result<T, SnapshotError
     serde_json::from_value(value).map_err(|e| SnapshotError::invalid(at, e.to_string()))
 }
 
+/// The ops of a write request (`{"ops": [...]}` of the control plane's `POST /v1/batches`).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOps {
+    ops: Vec<RawOp>,
+}
+
+/// Decodes `{"ops": [...]}` and validates each op as a batch's (the reject rules of model.md);
+/// an error names the op (`ops[3].value.key`).
+pub fn ops_from_json(body: &[u8]) -> Result<Vec<Op>, SnapshotError> {
+    let raw: RawOps = serde_json::from_slice(body).map_err(|e| SnapshotError::Parse(e.to_string()))?;
+    decode_ops(raw.ops)
+}
+
+fn decode_ops(raw: Vec<RawOp>) -> Result<Vec<Op>, SnapshotError> {
+    let mut ops = Vec::with_capacity(raw.len());
+    for (i, raw_op) in raw.into_iter().enumerate() {
+        let at = format!("ops[{i}]");
+        let kind = Kind::parse(&raw_op.kind)
+            .ok_or_else(|| SnapshotError::invalid(format!("{at}.kind"), format!("unknown kind `{}`", raw_op.kind)))?;
+        let vat = format!("{at}.value");
+        let op = match raw_op.op.as_str() {
+            "upsert" => Op::Upsert(Item::decode(kind, raw_op.value, &vat)?),
+            "delete" => Op::Delete(Identity::decode(kind, raw_op.value, &vat)?),
+            other => {
+                return Err(SnapshotError::invalid(
+                    format!("{at}.op"),
+                    format!("unknown op `{other}`; expected `upsert` or `delete`"),
+                ));
+            }
+        };
+        super::validate::validate_op(&op, &vat)?;
+        ops.push(op);
+    }
+    Ok(ops)
+}
+
 impl DeltaBatch {
     /// Decodes one NDJSON line and validates it structurally (keys, permission strings,
     /// versions). References to unknown items are not errors here: they are ignored items.
@@ -244,26 +311,7 @@ impl DeltaBatch {
                 ),
             ));
         }
-        let mut ops = Vec::with_capacity(raw.ops.len());
-        for (i, raw_op) in raw.ops.into_iter().enumerate() {
-            let at = format!("ops[{i}]");
-            let kind = Kind::parse(&raw_op.kind).ok_or_else(|| {
-                SnapshotError::invalid(format!("{at}.kind"), format!("unknown kind `{}`", raw_op.kind))
-            })?;
-            let vat = format!("{at}.value");
-            let op = match raw_op.op.as_str() {
-                "upsert" => Op::Upsert(Item::decode(kind, raw_op.value, &vat)?),
-                "delete" => Op::Delete(Identity::decode(kind, raw_op.value, &vat)?),
-                other => {
-                    return Err(SnapshotError::invalid(
-                        format!("{at}.op"),
-                        format!("unknown op `{other}`; expected `upsert` or `delete`"),
-                    ));
-                }
-            };
-            super::validate::validate_op(&op, &vat)?;
-            ops.push(op);
-        }
+        let ops = decode_ops(raw.ops)?;
         Ok(DeltaBatch {
             from_version: raw.from_version,
             to_version: raw.to_version,
@@ -277,8 +325,18 @@ impl DeltaBatch {
     }
 }
 
+impl Op {
+    pub fn kind(&self) -> Kind {
+        match self {
+            Op::Upsert(item) => item.kind(),
+            Op::Delete(id) => id.kind(),
+        }
+    }
+}
+
 impl Item {
-    fn decode(kind: Kind, value: Value, at: &str) -> Result<Item, SnapshotError> {
+    /// Decodes an item of `kind` from its JSON object; an error names `at`.
+    pub fn decode(kind: Kind, value: Value, at: &str) -> Result<Item, SnapshotError> {
         Ok(match kind {
             Kind::Org => Item::Org(field(value, at)?),
             Kind::ResourceType => Item::ResourceType(field(value, at)?),

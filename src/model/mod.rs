@@ -5,7 +5,7 @@ mod delta;
 pub mod generate;
 mod validate;
 
-pub use delta::{DeltaBatch, Identity, Item, Kind, Op};
+pub use delta::{DeltaBatch, Identity, Item, Kind, Op, ops_from_json};
 pub use validate::{MAX_KEY_BYTES, ResourceRef, validate};
 
 use serde::{Deserialize, Deserializer, Serialize};

@@ -8,6 +8,10 @@ rendered manifest), schema validation of every rendered object with kubernetes-v
 strict mode, and assertions on content. ServiceMonitor and PodMonitor are CRDs
 (monitoring.coreos.com/v1) that kubernetes-validate has no schema for: for those kinds only,
 the schema validation is skipped and their shape is checked here instead.
+
+The same for charts/permd-control (the control plane, `permd control`) with its
+charts/permd-control/ci/*-values.yaml, its hook Job included; and the values its NOTES give for
+charts/permd are fed back into charts/permd to check that sidecars follow its Service.
 """
 
 from __future__ import annotations
@@ -163,7 +167,8 @@ def check_sidecar_addresses(c: dict[str, Any], *, unix: bool = False) -> None:
     assert ports_of(c) == {"permd-admin": ADMIN_PORT}
 
 
-def check_permd_container(c: dict[str, Any], *, probes: bool = True, config_volume: bool = True) -> None:
+def check_hardened(c: dict[str, Any]) -> None:
+    """Non-root, read-only root filesystem, no capabilities, bounded resources."""
     sc = c["securityContext"]
     assert sc["runAsNonRoot"] is True
     assert sc["readOnlyRootFilesystem"] is True
@@ -172,6 +177,10 @@ def check_permd_container(c: dict[str, Any], *, probes: bool = True, config_volu
     assert sc["seccompProfile"]["type"] == "RuntimeDefault"
     assert c["resources"]["requests"]["cpu"] and c["resources"]["requests"]["memory"]
     assert c["resources"]["limits"]["memory"]
+
+
+def check_permd_container(c: dict[str, Any], *, probes: bool = True, config_volume: bool = True) -> None:
+    check_hardened(c)
     mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
     assert mounts["/var/cache/permd"]["name"] == "permd-cache"
     if config_volume:
@@ -550,3 +559,323 @@ def test_app_chart_gets_permd_sidecar(app_chart: Path) -> None:
     tcp_c = container(tcp_spec, "permd")
     check_permd_container(tcp_c)
     check_sidecar_addresses(tcp_c)
+
+
+# ----------------------------------------------------------------------------- the control plane (charts/permd-control)
+
+CONTROL_CHART = REPO / "charts" / "permd-control"
+CONTROL_CI_VALUES = sorted((CONTROL_CHART / "ci").glob("*-values.yaml"))
+CONTROL = f"{RELEASE}-permd-control"
+CONTROL_MINIMAL = {"database": {"existingSecret": "permd-control-db"}}
+# A URL with a password: it must show nowhere but in the Secret the chart makes from it.
+DB_URL = "postgres://permd:Pa55-w0rd-only-in-the-secret@db.example:5432/permd?sslmode=require"
+CONTROL_HTTP, CONTROL_GRPC = 7780, 7781
+NOTES_VALUES = re.compile(r"^# --- charts/permd values ---\n(.*?)^# ---$", re.M | re.S)
+
+
+class ControlRender:
+    """charts/permd-control rendered: the release's objects, its hooks, its NOTES."""
+
+    def __init__(self, values: dict[str, Any] | None) -> None:
+        with helm.Config(namespace=NAMESPACE) as cfg:
+            release = cfg.install(str(CONTROL_CHART), RELEASE, values, dry_run="client", namespace=NAMESPACE)
+        self.docs = [doc for doc in yaml.safe_load_all(release["manifest"]) if doc]
+        self.notes: str = release["notes"]
+        # The install's manifest leaves hooks out: render the templates to see them.
+        templates = helm.Chart.load(str(CONTROL_CHART)).render(
+            values, name=RELEASE, namespace=NAMESPACE, is_install=True)
+        self.hooks = [
+            doc for path, text in sorted(templates.items()) if not path.endswith("NOTES.txt")
+            for doc in yaml.safe_load_all(text)
+            if doc and "helm.sh/hook" in (doc["metadata"].get("annotations") or {})
+        ]
+
+    @property
+    def everything(self) -> list[dict[str, Any]]:
+        return self.docs + self.hooks
+
+    def server(self) -> dict[str, Any]:
+        """The control container of the Deployment."""
+        return container(one(self.docs, "Deployment")["spec"]["template"]["spec"], "control")
+
+    def sidecar_values(self) -> dict[str, Any]:
+        """The charts/permd values NOTES.txt tells the operator to use."""
+        found = NOTES_VALUES.search(self.notes)
+        assert found, f"no charts/permd values in NOTES:\n{self.notes}"
+        return yaml.safe_load(found.group(1))
+
+
+def is_control_plane(c: dict[str, Any]) -> bool:
+    return (c.get("args") or [None])[0] == "control" or any(
+        e["name"].startswith("PERMD_CONTROL_") for e in c.get("env", []))
+
+
+def containers_in(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out = []
+    for doc in docs:
+        spec = doc.get("spec") or {}
+        pod = spec.get("template", {}).get("spec") if doc["kind"] in WORKLOAD_KINDS | {"Job"} else None
+        if pod:
+            out += pod.get("initContainers", []) + pod["containers"]
+        if doc["kind"] == "ConfigMap" and "sidecar.json" in doc.get("data", {}):
+            out += json.loads(doc["data"]["sidecar.json"])["containers"]
+    return out
+
+
+def check_control_server(c: dict[str, Any], *, db_secret: str, db_key: str, no_migrate: bool = False) -> None:
+    assert c["args"] == (["control", "--no-migrate"] if no_migrate else ["control"])
+    assert ports_of(c) == {"http": CONTROL_HTTP, "grpc": CONTROL_GRPC}
+    env = env_of(c)
+    assert env["PERMD_CONTROL_HTTP_ADDR"] == f"0.0.0.0:{CONTROL_HTTP}"
+    assert env["PERMD_CONTROL_GRPC_ADDR"] == f"0.0.0.0:{CONTROL_GRPC}"
+    # The database URL comes from a Secret, never from a plain value.
+    (db,) = [e for e in c["env"] if e["name"] == "PERMD_CONTROL_DATABASE"]
+    assert "value" not in db
+    assert db["valueFrom"] == {"secretKeyRef": {"name": db_secret, "key": db_key}}
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert c["startupProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    check_hardened(c)
+
+
+@pytest.fixture(scope="module", params=CONTROL_CI_VALUES, ids=[p.name for p in CONTROL_CI_VALUES])
+def control_case(request: pytest.FixtureRequest) -> tuple[dict[str, Any], ControlRender]:
+    values = load_values(request.param)
+    return values, ControlRender(values)
+
+
+def test_control_ci_values_exist() -> None:
+    names = {p.name for p in CONTROL_CI_VALUES}
+    assert {"existing-secret-values.yaml", "url-values.yaml", "migrate-job-values.yaml"} <= names
+
+
+@pytest.mark.parametrize("values_file", CONTROL_CI_VALUES, ids=[p.name for p in CONTROL_CI_VALUES])
+def test_control_lint_strict(values_file: Path) -> None:
+    assert lint_errors(load_values(values_file), chart=CONTROL_CHART) == []
+
+
+def test_control_manifests_are_valid_kubernetes(control_case: tuple[dict, ControlRender]) -> None:
+    _, r = control_case
+    validate_manifests(r.everything)
+
+
+def test_control_common_content(control_case: tuple[dict, ControlRender]) -> None:
+    values, r = control_case
+    db = values["database"]
+    db_secret = db.get("existingSecret") or f"{CONTROL}-database"
+    db_key = db.get("secretKey", "url")
+    job = values.get("migrate", {}).get("mode") == "job"
+
+    dep = one(r.docs, "Deployment", CONTROL)
+    assert dep["spec"]["replicas"] == values.get("replicas", 2)
+    assert dep["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    pod = dep["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["automountServiceAccountToken"] is False
+    assert [c["name"] for c in pod["containers"]] == ["control"]
+    check_control_server(r.server(), db_secret=db_secret, db_key=db_key, no_migrate=job)
+
+    svc = one(r.docs, "Service", CONTROL)
+    ports = {p["name"]: p for p in svc["spec"]["ports"]}
+    assert set(ports) == {"http", "grpc"}
+    assert (ports["http"]["port"], ports["http"]["targetPort"]) == (CONTROL_HTTP, "http")
+    assert (ports["grpc"]["port"], ports["grpc"]["targetPort"]) == (CONTROL_GRPC, "grpc")
+    assert svc["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"]
+    assert one(r.docs, "PodDisruptionBudget")["spec"]["selector"]["matchLabels"] == svc["spec"]["selector"]
+
+    # No configuration object at all: nothing where a URL could leak.
+    assert not of_kind(r.everything, "ConfigMap")
+    secrets = of_kind(r.everything, "Secret")
+    if db.get("url") and not db.get("existingSecret"):
+        (secret,) = secrets
+        assert secret["metadata"]["name"] == db_secret
+        assert base64.b64decode(secret["data"][db_key]).decode() == db["url"]
+        for doc in r.everything:
+            if doc is not secret:
+                assert db["url"] not in json.dumps(doc), f"database URL in clear in {doc['kind']}"
+        assert db["url"] not in r.notes
+    else:
+        assert not secrets
+
+    hooks = {d["kind"] for d in r.hooks}
+    assert hooks == ({"Job"} if job else set())
+
+
+def test_control_defaults() -> None:
+    r = ControlRender(CONTROL_MINIMAL)
+    dep = one(r.docs, "Deployment", CONTROL)
+    assert dep["spec"]["replicas"] == 2
+    c = r.server()
+    check_control_server(c, db_secret="permd-control-db", db_key="url")
+    env = env_of(c)
+    # Left to permd's own defaults unless set.
+    assert not {"PERMD_CONTROL_RATE_LIMIT_HOUR", "PERMD_CONTROL_RATE_LIMIT_MINUTE", "PERMD_CONTROL_RETENTION"} & set(env)
+    assert not r.hooks and not of_kind(r.docs, "Secret")
+    assert {d["kind"] for d in r.docs} == {"Deployment", "Service", "ServiceAccount", "PodDisruptionBudget"}
+    (spread,) = dep["spec"]["template"]["spec"]["topologySpreadConstraints"]
+    assert spread["labelSelector"]["matchLabels"] == dep["spec"]["selector"]["matchLabels"]
+    validate_manifests(r.docs)
+
+
+def test_control_database_url_only_in_its_secret() -> None:
+    r = ControlRender({"database": {"url": DB_URL}})
+    secret = one(r.docs, "Secret", f"{CONTROL}-database")
+    assert base64.b64decode(secret["data"]["url"]).decode() == DB_URL
+    check_control_server(r.server(), db_secret=f"{CONTROL}-database", db_key="url")
+    for doc in r.everything:
+        if doc is not secret:
+            text = json.dumps(doc)
+            assert DB_URL not in text and "Pa55-w0rd" not in text, f"database URL in clear in {doc['kind']}"
+    assert "Pa55-w0rd" not in r.notes
+    # existingSecret wins: no Secret is made from a url given as well.
+    both = ControlRender({"database": {"url": DB_URL, "existingSecret": "db", "secretKey": "dsn"}})
+    assert not of_kind(both.everything, "Secret")
+    assert "Pa55-w0rd" not in json.dumps(both.everything)
+    check_control_server(both.server(), db_secret="db", db_key="dsn")
+
+
+def test_control_optional_settings() -> None:
+    r = ControlRender(merged(CONTROL_MINIMAL, {"replicas": 5, "retention": "36h",
+                                               "rateLimit": {"hour": 0, "minute": 250}}))
+    assert one(r.docs, "Deployment")["spec"]["replicas"] == 5
+    env = env_of(r.server())
+    assert env["PERMD_CONTROL_RATE_LIMIT_HOUR"] == "0"  # 0: that limit off
+    assert env["PERMD_CONTROL_RATE_LIMIT_MINUTE"] == "250"
+    assert env["PERMD_CONTROL_RETENTION"] == "36h"
+    validate_manifests(r.docs)
+
+
+def test_control_migrate_job() -> None:
+    r = ControlRender(merged(CONTROL_MINIMAL, {"migrate": {"mode": "job"}}))
+    check_control_server(r.server(), db_secret="permd-control-db", db_key="url", no_migrate=True)
+    job = one(r.hooks, "Job", f"{CONTROL}-migrate")
+    assert not of_kind(r.docs, "Job")  # a hook, not a release object
+    ann = job["metadata"]["annotations"]
+    assert ann["helm.sh/hook"] == "pre-install,pre-upgrade"
+    pod = job["spec"]["template"]["spec"]
+    assert pod["restartPolicy"] == "Never"
+    # The chart's ServiceAccount does not exist yet when a pre-install hook runs.
+    assert "serviceAccountName" not in pod and pod["automountServiceAccountToken"] is False
+    (c,) = pod["containers"]
+    assert c["args"] == ["control", "migrate"]
+    assert env_of(c) == {"PERMD_CONTROL_DATABASE": {"secretKeyRef": {"name": "permd-control-db", "key": "url"}}}
+    check_hardened(c)
+    # The Service never routes to the Job's pod.
+    selector = one(r.docs, "Service")["spec"]["selector"]
+    assert not selector.items() <= job["spec"]["template"]["metadata"]["labels"].items()
+    validate_manifests(r.hooks)
+
+    # Other credentials for the migration (a role allowed DDL).
+    owner = ControlRender(merged(CONTROL_MINIMAL, {"migrate": {"mode": "job", "existingSecret": "owner", "secretKey": "dsn"}}))
+    (c,) = one(owner.hooks, "Job")["spec"]["template"]["spec"]["containers"]
+    assert env_of(c)["PERMD_CONTROL_DATABASE"] == {"secretKeyRef": {"name": "owner", "key": "dsn"}}
+    check_control_server(owner.server(), db_secret="permd-control-db", db_key="url", no_migrate=True)
+
+    # start (the default): no Job, the server migrates.
+    assert not ControlRender(CONTROL_MINIMAL).hooks
+
+
+def test_control_schema_is_strict() -> None:
+    def rejected(values: dict[str, Any]) -> bool:
+        return bool(lint_errors(values, chart=CONTROL_CHART))
+
+    assert not rejected(CONTROL_MINIMAL)
+    assert rejected(merged(CONTROL_MINIMAL, {"replicas": -1}))
+    assert rejected(merged(CONTROL_MINIMAL, {"replicas": "2"}))
+    assert rejected(merged(CONTROL_MINIMAL, {"bogus": True}))
+    assert rejected(merged(CONTROL_MINIMAL, {"enabled": True}))
+    assert rejected(merged(CONTROL_MINIMAL, {"database": {"password": "x"}}))
+    assert rejected({"database": {"url": "mysql://u:p@db/permd"}})
+    assert rejected(merged(CONTROL_MINIMAL, {"migrate": {"mode": "sometimes"}}))
+    assert rejected(merged(CONTROL_MINIMAL, {"rateLimit": {"hour": -5}}))
+    assert rejected(merged(CONTROL_MINIMAL, {"rateLimit": {"second": 5}}))
+    assert rejected(merged(CONTROL_MINIMAL, {"retention": "forever"}))
+    assert rejected(merged(CONTROL_MINIMAL, {"service": {"httpPort": 0}}))
+    # No back door for the URL as a plain env value.
+    assert rejected(merged(CONTROL_MINIMAL, {"env": [{"name": "PERMD_CONTROL_DATABASE", "value": DB_URL}]}))
+    # A hook Job runs before the release's own Secret exists.
+    assert rejected({"database": {"url": DB_URL}, "migrate": {"mode": "job"}})
+    with pytest.raises(helm.HelmError, match="replicas"):
+        ControlRender(merged(CONTROL_MINIMAL, {"replicas": -1}))
+
+
+def test_control_needs_a_database() -> None:
+    with pytest.raises(helm.HelmError, match="database.existingSecret"):
+        ControlRender({})
+
+
+CONTROL_VARIANTS = {
+    "defaults": CONTROL_MINIMAL,
+    "renamed-port-80": merged(CONTROL_MINIMAL, {"fullnameOverride": "authz-control", "service": {"httpPort": 80}}),
+}
+
+
+@pytest.mark.parametrize("control_values", CONTROL_VARIANTS.values(), ids=CONTROL_VARIANTS.keys())
+def test_sidecars_follow_the_control_plane(control_values: dict[str, Any], app_chart: Path) -> None:
+    """The charts/permd values NOTES.txt prints point every mode at the control Service."""
+    r = ControlRender(control_values)
+    svc = one(r.docs, "Service")
+    http = {p["name"]: p for p in svc["spec"]["ports"]}["http"]
+    assert ports_of(r.server())[http["targetPort"]] == CONTROL_HTTP
+    source = f"http://{svc['metadata']['name']}.{svc['metadata']['namespace']}.svc:{http['port']}"
+    key_ref = {"name": "permd-control-key", "key": "api-key"}
+    assert "permd control keys create --org" in r.notes
+    assert "create secret generic permd-control-key --from-literal=api-key=" in r.notes
+
+    sidecar_values = r.sidecar_values()
+    assert sidecar_values["config"] == {"source": source, "source_protocol": "permd"}
+    assert lint_errors(sidecar_values) == []
+
+    # Shared mode: the ConfigMap's source, the key from the Secret.
+    docs = render(merged(sidecar_values, {"mode": "deployment",
+                                          "webhook": {"enabled": True, "tlsSecretName": "t"}}))
+    validate_manifests(docs)
+    assert yaml.safe_load(one(docs, "ConfigMap", f"{RELEASE}-permd-config")["data"]["permd.yaml"])["source"] == source
+    c = container(one(docs, "Deployment", f"{RELEASE}-permd")["spec"]["template"]["spec"], "permd")
+    assert env_of(c)["PERMD_API_KEY"] == {"secretKeyRef": key_ref}
+    # Injected sidecars: the same, as environment.
+    sidecar = json.loads(one(docs, "ConfigMap", f"{RELEASE}-permd-webhook-sidecar")["data"]["sidecar.json"])
+    env = env_of(sidecar["containers"][0])
+    assert env["PERMD_SOURCE"] == source and env["PERMD_SOURCE_PROTOCOL"] == "permd"
+    assert env["PERMD_API_KEY"] == {"secretKeyRef": key_ref}
+
+    # The permd.sidecar template in an application chart.
+    app_docs = render({"permd": sidecar_values}, chart=app_chart)
+    validate_manifests(app_docs)
+    cfg = yaml.safe_load(one(app_docs, "ConfigMap")["data"]["permd.yaml"])
+    assert cfg["source"] == source
+    c = container(one(app_docs, "Deployment")["spec"]["template"]["spec"], "permd")
+    assert env_of(c)["PERMD_API_KEY"] == {"secretKeyRef": key_ref}
+
+
+@pytest.mark.parametrize("values_file", CI_VALUES, ids=[p.name for p in CI_VALUES])
+def test_permd_chart_renders_no_control_plane(values_file: Path) -> None:
+    """The control plane is its own chart: charts/permd never renders it, in any mode."""
+    docs = render(load_values(values_file))
+    assert not [c["name"] for c in containers_in(docs) if is_control_plane(c)]
+    for c in containers_in(docs):
+        assert not {CONTROL_HTTP, CONTROL_GRPC} & set(ports_of(c).values())
+    for doc in docs:
+        assert doc["metadata"].get("labels", {}).get("app.kubernetes.io/component") != "control-plane"
+        assert "PERMD_CONTROL_" not in json.dumps(doc)
+    for svc in of_kind(docs, "Service"):
+        assert not {CONTROL_HTTP, CONTROL_GRPC} & {p["port"] for p in svc["spec"]["ports"]}
+
+
+def test_permd_chart_has_no_control_switch() -> None:
+    # No half-way `control:` section in the sidecar chart: it is rejected, not ignored.
+    assert lint_errors(merged(MINIMAL, {"control": {"enabled": True}}))
+    assert lint_errors(merged(MINIMAL, {"control": {"enabled": False}}))
+
+
+def test_control_and_shared_permd_do_not_select_each_other() -> None:
+    control = ControlRender(CONTROL_MINIMAL)
+    shared = render(merged(MINIMAL, {"mode": "deployment"}))
+    ctl_dep = one(control.docs, "Deployment")
+    permd_dep = one(shared, "Deployment")
+    ctl_sel = ctl_dep["spec"]["selector"]["matchLabels"]
+    permd_sel = permd_dep["spec"]["selector"]["matchLabels"]
+    assert not ctl_sel.items() <= permd_dep["spec"]["template"]["metadata"]["labels"].items()
+    assert not permd_sel.items() <= ctl_dep["spec"]["template"]["metadata"]["labels"].items()
+    # Same image, same binary.
+    assert control.server()["image"] == container(permd_dep["spec"]["template"]["spec"], "permd")["image"]

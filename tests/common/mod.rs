@@ -2,6 +2,9 @@
 //! and a raw HTTP/1.1 client so malformed requests can be sent as they are.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, dead_code)]
 
+pub mod control;
+pub mod pg;
+
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;

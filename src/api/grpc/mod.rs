@@ -40,13 +40,7 @@ pub struct GrpcState {
 
 /// The one place errors become gRPC statuses.
 fn status(e: RequestError) -> Status {
-    match e {
-        RequestError::Invalid(m) => Status::invalid_argument(m),
-        RequestError::Unavailable(m) => Status::unavailable(m),
-        RequestError::Missing(m) => Status::not_found(m),
-        e @ RequestError::VersionNotReached { .. } => Status::unavailable(e.to_string()),
-        e => Status::internal(e.to_string()),
-    }
+    e.into_status()
 }
 
 fn non_empty(s: &str) -> Option<&str> {

@@ -1,0 +1,473 @@
+//! The control plane's storage: the only code that speaks SQL. A pool of connections
+//! (deadpool over tokio-postgres), the migrations, and one function per statement, every
+//! value a bound parameter. Table names come from [`table`] (a fixed name per model kind),
+//! never from a request.
+
+use crate::model::{Identity, Item, Kind, Snapshot, SnapshotError};
+use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod};
+use std::time::Duration;
+use tokio_postgres::{IsolationLevel, NoTls};
+
+/// A database failure. Connection trouble is worth a retry; the caller maps it to 503.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("the database is unavailable: {0}")]
+    Unavailable(String),
+    #[error("database error: {0}")]
+    Query(#[from] tokio_postgres::Error),
+    #[error("a stored item does not decode: {0}")]
+    Corrupt(String),
+    #[error("bad database URL: {0}")]
+    Url(String),
+}
+
+impl From<deadpool_postgres::PoolError> for DbError {
+    fn from(e: deadpool_postgres::PoolError) -> Self {
+        DbError::Unavailable(e.to_string())
+    }
+}
+
+/// The migrations, in order: (version, name, SQL).
+const MIGRATIONS: &[(i32, &str, &str)] = &[(1, "init", include_str!("migrations/0001_init.sql"))];
+
+/// The pool, shared by every request of a replica.
+#[derive(Clone)]
+pub struct Db {
+    pool: Pool,
+    url: tokio_postgres::Config,
+}
+
+/// The project an API key reaches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyProject {
+    pub key_id: i64,
+    pub project_id: i64,
+    pub organisation: String,
+    pub project: String,
+    pub env: String,
+}
+
+/// One row of `permd control keys list`.
+#[derive(Debug, Clone)]
+pub struct KeyRow {
+    pub id: i64,
+    pub prefix: String,
+    pub organisation: String,
+    pub project: String,
+    pub env: String,
+    pub created_at: String,
+    pub revoked_at: Option<String>,
+}
+
+/// One op as the database applies it: the kind's table, the identity, the body (absent:
+/// a delete).
+#[derive(Debug, Clone)]
+pub struct StoredOp {
+    pub kind: Kind,
+    pub ident: String,
+    pub body: Option<String>,
+}
+
+/// The table of a model kind.
+pub fn table(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Org => "orgs",
+        Kind::ResourceType => "resource_types",
+        Kind::Role => "roles",
+        Kind::User => "users",
+        Kind::Resource => "resources",
+        Kind::RoleAssignment => "role_assignments",
+        Kind::RoleGrant => "role_grants",
+        Kind::Menu => "menus",
+    }
+}
+
+/// The identity of an item as stored: canonical JSON of its identity fields (keys sorted).
+pub fn ident(id: &Identity) -> String {
+    id.to_value().to_string()
+}
+
+impl Db {
+    /// A pool of at most `max` connections to `url`; connects lazily.
+    pub fn connect(url: &str, max: usize) -> Result<Db, DbError> {
+        let cfg: tokio_postgres::Config = url
+            .parse()
+            .map_err(|e: tokio_postgres::Error| DbError::Url(e.to_string()))?;
+        let mgr = Manager::from_config(
+            cfg.clone(),
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(mgr)
+            .max_size(max)
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .wait_timeout(Some(Duration::from_secs(5)))
+            .create_timeout(Some(Duration::from_secs(5)))
+            .build()
+            .map_err(|e| DbError::Url(e.to_string()))?;
+        Ok(Db { pool, url: cfg })
+    }
+
+    /// A connection of its own, outside the pool (the change-feed listener), and the task that
+    /// drives it; its notifications arrive on the returned channel.
+    pub async fn listen(
+        &self,
+        channel: &'static str,
+    ) -> Result<(tokio_postgres::Client, tokio::sync::mpsc::UnboundedReceiver<String>), DbError> {
+        let (client, mut conn) = self.url.connect(NoTls).await?;
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            loop {
+                match std::future::poll_fn(|cx| conn.poll_message(cx)).await {
+                    Some(Ok(tokio_postgres::AsyncMessage::Notification(n))) => {
+                        if tx.send(n.payload().to_string()).is_err() {
+                            break;
+                        }
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, "change listener connection failed");
+                        break;
+                    }
+                    None => break,
+                }
+            }
+        });
+        client.batch_execute(&format!("LISTEN {channel}")).await?;
+        Ok((client, rx))
+    }
+
+    /// Creates or upgrades the schema; replicas starting together take turns (advisory lock).
+    pub async fn migrate(&self) -> Result<Vec<i32>, DbError> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        tx.execute("SELECT pg_advisory_xact_lock(7780)", &[]).await?;
+        tx.batch_execute(
+            "CREATE TABLE IF NOT EXISTS permd_migrations (
+                version int PRIMARY KEY,
+                name text NOT NULL,
+                applied_at timestamptz NOT NULL DEFAULT now())",
+        )
+        .await?;
+        let done: Vec<i32> = tx
+            .query("SELECT version FROM permd_migrations", &[])
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let mut applied = Vec::new();
+        for (version, name, sql) in MIGRATIONS {
+            if done.contains(version) {
+                continue;
+            }
+            tx.batch_execute(sql).await?;
+            tx.execute(
+                "INSERT INTO permd_migrations (version, name) VALUES ($1, $2)",
+                &[version, name],
+            )
+            .await?;
+            applied.push(*version);
+        }
+        tx.commit().await?;
+        Ok(applied)
+    }
+
+    /// `SELECT 1`: readiness.
+    pub async fn ping(&self) -> Result<(), DbError> {
+        let client = self.pool.get().await?;
+        client.execute("SELECT 1", &[]).await?;
+        Ok(())
+    }
+
+    /// Creates the organisation and project when absent and a key for the project.
+    pub async fn create_key(
+        &self,
+        organisation: &str,
+        project: &str,
+        env: &str,
+        key_hash: &[u8],
+        prefix: &str,
+    ) -> Result<i64, DbError> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        tx.execute(
+            "INSERT INTO organisations (name) VALUES ($1) ON CONFLICT (name) DO NOTHING",
+            &[&organisation],
+        )
+        .await?;
+        tx.execute(
+            "INSERT INTO projects (organisation_id, name, env)
+             SELECT id, $2, $3 FROM organisations WHERE name = $1
+             ON CONFLICT (organisation_id, name, env) DO NOTHING",
+            &[&organisation, &project, &env],
+        )
+        .await?;
+        let row = tx
+            .query_one(
+                "INSERT INTO api_keys (project_id, key_hash, prefix)
+                 SELECT p.id, $4, $5 FROM projects p JOIN organisations o ON o.id = p.organisation_id
+                 WHERE o.name = $1 AND p.name = $2 AND p.env = $3
+                 RETURNING id",
+                &[&organisation, &project, &env, &key_hash, &prefix],
+            )
+            .await?;
+        tx.commit().await?;
+        Ok(row.get(0))
+    }
+
+    /// Keys, newest first, of one organisation or all.
+    pub async fn list_keys(&self, organisation: Option<&str>) -> Result<Vec<KeyRow>, DbError> {
+        let client = self.pool.get().await?;
+        let rows = client
+            .query(
+                "SELECT k.id, k.prefix, o.name, p.name, p.env, k.created_at::text, k.revoked_at::text
+                 FROM api_keys k JOIN projects p ON p.id = k.project_id
+                 JOIN organisations o ON o.id = p.organisation_id
+                 WHERE $1::text IS NULL OR o.name = $1
+                 ORDER BY k.id DESC",
+                &[&organisation],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| KeyRow {
+                id: r.get(0),
+                prefix: r.get(1),
+                organisation: r.get(2),
+                project: r.get(3),
+                env: r.get(4),
+                created_at: r.get(5),
+                revoked_at: r.get(6),
+            })
+            .collect())
+    }
+
+    /// Revokes a key by id; false when no such key is live.
+    pub async fn revoke_key(&self, id: i64) -> Result<bool, DbError> {
+        let client = self.pool.get().await?;
+        let n = client
+            .execute(
+                "UPDATE api_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL",
+                &[&id],
+            )
+            .await?;
+        Ok(n == 1)
+    }
+
+    /// The live key with this hash, and its project.
+    pub async fn key_project(&self, key_hash: &[u8]) -> Result<Option<KeyProject>, DbError> {
+        let client = self.pool.get().await?;
+        let stmt = client
+            .prepare_cached(
+                "SELECT k.id, p.id, o.name, p.name, p.env
+                 FROM api_keys k JOIN projects p ON p.id = k.project_id
+                 JOIN organisations o ON o.id = p.organisation_id
+                 WHERE k.key_hash = $1 AND k.revoked_at IS NULL",
+            )
+            .await?;
+        let row = client.query_opt(&stmt, &[&key_hash]).await?;
+        Ok(row.map(|r| KeyProject {
+            key_id: r.get(0),
+            project_id: r.get(1),
+            organisation: r.get(2),
+            project: r.get(3),
+            env: r.get(4),
+        }))
+    }
+
+    /// The project's current version.
+    pub async fn version(&self, project: i64) -> Result<u64, DbError> {
+        let client = self.pool.get().await?;
+        let stmt = client
+            .prepare_cached("SELECT version FROM projects WHERE id = $1")
+            .await?;
+        let row = client.query_one(&stmt, &[&project]).await?;
+        Ok(as_version(row.get(0)))
+    }
+
+    /// Current versions of several projects (the polling fallback).
+    pub async fn versions(&self, projects: &[i64]) -> Result<Vec<(i64, u64)>, DbError> {
+        let client = self.pool.get().await?;
+        let stmt = client
+            .prepare_cached("SELECT id, version FROM projects WHERE id = ANY($1)")
+            .await?;
+        let rows = client.query(&stmt, &[&projects]).await?;
+        Ok(rows.iter().map(|r| (r.get(0), as_version(r.get(1)))).collect())
+    }
+
+    /// Batches of a project after `since`, oldest first, at most `limit`.
+    pub async fn changes_after(&self, project: i64, since: u64, limit: i64) -> Result<Vec<(u64, String)>, DbError> {
+        let client = self.pool.get().await?;
+        let stmt = client
+            .prepare_cached(
+                "SELECT version, batch FROM changes WHERE project_id = $1 AND version > $2
+                 ORDER BY version LIMIT $3",
+            )
+            .await?;
+        let rows = client.query(&stmt, &[&project, &as_db(since), &limit]).await?;
+        Ok(rows.iter().map(|r| (as_version(r.get(0)), r.get(1))).collect())
+    }
+
+    /// Whether the batch at `version` is still kept.
+    pub async fn has_change(&self, project: i64, version: u64) -> Result<bool, DbError> {
+        let client = self.pool.get().await?;
+        let stmt = client
+            .prepare_cached("SELECT 1 FROM changes WHERE project_id = $1 AND version = $2")
+            .await?;
+        Ok(client.query_opt(&stmt, &[&project, &as_db(version)]).await?.is_some())
+    }
+
+    /// Drops batches older than `retention`; returns how many.
+    pub async fn prune_changes(&self, retention: Duration) -> Result<u64, DbError> {
+        let client = self.pool.get().await?;
+        let secs = retention.as_secs_f64();
+        Ok(client
+            .execute(
+                "DELETE FROM changes WHERE created_at < now() - make_interval(secs => $1)",
+                &[&secs],
+            )
+            .await?)
+    }
+
+    /// The project's state in one consistent read: every item in document order, and the
+    /// version it is at.
+    pub async fn snapshot(&self, project: i64) -> Result<Snapshot, DbError> {
+        let mut client = self.pool.get().await?;
+        let tx = client
+            .build_transaction()
+            .isolation_level(IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await?;
+        let row = tx
+            .query_one("SELECT version FROM projects WHERE id = $1", &[&project])
+            .await?;
+        let mut snap = Snapshot {
+            format: 1,
+            version: as_version(row.get(0)),
+            ..Snapshot::default()
+        };
+        for kind in Kind::ALL {
+            let stmt = tx.prepare_cached(select_items_sql(kind)).await?;
+            let rows = tx.query(&stmt, &[&project]).await?;
+            for r in &rows {
+                let body: &str = r.get(0);
+                let value: serde_json::Value =
+                    serde_json::from_str(body).map_err(|e| DbError::Corrupt(format!("{}: {e}", table(kind))))?;
+                let item = Item::decode(kind, value, table(kind))
+                    .map_err(|e: SnapshotError| DbError::Corrupt(e.to_string()))?;
+                // Identities are unique in the table: append, no search.
+                match item {
+                    Item::Org(v) => snap.orgs.push(v),
+                    Item::ResourceType(v) => snap.resource_types.push(v),
+                    Item::Role(v) => snap.roles.push(v),
+                    Item::User(v) => snap.users.push(v),
+                    Item::Resource(v) => snap.resources.push(v),
+                    Item::RoleAssignment(v) => snap.role_assignments.push(v),
+                    Item::RoleGrant(v) => snap.role_grants.push(v),
+                    Item::Menu(v) => snap.menus.push(v),
+                }
+            }
+        }
+        tx.commit().await?;
+        Ok(snap)
+    }
+
+    /// One write: locks the project, applies `ops` in order, and when anything changed
+    /// appends them as the batch of the next version (the JSON line `line(from, to)` gives),
+    /// then notifies `channel`. Returns (version, whether a batch was written). The whole of
+    /// it is one transaction: a failure stores nothing.
+    pub async fn write(
+        &self,
+        project: i64,
+        ops: &[StoredOp],
+        line: impl FnOnce(u64, u64) -> String,
+        channel: &str,
+    ) -> Result<(u64, bool), DbError> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let lock = tx
+            .prepare_cached("SELECT version FROM projects WHERE id = $1 FOR UPDATE")
+            .await?;
+        let current = as_version(tx.query_one(&lock, &[&project]).await?.get(0));
+        // Sent in order on one connection (pipelined), executed in order by the server.
+        let mut pending = Vec::with_capacity(ops.len());
+        for op in ops {
+            let stmt = match op.body {
+                Some(_) => tx.prepare_cached(upsert_sql(op.kind)).await?,
+                None => tx.prepare_cached(delete_sql(op.kind)).await?,
+            };
+            pending.push((stmt, &op.ident, &op.body));
+        }
+        let runs = pending.iter().map(|(stmt, ident, body)| async {
+            match body {
+                Some(body) => tx.execute(stmt, &[&project, ident, body]).await,
+                None => tx.execute(stmt, &[&project, ident]).await,
+            }
+        });
+        let changed = futures_util::future::try_join_all(runs).await?.iter().any(|n| *n > 0);
+        if !changed {
+            tx.rollback().await?;
+            return Ok((current, false));
+        }
+        let next = current + 1;
+        let insert = tx
+            .prepare_cached("INSERT INTO changes (project_id, version, batch) VALUES ($1, $2, $3)")
+            .await?;
+        let bump = tx
+            .prepare_cached("UPDATE projects SET version = $2 WHERE id = $1")
+            .await?;
+        let notify = tx.prepare_cached("SELECT pg_notify($1, $2)").await?;
+        let batch = line(current, next);
+        let project_text = project.to_string();
+        tx.execute(&insert, &[&project, &as_db(next), &batch]).await?;
+        tx.execute(&bump, &[&project, &as_db(next)]).await?;
+        tx.execute(&notify, &[&channel, &project_text]).await?;
+        tx.commit().await?;
+        Ok((next, true))
+    }
+}
+
+fn as_version(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+fn as_db(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+macro_rules! per_kind {
+    ($kind:expr, $head:literal, $tail:literal) => {
+        match $kind {
+            Kind::Org => concat!($head, "orgs", $tail),
+            Kind::ResourceType => concat!($head, "resource_types", $tail),
+            Kind::Role => concat!($head, "roles", $tail),
+            Kind::User => concat!($head, "users", $tail),
+            Kind::Resource => concat!($head, "resources", $tail),
+            Kind::RoleAssignment => concat!($head, "role_assignments", $tail),
+            Kind::RoleGrant => concat!($head, "role_grants", $tail),
+            Kind::Menu => concat!($head, "menus", $tail),
+        }
+    };
+}
+
+/// Inserts, or replaces a different body in place (keeping `seq`); affects no row when equal.
+fn upsert_sql(kind: Kind) -> &'static str {
+    per_kind!(
+        kind,
+        "INSERT INTO ",
+        " AS t (project_id, ident, body) VALUES ($1, $2, $3)
+         ON CONFLICT (project_id, ident) DO UPDATE SET body = EXCLUDED.body
+         WHERE t.body IS DISTINCT FROM EXCLUDED.body"
+    )
+}
+
+fn delete_sql(kind: Kind) -> &'static str {
+    per_kind!(kind, "DELETE FROM ", " WHERE project_id = $1 AND ident = $2")
+}
+
+fn select_items_sql(kind: Kind) -> &'static str {
+    per_kind!(kind, "SELECT body FROM ", " WHERE project_id = $1 ORDER BY seq")
+}
