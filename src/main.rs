@@ -65,8 +65,9 @@ fn control(cmd: permd::control::cli::ControlCommand) -> ExitCode {
                     return ExitCode::from(EXIT_CONFIG);
                 }
             };
-            let filter = tracing_subscriber::EnvFilter::try_new(&logs.level)
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+            // The driver logs the server's NOTICEs (e.g. `IF NOT EXISTS` skips) at info.
+            let filter = tracing_subscriber::EnvFilter::try_new(format!("{},tokio_postgres=warn", logs.level))
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tokio_postgres=warn"));
             let builder = tracing_subscriber::fmt()
                 .with_env_filter(filter)
                 .with_writer(std::io::stderr);
