@@ -125,7 +125,15 @@ async fn main() {
                     .send()
                     .await
                     .ok()
-                    .and_then(|r| r.headers().get("etag")?.to_str().ok()?.trim_matches('"').parse::<u64>().ok());
+                    .and_then(|r| {
+                        r.headers()
+                            .get("etag")?
+                            .to_str()
+                            .ok()?
+                            .trim_matches('"')
+                            .parse::<u64>()
+                            .ok()
+                    });
                 r.unwrap_or(0)
             };
             let arrivals: Arc<std::sync::Mutex<std::collections::HashMap<u64, (usize, Instant)>>> = Arc::default();

@@ -615,3 +615,53 @@ fn faults_lose_nothing() {
     assert_eq!(pg.psql("SELECT count(*) FROM role_assignments").trim(), "30");
     assert!(!sidecar.stderr().contains("panicked"));
 }
+
+#[test]
+fn roles_get_stable_ids() {
+    let pg = Postgres::start();
+    let key = create_key(&pg, "acme", "app", "default");
+    let ctl = Control::start(&pg, &[]);
+    let role =
+        |k: &str, perms: Value| json!({"op": "upsert", "kind": "role", "value": {"key": k, "permissions": perms}});
+    let (status, body, v) = ctl.batch(
+        &key,
+        json!([role("viewer", json!(["doc:read"])), role("editor", json!([]))]),
+    );
+    assert_eq!((status, v), (200, Some(1)), "{body}");
+    let ids = |c: &Control| -> Vec<(String, u64)> {
+        c.snapshot(&key)["roles"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| (r["key"].as_str().unwrap().to_string(), r["id"].as_u64().unwrap()))
+            .collect()
+    };
+    let first = ids(&ctl);
+    assert_eq!(first.len(), 2);
+    assert_ne!(first[0].1, first[1].1);
+    // The same upsert without an id keeps the id and makes no version; a change keeps it too.
+    let (_, _, again) = ctl.batch(&key, json!([role("viewer", json!(["doc:read"]))]));
+    assert_eq!(again, Some(1));
+    let (_, _, v) = ctl.batch(&key, json!([role("viewer", json!(["doc:*"]))]));
+    assert_eq!(v, Some(2));
+    assert_eq!(ids(&ctl), first);
+    // An id another role holds is refused, and nothing is stored.
+    let taken = first[1].1;
+    let (status, body, _) = ctl.batch(
+        &key,
+        json!([{"op": "upsert", "kind": "user", "value": {"key": "x"}},
+               {"op": "upsert", "kind": "role", "value": {"key": "other", "id": taken}}]),
+    );
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("ops[1].value.id"),
+        "{body}"
+    );
+    assert_eq!(ctl.snapshot(&key)["version"], 2);
+    // A follower's perm/v1 GetRole answers by the stored id.
+    let follower = Permd::follow(&ctl.url(), &[], &[("PERMD_API_KEY", &key)]);
+    follower.wait_version(2);
+    let (status, got) = follower.post("/v1/role", json!({"id": first[1].1}));
+    assert_eq!(status, 200, "{got}");
+    assert_eq!(got["role"]["name"], "editor", "{got}");
+}

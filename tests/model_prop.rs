@@ -258,6 +258,8 @@ fn rand_role(rng: &mut SmallRng) -> Role {
     let np = rng.random_range(0..3);
     let ne = rng.random_range(0..3);
     Role {
+        id: None,
+        attributes: None,
         key: pick(rng, &ROLES).into(),
         org: maybe(rng, 0.3, |r| pick(r, &ORGS).to_string()),
         permissions: (0..np).map(|_| pattern(rng)).collect(),
@@ -1031,6 +1033,8 @@ fn tree_snapshot(rng: &mut SmallRng) -> Snapshot {
             description: None,
         }],
         roles: vec![Role {
+            id: None,
+            attributes: None,
             key: "viewer".into(),
             org: None,
             permissions: vec!["folder:read".into()],

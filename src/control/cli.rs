@@ -78,6 +78,9 @@ pub struct RunArgs {
     /// HTTP listen address (default 0.0.0.0:7780).
     #[arg(long, env = "PERMD_CONTROL_HTTP_ADDR")]
     pub http_addr: Option<SocketAddr>,
+    /// gRPC listen address (default 0.0.0.0:7781).
+    #[arg(long, env = "PERMD_CONTROL_GRPC_ADDR")]
+    pub grpc_addr: Option<SocketAddr>,
     /// Do not create or upgrade the schema at start.
     #[arg(long)]
     pub no_migrate: bool,
@@ -115,6 +118,7 @@ struct File {
     database: Option<String>,
     database_file: Option<PathBuf>,
     http_addr: Option<SocketAddr>,
+    grpc_addr: Option<SocketAddr>,
     migrate: Option<bool>,
     rate_limit_hour: Option<u32>,
     rate_limit_minute: Option<u32>,
@@ -184,6 +188,7 @@ impl RunArgs {
         let settings = Settings {
             database: self.db.url(file.database, file.database_file)?,
             http_addr: self.http_addr.or(file.http_addr).unwrap_or(d.http_addr),
+            grpc_addr: self.grpc_addr.or(file.grpc_addr).unwrap_or(d.grpc_addr),
             migrate: !self.no_migrate && file.migrate.unwrap_or(true),
             limits: Limits {
                 per_hour: self

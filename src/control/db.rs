@@ -3,8 +3,9 @@
 //! value a bound parameter. Table names come from [`table`] (a fixed name per model kind),
 //! never from a request.
 
-use crate::model::{Identity, Item, Kind, Snapshot, SnapshotError};
+use crate::model::{Identity, Item, Kind, Op, Snapshot, SnapshotError};
 use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod};
+use std::collections::HashMap;
 use std::time::Duration;
 use tokio_postgres::{IsolationLevel, NoTls};
 
@@ -19,6 +20,12 @@ pub enum DbError {
     Corrupt(String),
     #[error("bad database URL: {0}")]
     Url(String),
+    /// The write conflicts with what is stored (a role id another role holds).
+    #[error("{0}")]
+    Conflict(String),
+    /// The project moved past the version a write was planned at.
+    #[error("the project changed meanwhile")]
+    Moved,
 }
 
 impl From<deadpool_postgres::PoolError> for DbError {
@@ -28,7 +35,10 @@ impl From<deadpool_postgres::PoolError> for DbError {
 }
 
 /// The migrations, in order: (version, name, SQL).
-const MIGRATIONS: &[(i32, &str, &str)] = &[(1, "init", include_str!("migrations/0001_init.sql"))];
+const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (1, "init", include_str!("migrations/0001_init.sql")),
+    (2, "role_ids", include_str!("migrations/0002_role_ids.sql")),
+];
 
 /// The pool, shared by every request of a replica.
 #[derive(Clone)]
@@ -62,10 +72,10 @@ pub struct KeyRow {
 /// One op as the database applies it: the kind's table, the identity, the body (absent:
 /// a delete).
 #[derive(Debug, Clone)]
-pub struct StoredOp {
-    pub kind: Kind,
-    pub ident: String,
-    pub body: Option<String>,
+struct StoredOp {
+    kind: Kind,
+    ident: String,
+    body: Option<String>,
 }
 
 /// The table of a model kind.
@@ -375,15 +385,19 @@ impl Db {
         Ok(snap)
     }
 
-    /// One write: locks the project, applies `ops` in order, and when anything changed
-    /// appends them as the batch of the next version (the JSON line `line(from, to)` gives),
-    /// then notifies `channel`. Returns (version, whether a batch was written). The whole of
-    /// it is one transaction: a failure stores nothing.
+    /// One write: locks the project, gives every role upsert without an `id` its stored id or
+    /// a new one, applies `ops` in order, and when anything changed appends them as the batch
+    /// of the next version (the JSON line `line(from, to, ops)` gives), then notifies
+    /// `channel`. Returns (version, whether a batch was written). The whole of it is one
+    /// transaction: a failure stores nothing.
+    /// With `expected`, the write is made only if the project is still at that version
+    /// (else [`DbError::Moved`], nothing written): for ops planned from a read of it.
     pub async fn write(
         &self,
         project: i64,
-        ops: &[StoredOp],
-        line: impl FnOnce(u64, u64) -> String,
+        expected: Option<u64>,
+        ops: &mut [Op],
+        line: impl FnOnce(u64, u64, &[Op]) -> String,
         channel: &str,
     ) -> Result<(u64, bool), DbError> {
         let mut client = self.pool.get().await?;
@@ -392,9 +406,15 @@ impl Db {
             .prepare_cached("SELECT version FROM projects WHERE id = $1 FOR UPDATE")
             .await?;
         let current = as_version(tx.query_one(&lock, &[&project]).await?.get(0));
+        if expected.is_some_and(|v| v != current) {
+            tx.rollback().await?;
+            return Err(DbError::Moved);
+        }
+        role_ids(&tx, project, ops).await?;
+        let stored: Vec<StoredOp> = ops.iter().map(stored).collect::<Result<_, _>>()?;
         // Sent in order on one connection (pipelined), executed in order by the server.
-        let mut pending = Vec::with_capacity(ops.len());
-        for op in ops {
+        let mut pending = Vec::with_capacity(stored.len());
+        for op in &stored {
             let stmt = match op.body {
                 Some(_) => tx.prepare_cached(upsert_sql(op.kind)).await?,
                 None => tx.prepare_cached(delete_sql(op.kind)).await?,
@@ -420,7 +440,7 @@ impl Db {
             .prepare_cached("UPDATE projects SET version = $2 WHERE id = $1")
             .await?;
         let notify = tx.prepare_cached("SELECT pg_notify($1, $2)").await?;
-        let batch = line(current, next);
+        let batch = line(current, next, ops);
         let project_text = project.to_string();
         tx.execute(&insert, &[&project, &as_db(next), &batch]).await?;
         tx.execute(&bump, &[&project, &as_db(next)]).await?;
@@ -428,6 +448,82 @@ impl Db {
         tx.commit().await?;
         Ok((next, true))
     }
+}
+
+/// Fills in the `id` of role upserts that have none (the stored role's, else a new one) and
+/// refuses an `id` that another role of the project holds.
+async fn role_ids(tx: &deadpool_postgres::Transaction<'_>, project: i64, ops: &mut [Op]) -> Result<(), DbError> {
+    let mut in_batch: HashMap<u32, String> = HashMap::new();
+    for (i, op) in ops.iter_mut().enumerate() {
+        let Op::Upsert(Item::Role(role)) = op else {
+            continue;
+        };
+        let ident = ident(&Identity::Role {
+            key: role.key.clone(),
+            org: role.org.clone(),
+        });
+        let id = match role.id {
+            Some(id) => {
+                let other = tx
+                    .prepare_cached(
+                        "SELECT 1 FROM roles WHERE project_id = $1 AND ident <> $2
+                         AND (body::jsonb ->> 'id')::bigint = $3",
+                    )
+                    .await?;
+                if tx
+                    .query_opt(&other, &[&project, &ident, &i64::from(id)])
+                    .await?
+                    .is_some()
+                {
+                    return Err(DbError::Conflict(format!(
+                        "ops[{i}].value.id: role id `{id}` is held by another role"
+                    )));
+                }
+                id
+            }
+            None => {
+                let stored = tx
+                    .prepare_cached(
+                        "SELECT (body::jsonb ->> 'id')::bigint FROM roles WHERE project_id = $1 AND ident = $2",
+                    )
+                    .await?;
+                let kept: Option<i64> = tx.query_opt(&stored, &[&project, &ident]).await?.and_then(|r| r.get(0));
+                let id = match kept {
+                    Some(id) => id,
+                    None => tx.query_one("SELECT nextval('role_ids')", &[]).await?.get(0),
+                };
+                u32::try_from(id).map_err(|_| DbError::Corrupt(format!("role id `{id}` out of range")))?
+            }
+        };
+        if in_batch.get(&id).is_some_and(|other| *other != ident) {
+            return Err(DbError::Conflict(format!(
+                "ops[{i}].value.id: role id `{id}` is given to two roles in this batch"
+            )));
+        }
+        in_batch.insert(id, ident);
+        role.id = Some(id);
+    }
+    Ok(())
+}
+
+/// An op as the database applies it.
+fn stored(op: &Op) -> Result<StoredOp, DbError> {
+    Ok(match op {
+        Op::Upsert(item) => StoredOp {
+            kind: item.kind(),
+            ident: ident(&item.identity()),
+            body: Some(
+                item.to_value()
+                    .map_err(|e| DbError::Corrupt(e.to_string()))?
+                    .to_string(),
+            ),
+        },
+        Op::Delete(id) => StoredOp {
+            kind: id.kind(),
+            ident: ident(id),
+            body: None,
+        },
+    })
 }
 
 fn as_version(v: i64) -> u64 {

@@ -73,8 +73,8 @@ async fn route(req: Request<Incoming>, ctl: &Arc<Control>) -> Result<Response<Bo
             only(Method::GET, "GET, HEAD")?;
             return Ok(full(metrics(ctl)));
         }
-        "/v1/batches" | "/v1/snapshot" | "/v1/deltas" => {}
-        p if p.starts_with("/v2/") => {}
+        "/v1/batches" | "/v1/snapshot" | "/v1/deltas" | "/v1/project" => {}
+        p if p.starts_with("/v2/") || p.starts_with("/perm.v1.") || super::orgs::routes(p) => {}
         _ => return Err(RequestError::NotFound(path)),
     }
     // Every other route answers only for the project of a valid key.
@@ -94,6 +94,25 @@ async fn route(req: Request<Incoming>, ctl: &Arc<Control>) -> Result<Response<Bo
             let since = since(req.uri().query())?;
             deltas(ctl, project.project_id, since).await
         }
+        "/v1/project" => {
+            only(Method::GET, "GET, HEAD")?;
+            let version = ctl.db.version(project.project_id).await.map_err(db_error)?;
+            Ok(full(json(
+                StatusCode::OK,
+                &serde_json::json!({
+                    "organisation": project.organisation,
+                    "project": project.project,
+                    "env": project.env,
+                    "version": version,
+                }),
+            )))
+        }
+        p if p.starts_with("/perm.v1.") => {
+            only(Method::POST, "POST")?;
+            let body = read_body(req, ctl.settings.max_body_bytes).await?;
+            super::perm::route_json(ctl, &project, &path, &body).await
+        }
+        p if super::orgs::routes(p) => super::orgs::route(ctl, &project, req).await,
         _ => super::permit::route(ctl, &project, req).await,
     }
 }

@@ -12,6 +12,11 @@
 //! - [`snapshots`]: the snapshot of a version, read consistently and encoded once.
 //! - [`http`]: the HTTP face: the native protocol, `POST /v1/batches`, operations endpoints.
 //! - [`permit`]: the Permit-style REST face (`/v2/schema/…`, `/v2/facts/…`).
+//! - [`perm`]: perm/v1 (seed 003): reads with the sidecar's code on the project's index,
+//!   writes per control.md's mapping table; [`grpc`] serves it (and the organisation service)
+//!   on the gRPC port, [`http`] as JSON at `POST /perm.v1.<Service>/<Method>`.
+//! - [`orgs`]: the organisation faces of seeds 000 (perms.io organisation service), 001
+//!   (pdk.io OU permissions) and 004 (organisations with isolation rules).
 //!
 //! Data flows one way: API → write path → database → change feed → sidecars.
 
@@ -19,7 +24,10 @@ pub mod auth;
 pub mod cli;
 pub mod db;
 pub mod feed;
+pub mod grpc;
 pub mod http;
+pub mod orgs;
+pub mod perm;
 pub mod permit;
 pub mod snapshots;
 pub mod write;
@@ -40,6 +48,7 @@ use std::time::Duration;
 pub struct Settings {
     pub database: String,
     pub http_addr: SocketAddr,
+    pub grpc_addr: SocketAddr,
     pub migrate: bool,
     pub limits: Limits,
     /// Batches older than this are dropped; a `since` before them gets 410.
@@ -58,6 +67,7 @@ impl Default for Settings {
         Settings {
             database: String::new(),
             http_addr: SocketAddr::from(([0, 0, 0, 0], 7780)),
+            grpc_addr: SocketAddr::from(([0, 0, 0, 0], 7781)),
             migrate: true,
             limits: Limits {
                 per_hour: 10_000,
@@ -143,6 +153,10 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
     let listener = Listener::bind(&crate::config::ListenAddr::Tcp(settings.http_addr))
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on http_addr `{}`: {e}", settings.http_addr))?;
+    let grpc_listener = Listener::bind(&crate::config::ListenAddr::Tcp(settings.grpc_addr))
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on grpc_addr `{}`: {e}", settings.grpc_addr))?;
+    tracing::info!(addr = %grpc_listener.local_addr(), "grpc listening");
     tracing::info!(addr = %listener.local_addr(), "http listening");
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
     let ctl = Arc::new(Control {
@@ -155,6 +169,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
         stop,
     });
     let pruner = tokio::spawn(prune(db, settings.retention));
+    let grpc_task = tokio::spawn(grpc::serve(grpc_listener, ctl.clone()));
     let limits = HttpLimits {
         max_connections: 10_000,
         header_read_timeout: Duration::from_secs(10),
@@ -181,6 +196,11 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
     };
     tokio::join!(trigger, serve);
     pruner.abort();
+    match tokio::time::timeout(settings.shutdown_grace, grpc_task).await {
+        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "grpc server ended with an error"),
+        Ok(Err(e)) => tracing::warn!(error = %e, "grpc server task failed"),
+        _ => {}
+    }
     Ok(())
 }
 

@@ -4,6 +4,7 @@
 //! single-flight: requests that arrive while one runs wait for it.
 
 use super::db::{Db, DbError};
+use crate::index::Index;
 use crate::model::{Encoding, Snapshot};
 use bytes::Bytes;
 use std::collections::HashMap;
@@ -17,9 +18,25 @@ pub struct Encoded {
     pub snapshot: Arc<Snapshot>,
     msgpack: OnceCell<Bytes>,
     json: OnceCell<Bytes>,
+    index: OnceCell<Arc<Index>>,
 }
 
 impl Encoded {
+    /// The version's index, built on first use (off the runtime) and shared: the control
+    /// plane's reads (perm/v1, the organisation rules) answer from it with the sidecar's code.
+    pub async fn index(self: &Arc<Self>) -> Result<Arc<Index>, DbError> {
+        let ix = self
+            .index
+            .get_or_try_init(|| async {
+                let me = self.clone();
+                tokio::task::spawn_blocking(move || Arc::new(Index::build(&me.snapshot)))
+                    .await
+                    .map_err(|e| DbError::Corrupt(e.to_string()))
+            })
+            .await?;
+        Ok(ix.clone())
+    }
+
     /// The document in `encoding` (MessagePack or JSON), encoded on first use.
     pub async fn bytes(self: &Arc<Self>, encoding: Encoding, encodes: &AtomicU64) -> Result<Bytes, DbError> {
         let cell = match encoding {
@@ -93,6 +110,7 @@ impl Snapshots {
             snapshot: Arc::new(snapshot),
             msgpack: OnceCell::new(),
             json: OnceCell::new(),
+            index: OnceCell::new(),
         });
         if let Ok(mut latest) = self.latest.lock() {
             let newer = latest.get(&project).is_some_and(|e| e.version > encoded.version);

@@ -59,10 +59,20 @@ pub fn page_bitmap(b: &RoaringBitmap, after: Option<u64>, limit: usize) -> (Vec<
     (items, next)
 }
 
+/// A role's perm/v1 id: its own `id` when it has one, else its position in the document plus
+/// one (api.md's rule for documents without ids).
+fn role_id(r: &crate::model::Role, position: usize) -> i32 {
+    match r.id {
+        Some(id) => i32::try_from(id).unwrap_or(i32::MAX),
+        None => i32::try_from(position + 1).unwrap_or(i32::MAX),
+    }
+}
+
 /// A role as perm/v1 `Role` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RoleInfo {
-    /// Position in the document's `roles` plus one (perm/v1 ids are int32, 0 meaning unset).
+    /// The role's `id`, else its position in the document's `roles` plus one (perm/v1 ids are
+    /// int32, 0 meaning unset).
     pub id: i32,
     pub key: String,
     pub org: Option<String>,
@@ -487,7 +497,7 @@ impl Index {
             .enumerate()
             .filter(|(_, r)| org.is_none_or(|o| r.org.as_deref().is_none_or(|ro| ro == o)))
             .map(|(i, r)| RoleInfo {
-                id: i as i32 + 1,
+                id: role_id(r, i),
                 key: r.key.clone(),
                 org: r.org.clone(),
                 name: r.name.clone(),
@@ -497,8 +507,15 @@ impl Index {
 
     /// The role with perm/v1 id `id` (see `RoleInfo::id`).
     pub fn role_by_id(&self, id: i32) -> Option<RoleInfo> {
-        let i = usize::try_from(id).ok()?.checked_sub(1)?;
-        let r = self.items.roles.get(i)?;
+        let wanted = u32::try_from(id).ok()?;
+        let by_id = self.items.roles.iter().find(|r| r.id == Some(wanted));
+        let r = match by_id {
+            Some(r) => r,
+            None => {
+                let i = usize::try_from(id).ok()?.checked_sub(1)?;
+                self.items.roles.get(i).filter(|r| r.id.is_none())?
+            }
+        };
         Some(RoleInfo {
             id,
             key: r.key.clone(),

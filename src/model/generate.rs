@@ -38,6 +38,8 @@ pub const ORG_ROLES: [&str; 4] = ["viewer", "editor", "admin", "auditor"];
 
 fn role(key: &str, permissions: &[&str], extends: &[&str]) -> Role {
     Role {
+        id: None,
+        attributes: None,
         key: key.into(),
         org: None,
         permissions: permissions.iter().map(|s| s.to_string()).collect(),

@@ -63,10 +63,14 @@ pub struct ResourceType {
     pub description: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Role {
     pub key: String,
+    /// A stable numeric id (perm/v1 `Role.id`; the control plane assigns one to every role),
+    /// 1 to 2^31 - 1, unique in the document when given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<u32>,
     /// Present for an org-scoped role: it exists only for assignments and grants in that org.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub org: Option<String>,
@@ -80,6 +84,9 @@ pub struct Role {
     pub name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
+    /// Free-form attributes (Permit role attributes, perm/v1 `status`); no decision reads them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attributes: Option<Attributes>,
 }
 
 /// User metadata. A user key used anywhere exists implicitly; this item only adds metadata.

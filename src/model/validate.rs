@@ -80,6 +80,14 @@ fn resource_type(v: &ResourceType, at: &str) -> Result<(), SnapshotError> {
 
 fn role(v: &Role, at: &str) -> Result<(), SnapshotError> {
     key(&v.key, || format!("{at}.key"))?;
+    if let Some(id) = v.id
+        && !(1..=i32::MAX as u32).contains(&id)
+    {
+        return Err(SnapshotError::invalid(
+            format!("{at}.id"),
+            format!("`{id}` is not between 1 and {}", i32::MAX),
+        ));
+    }
     opt_key(&v.org, || format!("{at}.org"))?;
     for (i, p) in v.permissions.iter().enumerate() {
         permission(p, || format!("{at}.permissions[{i}]"))?;
@@ -162,6 +170,17 @@ pub fn validate(s: &Snapshot) -> Result<(), SnapshotError> {
     each(&s.orgs, "orgs", org, |v| v.key.as_str())?;
     each(&s.resource_types, "resource_types", resource_type, |v| v.key.as_str())?;
     each(&s.roles, "roles", role, |v| (v.org.as_deref(), v.key.as_str()))?;
+    let mut ids = std::collections::HashSet::new();
+    for (i, r) in s.roles.iter().enumerate() {
+        if let Some(id) = r.id
+            && !ids.insert(id)
+        {
+            return Err(SnapshotError::Duplicate {
+                field: format!("roles[{i}].id"),
+                identity: format!("id {id}"),
+            });
+        }
+    }
     each(&s.users, "users", user, |v| v.key.as_str())?;
     each(&s.resources, "resources", resource, |v| {
         (v.resource_type.as_str(), v.key.as_str())
@@ -265,6 +284,15 @@ mod tests {
             (
                 "format: 1\nversion: 1\nusers: [{key: u, emial: x}]\n",
                 "unknown field `emial`",
+            ),
+            (
+                "format: 1\nversion: 1\nroles: [{key: a, id: 3}, {key: b, id: 3}]\n",
+                "roles[1].id",
+            ),
+            ("format: 1\nversion: 1\nroles: [{key: a, id: 0}]\n", "roles[0].id"),
+            (
+                "format: 1\nversion: 1\nroles: [{key: a, id: 2147483648}]\n",
+                "roles[0].id",
             ),
         ];
         for (doc, want) in cases {

@@ -376,6 +376,8 @@ pub fn map(
         for (role, rr) in r.roles {
             let qualify = |p: String| if p.contains(':') { p } else { format!("{}:{p}", r.key) };
             doc.roles.push(Role {
+                id: None,
+                attributes: None,
                 key: format!("{}#{role}", r.key),
                 org: None,
                 permissions: rr.permissions.into_iter().map(qualify).collect(),
@@ -395,6 +397,8 @@ pub fn map(
     }
     for r in roles {
         doc.roles.push(Role {
+            id: None,
+            attributes: None,
             key: r.key,
             org: None,
             permissions: r.permissions,

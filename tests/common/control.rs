@@ -14,6 +14,8 @@ use std::time::Duration;
 pub struct Control {
     pub child: Child,
     pub addr: String,
+    /// The gRPC listener's address.
+    pub grpc: String,
     pub logs: Arc<Mutex<Vec<String>>>,
 }
 
@@ -70,6 +72,8 @@ impl Control {
             "control",
             "--http-addr",
             "127.0.0.1:0",
+            "--grpc-addr",
+            "127.0.0.1:0",
             "--log-format",
             "json",
             "--poll-interval",
@@ -81,8 +85,13 @@ impl Control {
             }
         }
         cmd.args(extra).env("PERMD_CONTROL_DATABASE", url);
-        let (child, addr, _, _, logs) = launch(cmd);
-        Control { child, addr, logs }
+        let (child, addr, _, grpc, logs) = launch(cmd);
+        Control {
+            child,
+            addr,
+            grpc,
+            logs,
+        }
     }
 
     pub fn url(&self) -> String {
