@@ -66,6 +66,7 @@ async fn main() {
     let key = std::env::var("PERMD_API_KEY").unwrap_or_default();
     let scenario = arg("--scenario", "writes");
     let secs: u64 = arg("--seconds", "10").parse().unwrap_or(10);
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(1024)
         .build()

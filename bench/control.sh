@@ -13,7 +13,8 @@ what=${1:-all}
 
 bindir=${PERMD_PG_BINDIR:-$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)}
 [ -x "$bindir/initdb" ] || { echo "install Debian's postgresql package" >&2; exit 1; }
-cargo build --release --quiet --bin permd --example control_bench
+# PERMD_BENCH_PREBUILT=1 runs the binaries already in target/release as they are.
+[ -n "${PERMD_BENCH_PREBUILT:-}" ] || cargo build --release --quiet --bin permd --example control_bench
 permd=$PWD/target/release/permd
 load=$PWD/target/release/examples/control_bench
 

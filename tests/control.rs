@@ -665,3 +665,64 @@ fn roles_get_stable_ids() {
     assert_eq!(status, 200, "{got}");
     assert_eq!(got["role"]["name"], "editor", "{got}");
 }
+
+#[test]
+fn concurrent_writes_share_transactions_and_fail_alone() {
+    let pg = Postgres::start();
+    let key = create_key(&pg, "acme", "app", "default");
+    let ctl = Arc::new(Control::start(&pg, &[]));
+    let (_, _, v) = ctl.batch(
+        &key,
+        json!([{"op": "upsert", "kind": "role", "value": {"key": "held", "id": 7}}]),
+    );
+    assert_eq!(v, Some(1));
+    let before = ctl.metrics()["permd_control_write_transactions_total"];
+    // 16 writers at once, 25 writes each; every fifth write of writer 0 takes a held role id.
+    let threads: Vec<_> = (0..16)
+        .map(|w| {
+            let (ctl, key) = (ctl.clone(), key.clone());
+            std::thread::spawn(move || {
+                let mut out = vec![];
+                for i in 0..25 {
+                    let ops = if w == 0 && i % 5 == 0 {
+                        json!([{"op": "upsert", "kind": "role", "value": {"key": format!("r{i}"), "id": 7}}])
+                    } else {
+                        json!([{"op": "upsert", "kind": "user", "value": {"key": format!("u{w}-{i}")}}])
+                    };
+                    let (status, body, v) = ctl.batch(&key, ops);
+                    out.push((w, i, status, body, v));
+                }
+                out
+            })
+        })
+        .collect();
+    let results: Vec<_> = threads.into_iter().flat_map(|t| t.join().unwrap()).collect();
+    let mut versions = vec![];
+    for (w, i, status, body, v) in &results {
+        if *w == 0 && i % 5 == 0 {
+            assert_eq!(*status, 409, "{body}");
+        } else {
+            assert_eq!(*status, 200, "{body}");
+            versions.push(v.unwrap());
+        }
+    }
+    // Every accepted write has its own version, contiguous after the first.
+    versions.sort_unstable();
+    assert_eq!(versions, (2..2 + versions.len() as u64).collect::<Vec<_>>());
+    let snap = ctl.snapshot(&key);
+    assert_eq!(snap["users"].as_array().unwrap().len(), versions.len());
+    assert_eq!(
+        snap["roles"].as_array().unwrap().len(),
+        1,
+        "the refused writes stored nothing"
+    );
+    let batches = deltas(&ctl, &key, 1, *versions.last().unwrap());
+    assert_eq!(batches.len(), versions.len());
+    // Writes that arrived together shared transactions.
+    let transactions = ctl.metrics()["permd_control_write_transactions_total"] - before;
+    assert!(
+        transactions < results.len() as f64,
+        "{transactions} transactions for {} writes",
+        results.len()
+    );
+}

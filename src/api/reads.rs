@@ -221,7 +221,7 @@ fn role(r: RoleInfo) -> perm::Role {
     perm::Role {
         id: r.id,
         name: r.key,
-        status: String::new(),
+        status: r.status.unwrap_or_default(),
         org_id: r.org.unwrap_or_default(),
         display_name: r.name.unwrap_or_default(),
     }

@@ -38,6 +38,7 @@ impl From<deadpool_postgres::PoolError> for DbError {
 const MIGRATIONS: &[(i32, &str, &str)] = &[
     (1, "init", include_str!("migrations/0001_init.sql")),
     (2, "role_ids", include_str!("migrations/0002_role_ids.sql")),
+    (3, "orgs", include_str!("migrations/0003_orgs.sql")),
 ];
 
 /// The pool, shared by every request of a replica.
@@ -385,69 +386,113 @@ impl Db {
         Ok(snap)
     }
 
-    /// One write: locks the project, gives every role upsert without an `id` its stored id or
-    /// a new one, applies `ops` in order, and when anything changed appends them as the batch
-    /// of the next version (the JSON line `line(from, to, ops)` gives), then notifies
-    /// `channel`. Returns (version, whether a batch was written). The whole of it is one
-    /// transaction: a failure stores nothing.
-    /// With `expected`, the write is made only if the project is still at that version
-    /// (else [`DbError::Moved`], nothing written): for ops planned from a read of it.
-    pub async fn write(
+    /// Several writes of one project committed together (group commit: one transaction, one
+    /// WAL flush for all of them). Locks the project; then each write, in order, under its own
+    /// savepoint: refused with [`DbError::Moved`] if `expected` is set and the project is no
+    /// longer there; every role upsert without an `id` gets its stored id or a new one; its
+    /// ops are applied in order; if any row changed, its batch (the JSON line `line(from, to,
+    /// ops)` gives) is appended at the next version, else it makes no version. A write that
+    /// fails rolls back to its savepoint and the others go on. One notification on `channel`
+    /// for the lot. Returns one result per write: (version, whether it made a batch). If the
+    /// commit itself fails, every write fails and nothing is stored.
+    pub async fn write_group(
         &self,
         project: i64,
-        expected: Option<u64>,
-        ops: &mut [Op],
-        line: impl FnOnce(u64, u64, &[Op]) -> String,
+        writes: &mut [GroupWrite],
+        line: impl Fn(u64, u64, &[Op]) -> String,
         channel: &str,
-    ) -> Result<(u64, bool), DbError> {
+    ) -> Result<Vec<Result<(u64, bool), DbError>>, DbError> {
         let mut client = self.pool.get().await?;
-        let tx = client.transaction().await?;
+        let mut tx = client.transaction().await?;
         let lock = tx
             .prepare_cached("SELECT version FROM projects WHERE id = $1 FOR UPDATE")
             .await?;
-        let current = as_version(tx.query_one(&lock, &[&project]).await?.get(0));
-        if expected.is_some_and(|v| v != current) {
-            tx.rollback().await?;
-            return Err(DbError::Moved);
-        }
-        role_ids(&tx, project, ops).await?;
-        let stored: Vec<StoredOp> = ops.iter().map(stored).collect::<Result<_, _>>()?;
-        // Sent in order on one connection (pipelined), executed in order by the server.
-        let mut pending = Vec::with_capacity(stored.len());
-        for op in &stored {
-            let stmt = match op.body {
-                Some(_) => tx.prepare_cached(upsert_sql(op.kind)).await?,
-                None => tx.prepare_cached(delete_sql(op.kind)).await?,
-            };
-            pending.push((stmt, &op.ident, &op.body));
-        }
-        let runs = pending.iter().map(|(stmt, ident, body)| async {
-            match body {
-                Some(body) => tx.execute(stmt, &[&project, ident, body]).await,
-                None => tx.execute(stmt, &[&project, ident]).await,
+        let first = as_version(tx.query_one(&lock, &[&project]).await?.get(0));
+        let mut current = first;
+        let mut results = Vec::with_capacity(writes.len());
+        for w in writes.iter_mut() {
+            if w.expected.is_some_and(|v| v != current) {
+                results.push(Err(DbError::Moved));
+                continue;
             }
-        });
-        let changed = futures_util::future::try_join_all(runs).await?.iter().any(|n| *n > 0);
-        if !changed {
-            tx.rollback().await?;
-            return Ok((current, false));
+            let sp = tx.savepoint("w").await?;
+            match apply(&sp, project, current, &mut w.ops, &line).await {
+                Ok(Some(next)) => {
+                    sp.commit().await?;
+                    current = next;
+                    results.push(Ok((next, true)));
+                }
+                Ok(None) => {
+                    sp.rollback().await?;
+                    results.push(Ok((current, false)));
+                }
+                Err(e) => {
+                    // A failed statement aborts the savepoint; the rest of the group goes on.
+                    sp.rollback().await?;
+                    results.push(Err(e));
+                }
+            }
         }
-        let next = current + 1;
-        let insert = tx
-            .prepare_cached("INSERT INTO changes (project_id, version, batch) VALUES ($1, $2, $3)")
-            .await?;
+        if current == first {
+            tx.rollback().await?;
+            return Ok(results);
+        }
         let bump = tx
             .prepare_cached("UPDATE projects SET version = $2 WHERE id = $1")
             .await?;
         let notify = tx.prepare_cached("SELECT pg_notify($1, $2)").await?;
-        let batch = line(current, next, ops);
         let project_text = project.to_string();
-        tx.execute(&insert, &[&project, &as_db(next), &batch]).await?;
-        tx.execute(&bump, &[&project, &as_db(next)]).await?;
+        tx.execute(&bump, &[&project, &as_db(current)]).await?;
         tx.execute(&notify, &[&channel, &project_text]).await?;
         tx.commit().await?;
-        Ok((next, true))
+        Ok(results)
     }
+}
+
+/// One write of a group: the ops, and the version they were planned at, if any.
+#[derive(Debug)]
+pub struct GroupWrite {
+    pub expected: Option<u64>,
+    pub ops: Vec<Op>,
+}
+
+/// Applies one write's ops at version `current` inside `tx`: the next version when a row
+/// changed (its batch appended), `None` when nothing did.
+async fn apply(
+    tx: &deadpool_postgres::Transaction<'_>,
+    project: i64,
+    current: u64,
+    ops: &mut [Op],
+    line: &impl Fn(u64, u64, &[Op]) -> String,
+) -> Result<Option<u64>, DbError> {
+    role_ids(tx, project, ops).await?;
+    let stored: Vec<StoredOp> = ops.iter().map(stored).collect::<Result<_, _>>()?;
+    // Sent in order on one connection (pipelined), executed in order by the server.
+    let mut pending = Vec::with_capacity(stored.len());
+    for op in &stored {
+        let stmt = match op.body {
+            Some(_) => tx.prepare_cached(upsert_sql(op.kind)).await?,
+            None => tx.prepare_cached(delete_sql(op.kind)).await?,
+        };
+        pending.push((stmt, &op.ident, &op.body));
+    }
+    let runs = pending.iter().map(|(stmt, ident, body)| async {
+        match body {
+            Some(body) => tx.execute(stmt, &[&project, ident, body]).await,
+            None => tx.execute(stmt, &[&project, ident]).await,
+        }
+    });
+    let changed = futures_util::future::try_join_all(runs).await?.iter().any(|n| *n > 0);
+    if !changed {
+        return Ok(None);
+    }
+    let next = current + 1;
+    let insert = tx
+        .prepare_cached("INSERT INTO changes (project_id, version, batch) VALUES ($1, $2, $3)")
+        .await?;
+    tx.execute(&insert, &[&project, &as_db(next), &line(current, next, ops)])
+        .await?;
+    Ok(Some(next))
 }
 
 /// Fills in the `id` of role upserts that have none (the stored role's, else a new one) and
@@ -566,4 +611,197 @@ fn delete_sql(kind: Kind) -> &'static str {
 
 fn select_items_sql(kind: Kind) -> &'static str {
     per_kind!(kind, "SELECT body FROM ", " WHERE project_id = $1 ORDER BY seq")
+}
+
+// --- The organisation faces (src/control/orgs/): perms.io organisations, projects, API keys
+// and invitations (seed 000), and the audit log of deletes (seeds 001 and 004). One function
+// per statement, every value a bound parameter. Timestamps are RFC 3339 in UTC.
+
+/// An organisation of seed 000 (`organisations`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrganisationRow {
+    pub id: i64,
+    pub name: String,
+    pub created_at: String,
+}
+
+/// A project/environment of an organisation (`projects`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProjectRow {
+    pub id: i64,
+    pub name: String,
+    pub env: String,
+    pub organisation_id: i64,
+    pub version: u64,
+    pub created_at: String,
+}
+
+/// An API key's metadata (never its hash).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKeyRow {
+    pub id: i64,
+    pub prefix: String,
+    pub project_name: String,
+    pub env: String,
+    pub created_at: String,
+    pub revoked_at: Option<String>,
+}
+
+/// One row of the organisation faces' audit log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditEntry<'a> {
+    pub project_id: i64,
+    pub key_id: i64,
+    pub actor: Option<&'a str>,
+    pub action: &'a str,
+    pub target: &'a str,
+    pub outcome: &'a str,
+    pub version: Option<u64>,
+}
+
+impl Db {
+    /// The organisation named `name`.
+    pub async fn organisation_by_name(&self, name: &str) -> Result<Option<OrganisationRow>, DbError> {
+        let client = self.pool.get().await?;
+        let stmt = client
+            .prepare_cached(
+                "SELECT id, name, to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')
+                 FROM organisations WHERE name = $1",
+            )
+            .await?;
+        Ok(client.query_opt(&stmt, &[&name]).await?.map(|r| OrganisationRow {
+            id: r.get(0),
+            name: r.get(1),
+            created_at: r.get(2),
+        }))
+    }
+
+    /// The environments of project `name` in an organisation (one, or none with `env`), by id.
+    pub async fn organisation_project(
+        &self,
+        organisation: i64,
+        name: &str,
+        env: Option<&str>,
+    ) -> Result<Vec<ProjectRow>, DbError> {
+        let client = self.pool.get().await?;
+        let stmt = client
+            .prepare_cached(
+                "SELECT id, name, env, organisation_id, version,
+                        to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')
+                 FROM projects WHERE organisation_id = $1 AND name = $2 AND ($3::text IS NULL OR env = $3)
+                 ORDER BY id",
+            )
+            .await?;
+        let rows = client.query(&stmt, &[&organisation, &name, &env]).await?;
+        Ok(rows.iter().map(project_row).collect())
+    }
+
+    /// Projects of an organisation with an id above `after`, by id, at most `limit`; with
+    /// `search`, only those whose name contains it (case-insensitive, no wildcards).
+    pub async fn organisation_projects(
+        &self,
+        organisation: i64,
+        after: i64,
+        limit: i64,
+        search: Option<&str>,
+    ) -> Result<Vec<ProjectRow>, DbError> {
+        let client = self.pool.get().await?;
+        let stmt = client
+            .prepare_cached(
+                "SELECT id, name, env, organisation_id, version,
+                        to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')
+                 FROM projects
+                 WHERE organisation_id = $1 AND id > $2
+                   AND ($4::text IS NULL OR strpos(lower(name), lower($4)) > 0)
+                 ORDER BY id LIMIT $3",
+            )
+            .await?;
+        let rows = client.query(&stmt, &[&organisation, &after, &limit, &search]).await?;
+        Ok(rows.iter().map(project_row).collect())
+    }
+
+    /// The keys (live and revoked) of project `name` in an organisation, oldest first.
+    pub async fn organisation_api_keys(
+        &self,
+        organisation: i64,
+        name: &str,
+        env: Option<&str>,
+    ) -> Result<Vec<ApiKeyRow>, DbError> {
+        let client = self.pool.get().await?;
+        let stmt = client
+            .prepare_cached(
+                "SELECT k.id, k.prefix, p.name, p.env,
+                        to_char(k.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'),
+                        to_char(k.revoked_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')
+                 FROM api_keys k JOIN projects p ON p.id = k.project_id
+                 WHERE p.organisation_id = $1 AND p.name = $2 AND ($3::text IS NULL OR p.env = $3)
+                 ORDER BY k.id",
+            )
+            .await?;
+        let rows = client.query(&stmt, &[&organisation, &name, &env]).await?;
+        Ok(rows
+            .iter()
+            .map(|r| ApiKeyRow {
+                id: r.get(0),
+                prefix: r.get(1),
+                project_name: r.get(2),
+                env: r.get(3),
+                created_at: r.get(4),
+                revoked_at: r.get(5),
+            })
+            .collect())
+    }
+
+    /// Records an invitation of `email` to an organisation (again: refreshes its time);
+    /// returns when it was made.
+    pub async fn invite_to_organisation(&self, organisation: i64, email: &str, key_id: i64) -> Result<String, DbError> {
+        let client = self.pool.get().await?;
+        let stmt = client
+            .prepare_cached(
+                "INSERT INTO organisation_invites AS i (organisation_id, email, invited_by_key) VALUES ($1, $2, $3)
+                 ON CONFLICT (organisation_id, lower(email))
+                 DO UPDATE SET email = EXCLUDED.email, invited_by_key = EXCLUDED.invited_by_key, invited_at = now()
+                 RETURNING to_char(i.invited_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
+            )
+            .await?;
+        Ok(client.query_one(&stmt, &[&organisation, &email, &key_id]).await?.get(0))
+    }
+
+    /// Appends one row to the organisation faces' audit log.
+    pub async fn audit(&self, e: &AuditEntry<'_>) -> Result<(), DbError> {
+        let client = self.pool.get().await?;
+        let stmt = client
+            .prepare_cached(
+                "INSERT INTO org_audit (project_id, key_id, actor, action, target, outcome, version)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            )
+            .await?;
+        let version = e.version.map(as_db);
+        client
+            .execute(
+                &stmt,
+                &[
+                    &e.project_id,
+                    &e.key_id,
+                    &e.actor,
+                    &e.action,
+                    &e.target,
+                    &e.outcome,
+                    &version,
+                ],
+            )
+            .await?;
+        Ok(())
+    }
+}
+
+fn project_row(r: &tokio_postgres::Row) -> ProjectRow {
+    ProjectRow {
+        id: r.get(0),
+        name: r.get(1),
+        env: r.get(2),
+        organisation_id: r.get(3),
+        version: as_version(r.get(4)),
+        created_at: r.get(5),
+    }
 }

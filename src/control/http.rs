@@ -141,10 +141,13 @@ fn metrics(ctl: &Control) -> Response<Full<Bytes>> {
          # TYPE permd_control_snapshot_encodes_total counter\npermd_control_snapshot_encodes_total {}\n\
          # HELP permd_control_snapshot_reads_total Snapshots read from the database\n\
          # TYPE permd_control_snapshot_reads_total counter\npermd_control_snapshot_reads_total {}\n\
+         # HELP permd_control_write_transactions_total Database transactions of the write path (a group of writes each)\n\
+         # TYPE permd_control_write_transactions_total counter\npermd_control_write_transactions_total {}\n\
          # HELP permd_control_delta_streams Delta streams open on this replica\n\
          # TYPE permd_control_delta_streams gauge\npermd_control_delta_streams {}\n",
         ctl.snapshots.encodes.load(Ordering::Relaxed),
         ctl.snapshots.reads.load(Ordering::Relaxed),
+        ctl.groups.transactions.load(Ordering::Relaxed),
         ctl.feed.streams(),
     );
     out.extend_from_slice(extra.as_bytes());

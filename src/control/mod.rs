@@ -129,6 +129,8 @@ fn unreachable_counter() -> IntCounterVec {
 /// Everything a request of a replica shares.
 pub struct Control {
     pub db: Db,
+    /// The write queue of each project (group commit).
+    pub groups: write::Groups,
     pub keys: Keys,
     pub feed: Arc<Feed>,
     pub snapshots: Snapshots,
@@ -159,9 +161,11 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyh
     tracing::info!(addr = %grpc_listener.local_addr(), "grpc listening");
     tracing::info!(addr = %listener.local_addr(), "http listening");
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let feed = Feed::start(db.clone(), settings.poll_interval);
     let ctl = Arc::new(Control {
         keys: Keys::new(db.clone(), settings.limits),
-        feed: Feed::start(db.clone(), settings.poll_interval),
+        groups: write::Groups::new(db.clone(), feed.clone()),
+        feed,
         snapshots: Snapshots::new(db.clone()),
         db: db.clone(),
         metrics: Metrics::new(),

@@ -68,6 +68,10 @@ fn role_id(r: &crate::model::Role, position: usize) -> i32 {
     }
 }
 
+fn role_status(r: &crate::model::Role) -> Option<String> {
+    r.attributes.as_ref()?.get("status")?.as_str().map(str::to_owned)
+}
+
 /// A role as perm/v1 `Role` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RoleInfo {
@@ -77,6 +81,8 @@ pub struct RoleInfo {
     pub key: String,
     pub org: Option<String>,
     pub name: Option<String>,
+    /// perm/v1 `status`: the role's `attributes.status` when it is a string.
+    pub status: Option<String>,
 }
 
 /// Permit's `/local/role_assignments` filters; an empty list does not filter.
@@ -501,6 +507,7 @@ impl Index {
                 key: r.key.clone(),
                 org: r.org.clone(),
                 name: r.name.clone(),
+                status: role_status(r),
             })
             .collect()
     }
@@ -521,6 +528,7 @@ impl Index {
             key: r.key.clone(),
             org: r.org.clone(),
             name: r.name.clone(),
+            status: role_status(r),
         })
     }
 
