@@ -45,7 +45,7 @@ pgcpu() {
     echo "$t"
 }
 
-"$permd" control --http-addr 127.0.0.1:17780 --rate-limit-hour 0 --rate-limit-minute 0 \
+"$permd" control --http-addr 127.0.0.1:17780 --grpc-addr 127.0.0.1:17790 --rate-limit-hour 0 --rate-limit-minute 0 \
     --pool-size 32 --log-level warn &
 server=$!
 pids+=($server)
@@ -75,7 +75,7 @@ kinds = [("orgs", "org"), ("resource_types", "resource_type"), ("roles", "role")
 print(json.dumps({"ops": [{"op": "upsert", "kind": k, "value": v} for f, k in kinds for v in doc.get(f, [])]}))
 PY
     # One batch of the whole document, written past the default body limit by a second replica.
-    "$permd" control --http-addr 127.0.0.1:17781 --rate-limit-hour 0 --rate-limit-minute 0 \
+    "$permd" control --http-addr 127.0.0.1:17781 --grpc-addr 127.0.0.1:17791 --rate-limit-hour 0 --rate-limit-minute 0 \
         --max-body-bytes 1000000000 --log-level warn &
     pids+=($!)
     for _ in $(seq 100); do curl -sf 127.0.0.1:17781/readyz >/dev/null && break; sleep 0.1; done

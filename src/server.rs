@@ -2,8 +2,9 @@
 //! serve HTTP/1.1 and h2c with hyper, and shut down gracefully: stop accepting, let in-flight
 //! requests finish within the grace period.
 
+use crate::api::forward::Forwarder;
 use crate::api::grpc::{FILE_DESCRIPTOR_SET, GrpcState, perm, permd};
-use crate::api::http::{HttpState, handle};
+use crate::api::http::{HttpState, handle_with};
 use crate::config::{Config, ListenAddr};
 use crate::store::Store;
 use hyper::body::Incoming;
@@ -168,15 +169,16 @@ impl HttpLimits {
 }
 
 /// Serves the sidecar's HTTP API on `listener` until `shutdown` resolves, then drains within
-/// `grace`.
+/// `grace`; with `forward`, Permit's `/facts/…` writes go to the control plane.
 pub async fn serve_http(
     listener: Listener,
     state: Arc<HttpState>,
+    forward: Option<Arc<Forwarder>>,
     limits: HttpLimits,
     grace: Duration,
     shutdown: impl Future<Output = ()>,
 ) {
-    let service = move |req| handle(req, state.clone());
+    let service = move |req| handle_with(req, state.clone(), forward.clone());
     serve_with(listener, Arc::new(service), limits, grace, shutdown).await
 }
 
@@ -303,6 +305,10 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
     tracing::info!(addr = %grpc.local_addr(), "grpc listening");
     tracing::info!(addr = %http.local_addr(), "http listening");
     let source = crate::sync::spawn(&cfg, store.clone());
+    let forward = Arc::new(Forwarder::new(&cfg, store.clone()));
+    if forward.enabled() {
+        tracing::info!(source = %cfg.source.display(), "writes are forwarded to the control plane");
+    }
     let state = |admin_only| {
         Arc::new(HttpState {
             store: store.clone(),
@@ -319,6 +325,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
         let serve = serve_http(
             listener,
             state(true),
+            None,
             HttpLimits::from_config(&cfg),
             cfg.shutdown_grace,
             stopped(stop_rx.clone()),
@@ -326,7 +333,10 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
         tokio::spawn(serve)
     });
     let grpc_task = {
-        let state = GrpcState { store: store.clone() };
+        let state = GrpcState {
+            store: store.clone(),
+            forward: forward.clone(),
+        };
         tokio::spawn(serve_grpc(
             grpc,
             state,
@@ -344,6 +354,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
     let serve = serve_http(
         http,
         state(false),
+        Some(forward),
         HttpLimits::from_config(&cfg),
         cfg.shutdown_grace,
         stopped(stop_rx),

@@ -273,6 +273,14 @@ fn writes_are_versions_and_the_snapshot_is_their_sum() {
         }
         assert_eq!(&doc, expected, "snapshot at version {version}");
     }
+    // A replica with nothing cached reads the same document from the database (the first
+    // replica brings its cached one forward by applying batches).
+    let fresh = Control::start(&pg, &[]);
+    assert_eq!(
+        snapshot_doc(&fresh.snapshot(&key)),
+        doc,
+        "a fresh read equals the batches applied"
+    );
 
     // The follower converged, and decides as `permd serve` on that snapshot file does.
     follower.wait_version(last);

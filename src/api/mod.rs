@@ -1,5 +1,6 @@
 //! The faces permd answers on. Thin adapters: decode, call the index, encode.
 
+pub mod forward;
 pub mod grpc;
 pub mod http;
 pub mod reads;

@@ -3,7 +3,7 @@
 //! value a bound parameter. Table names come from [`table`] (a fixed name per model kind),
 //! never from a request.
 
-use crate::model::{Identity, Item, Kind, Op, Snapshot, SnapshotError};
+use crate::model::{Identity, Item, Kind, Op, Snapshot};
 use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod};
 use std::collections::HashMap;
 use std::time::Duration;
@@ -355,35 +355,18 @@ impl Db {
         let row = tx
             .query_one("SELECT version FROM projects WHERE id = $1", &[&project])
             .await?;
-        let mut snap = Snapshot {
-            format: 1,
-            version: as_version(row.get(0)),
-            ..Snapshot::default()
-        };
+        let version = as_version(row.get(0));
+        let mut stmts = Vec::with_capacity(Kind::ALL.len());
         for kind in Kind::ALL {
-            let stmt = tx.prepare_cached(select_items_sql(kind)).await?;
-            let rows = tx.query(&stmt, &[&project]).await?;
-            for r in &rows {
-                let body: &str = r.get(0);
-                let value: serde_json::Value =
-                    serde_json::from_str(body).map_err(|e| DbError::Corrupt(format!("{}: {e}", table(kind))))?;
-                let item = Item::decode(kind, value, table(kind))
-                    .map_err(|e: SnapshotError| DbError::Corrupt(e.to_string()))?;
-                // Identities are unique in the table: append, no search.
-                match item {
-                    Item::Org(v) => snap.orgs.push(v),
-                    Item::ResourceType(v) => snap.resource_types.push(v),
-                    Item::Role(v) => snap.roles.push(v),
-                    Item::User(v) => snap.users.push(v),
-                    Item::Resource(v) => snap.resources.push(v),
-                    Item::RoleAssignment(v) => snap.role_assignments.push(v),
-                    Item::RoleGrant(v) => snap.role_grants.push(v),
-                    Item::Menu(v) => snap.menus.push(v),
-                }
-            }
+            stmts.push(tx.prepare_cached(select_items_sql(kind)).await?);
         }
+        // The eight reads pipelined on the connection, decoded off the runtime.
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&project];
+        let rows = futures_util::future::try_join_all(stmts.iter().map(|s| tx.query(s, &params))).await?;
         tx.commit().await?;
-        Ok(snap)
+        tokio::task::spawn_blocking(move || decode_snapshot(version, rows))
+            .await
+            .map_err(|e| DbError::Corrupt(e.to_string()))?
     }
 
     /// Several writes of one project committed together (group commit: one transaction, one
@@ -493,6 +476,37 @@ async fn apply(
     tx.execute(&insert, &[&project, &as_db(next), &line(current, next, ops)])
         .await?;
     Ok(Some(next))
+}
+
+/// The document of `version` from the rows of each kind (in `Kind::ALL` order), each body
+/// decoded straight into its type. Identities are unique in a table: items are appended, no
+/// search.
+fn decode_snapshot(version: u64, rows: Vec<Vec<tokio_postgres::Row>>) -> Result<Snapshot, DbError> {
+    fn typed<T: serde::de::DeserializeOwned>(kind: Kind, rows: &[tokio_postgres::Row]) -> Result<Vec<T>, DbError> {
+        rows.iter()
+            .map(|r| {
+                serde_json::from_str(r.get::<_, &str>(0)).map_err(|e| DbError::Corrupt(format!("{}: {e}", table(kind))))
+            })
+            .collect()
+    }
+    let mut snap = Snapshot {
+        format: 1,
+        version,
+        ..Snapshot::default()
+    };
+    for (kind, rows) in Kind::ALL.into_iter().zip(&rows) {
+        match kind {
+            Kind::Org => snap.orgs = typed(kind, rows)?,
+            Kind::ResourceType => snap.resource_types = typed(kind, rows)?,
+            Kind::Role => snap.roles = typed(kind, rows)?,
+            Kind::User => snap.users = typed(kind, rows)?,
+            Kind::Resource => snap.resources = typed(kind, rows)?,
+            Kind::RoleAssignment => snap.role_assignments = typed(kind, rows)?,
+            Kind::RoleGrant => snap.role_grants = typed(kind, rows)?,
+            Kind::Menu => snap.menus = typed(kind, rows)?,
+        }
+    }
+    Ok(snap)
 }
 
 /// Fills in the `id` of role upserts that have none (the stored role's, else a new one) and

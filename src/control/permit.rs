@@ -169,7 +169,12 @@ pub async fn route(ctl: &Control, project: &KeyProject, req: Request<Incoming>) 
         _ => Bytes::new(),
     };
     // Answers are planned on the current document and written only if the project is still
-    // at its version; when another write landed first, the request is planned again.
+    // at its version; when another write landed first, the request is planned again. Writes
+    // of this replica take the project's planning turn, so they do not race each other.
+    let _turn = match act {
+        Action::List | Action::Get(_) => None,
+        _ => Some(ctl.groups.plan_turn(project.project_id).await),
+    };
     for _ in 0..PLAN_ATTEMPTS {
         let current = ctl.snapshots.current(project.project_id).await.map_err(db_error)?;
         let cx = Ctx::new(ctl, project, current.snapshot.clone(), current.version);

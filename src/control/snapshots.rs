@@ -5,7 +5,7 @@
 
 use super::db::{Db, DbError};
 use crate::index::Index;
-use crate::model::{Encoding, Snapshot};
+use crate::model::{DeltaBatch, Encoding, Snapshot};
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -70,7 +70,41 @@ pub struct Snapshots {
     pub reads: AtomicU64,
 }
 
+/// Versions a cached document is brought forward by applying batches rather than read again.
+const CATCH_UP_MAX: u64 = 512;
+
 impl Snapshots {
+    async fn read(&self, project: i64) -> Result<Snapshot, DbError> {
+        let s = self.db.snapshot(project).await?;
+        self.reads.fetch_add(1, Ordering::Relaxed);
+        Ok(s)
+    }
+
+    /// The cached document with the batches after it applied (model.md §4: the same document
+    /// a read would give); `None` when they are not all kept or do not follow on.
+    async fn catch_up(&self, project: i64, from: &Encoded) -> Result<Option<Snapshot>, DbError> {
+        let rows = self
+            .db
+            .changes_after(project, from.version, CATCH_UP_MAX as i64)
+            .await?;
+        let base = from.snapshot.clone();
+        let applied = tokio::task::spawn_blocking(move || {
+            let mut doc = (*base).clone();
+            for (version, line) in rows {
+                let batch = DeltaBatch::from_json(line.as_bytes()).ok()?;
+                if batch.from_version != doc.version || batch.to_version != version {
+                    return None;
+                }
+                doc.apply_ops(&batch.ops);
+                doc.version = batch.to_version;
+            }
+            Some(doc)
+        })
+        .await
+        .map_err(|e| DbError::Corrupt(e.to_string()))?;
+        Ok(applied.filter(|d| d.version > from.version))
+    }
+
     pub fn new(db: Db) -> Snapshots {
         Snapshots {
             db,
@@ -103,8 +137,14 @@ impl Snapshots {
         if let Some(e) = self.cached(project, version) {
             return Ok(e);
         }
-        let snapshot = self.db.snapshot(project).await?;
-        self.reads.fetch_add(1, Ordering::Relaxed);
+        let previous = self.latest.lock().ok().and_then(|l| l.get(&project).cloned());
+        let snapshot = match previous {
+            Some(p) if version.saturating_sub(p.version) <= CATCH_UP_MAX => match self.catch_up(project, &p).await? {
+                Some(s) => s,
+                None => self.read(project).await?,
+            },
+            _ => self.read(project).await?,
+        };
         let encoded = Arc::new(Encoded {
             version: snapshot.version,
             snapshot: Arc::new(snapshot),

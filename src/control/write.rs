@@ -50,6 +50,7 @@ pub async fn write_with<F>(ctl: &Control, project: i64, plan: F) -> Result<Writt
 where
     F: Fn(&Snapshot) -> Result<Vec<Op>, RequestError>,
 {
+    let _turn = ctl.groups.plan_turn(project).await;
     for _ in 0..PLAN_ATTEMPTS {
         let current = ctl.snapshots.current(project).await.map_err(db_error)?;
         let ops = plan(&current.snapshot)?;
@@ -142,6 +143,8 @@ pub struct Groups {
     queues: Arc<Mutex<HashMap<i64, Queue>>>,
     /// Transactions the groups took (`permd_control_write_transactions_total`).
     pub transactions: Arc<AtomicU64>,
+    /// One planner at a time per project (see [`Groups::plan_turn`]).
+    plans: Arc<Mutex<HashMap<i64, Arc<tokio::sync::Mutex<()>>>>>,
 }
 
 /// Writes in one transaction at most.
@@ -154,7 +157,20 @@ impl Groups {
             feed,
             queues: Arc::default(),
             transactions: Arc::default(),
+            plans: Arc::default(),
         }
+    }
+
+    /// The project's planning turn: writes planned from the current document (cascades,
+    /// existence checks) take it from the read to the commit, so on one replica they never
+    /// plan on a version another of them is about to move; only writes of other replicas can
+    /// still make a plan stale (then it is planned again).
+    pub async fn plan_turn(&self, project: i64) -> tokio::sync::OwnedMutexGuard<()> {
+        let gate = match self.plans.lock() {
+            Ok(mut plans) => plans.entry(project).or_default().clone(),
+            Err(_) => Arc::default(),
+        };
+        gate.lock_owned().await
     }
 
     /// Queues a write and waits for its result; starts the project's flush task when none runs.

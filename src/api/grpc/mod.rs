@@ -5,6 +5,7 @@
 //! `grpc.health.v1.Health` and server reflection. Decode, call the index, encode; errors map
 //! to status codes in one place (`status`).
 
+use crate::api::forward::Forwarder;
 use crate::api::http::RequestError;
 use crate::api::reads::{self, Paged, Paging};
 use crate::index::{Decision, Index, Query, Subject};
@@ -36,6 +37,8 @@ const MAX_WAIT_MS: u64 = 60_000;
 #[derive(Clone)]
 pub struct GrpcState {
     pub store: Arc<Store>,
+    /// Where the perm/v1 writes go.
+    pub forward: Arc<Forwarder>,
 }
 
 /// The one place errors become gRPC statuses.
@@ -112,12 +115,6 @@ fn enforce_query(r: &perm::EnforceRequest) -> Result<Query<'_>, Status> {
         org: non_empty(&r.org_id),
         group_type: non_empty(&r.group_type),
     })
-}
-
-fn unimplemented_write(rpc: &str) -> Status {
-    Status::unimplemented(format!(
-        "{rpc} changes data that belongs to the control plane; permd is a read-only decision point until write forwarding exists"
-    ))
 }
 
 /// Paging from `x-permd-limit` and `x-permd-cursor` (perm/v1 messages have no such fields).
@@ -225,9 +222,9 @@ impl perm::perm_service_server::PermService for GrpcState {
 
     async fn save_role_perm(
         &self,
-        _: Request<perm::PermServiceSaveRolePermRequest>,
+        req: Request<perm::PermServiceSaveRolePermRequest>,
     ) -> Result<Response<perm::PermServiceSaveRolePermResponse>, Status> {
-        Err(unimplemented_write("SaveRolePerm"))
+        self.forward.rpc("PermService", "SaveRolePerm", req).await
     }
 }
 
@@ -412,37 +409,37 @@ impl perm::role_service_server::RoleService for GrpcState {
 
     async fn create_role(
         &self,
-        _: Request<perm::CreateRoleRequest>,
+        req: Request<perm::CreateRoleRequest>,
     ) -> Result<Response<perm::CreateRoleResponse>, Status> {
-        Err(unimplemented_write("CreateRole"))
+        self.forward.rpc("RoleService", "CreateRole", req).await
     }
 
     async fn delete_role(
         &self,
-        _: Request<perm::DeleteRoleRequest>,
+        req: Request<perm::DeleteRoleRequest>,
     ) -> Result<Response<perm::DeleteRoleResponse>, Status> {
-        Err(unimplemented_write("DeleteRole"))
+        self.forward.rpc("RoleService", "DeleteRole", req).await
     }
 
     async fn update_role(
         &self,
-        _: Request<perm::UpdateRoleRequest>,
+        req: Request<perm::UpdateRoleRequest>,
     ) -> Result<Response<perm::UpdateRoleResponse>, Status> {
-        Err(unimplemented_write("UpdateRole"))
+        self.forward.rpc("RoleService", "UpdateRole", req).await
     }
 
     async fn add_role_for_user(
         &self,
-        _: Request<perm::AddRoleForUserRequest>,
+        req: Request<perm::AddRoleForUserRequest>,
     ) -> Result<Response<perm::AddRoleForUserResponse>, Status> {
-        Err(unimplemented_write("AddRoleForUser"))
+        self.forward.rpc("RoleService", "AddRoleForUser", req).await
     }
 
     async fn del_role_for_user(
         &self,
-        _: Request<perm::DelRoleForUserRequest>,
+        req: Request<perm::DelRoleForUserRequest>,
     ) -> Result<Response<perm::DelRoleForUserResponse>, Status> {
-        Err(unimplemented_write("DelRoleForUser"))
+        self.forward.rpc("RoleService", "DelRoleForUser", req).await
     }
 }
 
@@ -458,37 +455,37 @@ impl perm::group_service_server::GroupService for GrpcState {
 
     async fn create_group(
         &self,
-        _: Request<perm::CreateGroupRequest>,
+        req: Request<perm::CreateGroupRequest>,
     ) -> Result<Response<perm::CreateGroupResponse>, Status> {
-        Err(unimplemented_write("CreateGroup"))
+        self.forward.rpc("GroupService", "CreateGroup", req).await
     }
 
     async fn delete_group(
         &self,
-        _: Request<perm::DeleteGroupRequest>,
+        req: Request<perm::DeleteGroupRequest>,
     ) -> Result<Response<perm::DeleteGroupResponse>, Status> {
-        Err(unimplemented_write("DeleteGroup"))
+        self.forward.rpc("GroupService", "DeleteGroup", req).await
     }
 
     async fn move_group(
         &self,
-        _: Request<perm::MoveGroupRequest>,
+        req: Request<perm::MoveGroupRequest>,
     ) -> Result<Response<perm::MoveGroupResponse>, Status> {
-        Err(unimplemented_write("MoveGroup"))
+        self.forward.rpc("GroupService", "MoveGroup", req).await
     }
 
     async fn add_res_for_group(
         &self,
-        _: Request<perm::AddResForGroupRequest>,
+        req: Request<perm::AddResForGroupRequest>,
     ) -> Result<Response<perm::AddResForGroupResponse>, Status> {
-        Err(unimplemented_write("AddResForGroup"))
+        self.forward.rpc("GroupService", "AddResForGroup", req).await
     }
 
     async fn del_res_for_group(
         &self,
-        _: Request<perm::DelResForGroupRequest>,
+        req: Request<perm::DelResForGroupRequest>,
     ) -> Result<Response<perm::DelResForGroupResponse>, Status> {
-        Err(unimplemented_write("DelResForGroup"))
+        self.forward.rpc("GroupService", "DelResForGroup", req).await
     }
 }
 
@@ -513,22 +510,22 @@ impl perm::org_service_server::OrgService for GrpcState {
 
     async fn create_org(
         &self,
-        _: Request<perm::CreateOrgRequest>,
+        req: Request<perm::CreateOrgRequest>,
     ) -> Result<Response<perm::CreateOrgResponse>, Status> {
-        Err(unimplemented_write("CreateOrg"))
+        self.forward.rpc("OrgService", "CreateOrg", req).await
     }
 
     async fn delete_org(
         &self,
-        _: Request<perm::DeleteOrgRequest>,
+        req: Request<perm::DeleteOrgRequest>,
     ) -> Result<Response<perm::DeleteOrgResponse>, Status> {
-        Err(unimplemented_write("DeleteOrg"))
+        self.forward.rpc("OrgService", "DeleteOrg", req).await
     }
 
     async fn transfer_org(
         &self,
-        _: Request<perm::TransferOrgRequest>,
+        req: Request<perm::TransferOrgRequest>,
     ) -> Result<Response<perm::TransferOrgResponse>, Status> {
-        Err(unimplemented_write("TransferOrg"))
+        self.forward.rpc("OrgService", "TransferOrg", req).await
     }
 }

@@ -6,6 +6,7 @@ pub mod input;
 mod ops;
 mod queries;
 
+use crate::api::forward::Forwarder;
 use crate::store::Store;
 use crate::wire::read_body;
 pub use crate::wire::{RequestError, decode, json};
@@ -23,7 +24,7 @@ pub struct HttpState {
     pub admin_only: bool,
 }
 
-/// The one entry point hyper calls.
+/// The entry point of a face that forwards no writes (`/facts/…` is no route).
 pub async fn handle<B>(
     req: Request<B>,
     state: Arc<HttpState>,
@@ -32,21 +33,48 @@ where
     B: hyper::body::Body<Data = Bytes> + Send,
     B::Error: std::error::Error + Send + Sync + 'static,
 {
+    handle_with(req, state, None).await
+}
+
+/// The one entry point hyper calls: with a forwarder, Permit's `/facts/…` writes go to the
+/// control plane (`crate::api::forward`).
+pub async fn handle_with<B>(
+    req: Request<B>,
+    state: Arc<HttpState>,
+    forward: Option<Arc<Forwarder>>,
+) -> Result<Response<Full<Bytes>>, std::convert::Infallible>
+where
+    B: hyper::body::Body<Data = Bytes> + Send,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
     let route_label = crate::metrics::get().map(|_| crate::metrics::http_route(req.uri().path()));
-    let resp = route(req, &state).await.unwrap_or_else(RequestError::into_response);
+    let resp = route(req, &state, forward.as_deref())
+        .await
+        .unwrap_or_else(RequestError::into_response);
     if let (Some(m), Some(route)) = (crate::metrics::get(), route_label) {
         m.http_request(route, resp.status());
     }
     Ok(resp)
 }
 
-async fn route<B>(req: Request<B>, state: &HttpState) -> Result<Response<Full<Bytes>>, RequestError>
+async fn route<B>(
+    req: Request<B>,
+    state: &HttpState,
+    forward: Option<&Forwarder>,
+) -> Result<Response<Full<Bytes>>, RequestError>
 where
     B: hyper::body::Body<Data = Bytes> + Send,
     B::Error: std::error::Error + Send + Sync + 'static,
 {
     let path = req.uri().path().to_owned();
     let method = req.method().clone();
+    // Permit's facts proxy (`proxy_facts_via_pdp`): every method, forwarded to the control plane.
+    if path == "/facts" || path.starts_with("/facts/") {
+        return match forward {
+            Some(f) if !state.admin_only => Ok(f.facts(req).await),
+            _ => Err(RequestError::NotFound(path)),
+        };
+    }
     let (want, allow): (Method, &'static str) = match path.as_str() {
         "/allowed" | "/allowed/bulk" | "/v1/enforce" | "/access/v1/evaluation" | "/access/v1/evaluations" => {
             (Method::POST, "POST")
