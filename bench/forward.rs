@@ -31,7 +31,7 @@
 //! kill %1 %2; "${as_pg[@]}" "$bindir/pg_ctl" -D "$dir/data" stop; rm -rf "$dir"
 //! ```
 //!
-//! The run of record is in the report of the change that added this file (2 cores; figures
+//! The run of record is in bench/README.md, "Control plane" (2 cores; figures
 //! move with the host).
 
 use std::sync::Arc;
