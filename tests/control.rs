@@ -7,71 +7,16 @@
 mod common;
 
 use common::Permd;
-use common::control::{Control, cli, create_key};
+use common::control::{Control, cli, create_key, deltas};
 use common::pg::Postgres;
-use permd::model::{DeltaBatch, Snapshot};
+use permd::model::Snapshot;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
-use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-/// The batches of `GET /v1/deltas?since=` up to version `upto`, read from the live stream.
-fn deltas(ctl: &Control, key: &str, since: u64, upto: u64) -> Vec<DeltaBatch> {
-    let mut s = TcpStream::connect(&ctl.addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
-    write!(
-        s,
-        "GET /v1/deltas?since={since} HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {key}\r\n\r\n"
-    )
-    .unwrap();
-    let end = Instant::now() + Duration::from_secs(20);
-    let mut raw = Vec::new();
-    let mut buf = [0u8; 65536];
-    loop {
-        match s.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => raw.extend_from_slice(&buf[..n]),
-            Err(_) => {}
-        }
-        let batches = parse_stream(&raw);
-        if batches.last().is_some_and(|b| b.to_version >= upto) || since >= upto {
-            return batches;
-        }
-        assert!(
-            Instant::now() < end,
-            "stream did not reach {upto}: {}",
-            String::from_utf8_lossy(&raw)
-        );
-    }
-    let batches = parse_stream(&raw);
-    assert!(
-        batches.last().is_some_and(|b| b.to_version >= upto),
-        "stream ended early"
-    );
-    batches
-}
-
-/// The complete lines of a chunked NDJSON response so far.
-fn parse_stream(raw: &[u8]) -> Vec<DeltaBatch> {
-    let Some(split) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
-        return Vec::new();
-    };
-    let body = common::control::dechunk(&raw[split + 4..]);
-    let text = String::from_utf8_lossy(&body);
-    let complete = match text.rfind('\n') {
-        Some(i) => &text[..i],
-        None => "",
-    };
-    complete
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| DeltaBatch::from_json(l.as_bytes()).unwrap())
-        .collect()
-}
 
 fn snapshot_doc(v: &Value) -> Snapshot {
     Snapshot::load(v.to_string().as_bytes(), permd::model::Encoding::Json).unwrap()

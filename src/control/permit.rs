@@ -235,7 +235,7 @@ async fn answer(cx: &Ctx<'_>, collection: Collection, act: Action, query: &Query
 // Query strings, paths, bodies
 
 /// Decodes `%XX` escapes (and `+` as a space in a query); `None` when malformed or not UTF-8.
-fn percent_decode(s: &str, plus: bool) -> Option<String> {
+pub(super) fn percent_decode(s: &str, plus: bool) -> Option<String> {
     fn hex(c: u8) -> Option<u8> {
         match c {
             b'0'..=b'9' => Some(c - b'0'),

@@ -73,6 +73,7 @@ use super::Control;
 use super::auth::db_error;
 use super::db::{AuditEntry, KeyProject};
 use super::http::{Body, full};
+use super::permit::percent_decode;
 use super::snapshots::Encoded;
 use crate::index::Index;
 use crate::model::MAX_KEY_BYTES;
@@ -218,40 +219,6 @@ fn allow(method: &Method, allowed: &[Method], header: &'static str) -> Result<Me
             allow: header,
         })
     }
-}
-
-/// Decodes `%XX` escapes (and `+` as a space when `plus`); `None` when malformed or not UTF-8.
-fn percent_decode(s: &str, plus: bool) -> Option<String> {
-    fn hex(c: u8) -> Option<u8> {
-        match c {
-            b'0'..=b'9' => Some(c - b'0'),
-            b'a'..=b'f' => Some(c - b'a' + 10),
-            b'A'..=b'F' => Some(c - b'A' + 10),
-            _ => None,
-        }
-    }
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while let Some(&c) = bytes.get(i) {
-        match c {
-            b'%' => {
-                let hi = hex(*bytes.get(i + 1)?)?;
-                let lo = hex(*bytes.get(i + 2)?)?;
-                out.push((hi << 4) | lo);
-                i += 3;
-            }
-            b'+' if plus => {
-                out.push(b' ');
-                i += 1;
-            }
-            c => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out).ok()
 }
 
 /// The decoded segments of the rest of a path (one trailing `/` is ignored); an empty or
