@@ -83,6 +83,8 @@ PY
     curl -sf -H "authorization: Bearer $PERMD_API_KEY" -H content-type:application/json \
         127.0.0.1:17781/v1/batches --data-binary @"$dir/ops.json" >/dev/null
     echo "loaded 1M assignments as one batch in $(awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f", b-a}') s"
+    # One request on the replica that wrote the batch (nothing cached there): a cold read alone.
+    "$load" --url http://127.0.0.1:17781 --scenario snapshot --concurrent 1
     e0=$(curl -s 127.0.0.1:17780/metrics | awk '/^permd_control_snapshot_encodes_total/{print $2}')
     run --scenario snapshot --concurrent 50
     e1=$(curl -s 127.0.0.1:17780/metrics | awk '/^permd_control_snapshot_encodes_total/{print $2}')
