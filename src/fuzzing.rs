@@ -469,6 +469,7 @@ fn http() -> Result<&'static Http, Violation> {
             max_body_bytes: 64 * 1024,
             max_staleness: None,
             admin_only: false,
+            forward: None,
         });
         Ok(Http { runtime, state })
     })

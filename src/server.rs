@@ -4,7 +4,7 @@
 
 use crate::api::forward::Forwarder;
 use crate::api::grpc::{FILE_DESCRIPTOR_SET, GrpcState, perm, permd};
-use crate::api::http::{HttpState, handle_with};
+use crate::api::http::{HttpState, handle};
 use crate::config::{Config, ListenAddr};
 use crate::store::Store;
 use hyper::body::Incoming;
@@ -169,16 +169,15 @@ impl HttpLimits {
 }
 
 /// Serves the sidecar's HTTP API on `listener` until `shutdown` resolves, then drains within
-/// `grace`; with `forward`, Permit's `/facts/…` writes go to the control plane.
+/// `grace`.
 pub async fn serve_http(
     listener: Listener,
     state: Arc<HttpState>,
-    forward: Option<Arc<Forwarder>>,
     limits: HttpLimits,
     grace: Duration,
     shutdown: impl Future<Output = ()>,
 ) {
-    let service = move |req| handle_with(req, state.clone(), forward.clone());
+    let service = move |req| handle(req, state.clone());
     serve_with(listener, Arc::new(service), limits, grace, shutdown).await
 }
 
@@ -309,11 +308,13 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
     if forward.enabled() {
         tracing::info!(source = %cfg.source.display(), "writes are forwarded to the control plane");
     }
-    let state = |admin_only| {
+    let state = |admin_only: bool| {
         Arc::new(HttpState {
             store: store.clone(),
             max_body_bytes: cfg.max_body_bytes,
             max_staleness: cfg.max_staleness,
+            // The admin listener serves operations endpoints only: no writes through it.
+            forward: (!admin_only).then(|| forward.clone()),
             admin_only,
         })
     };
@@ -325,7 +326,6 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
         let serve = serve_http(
             listener,
             state(true),
-            None,
             HttpLimits::from_config(&cfg),
             cfg.shutdown_grace,
             stopped(stop_rx.clone()),
@@ -354,7 +354,6 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
     let serve = serve_http(
         http,
         state(false),
-        Some(forward),
         HttpLimits::from_config(&cfg),
         cfg.shutdown_grace,
         stopped(stop_rx),

@@ -22,9 +22,12 @@ pub struct HttpState {
     pub max_staleness: Option<std::time::Duration>,
     /// The admin listener: operations endpoints only, no checks.
     pub admin_only: bool,
+    /// Permit's `/facts/…` writes go to the control plane through this (`crate::api::forward`);
+    /// `None` on a face that forwards nothing (the admin listener).
+    pub forward: Option<Arc<Forwarder>>,
 }
 
-/// The entry point of a face that forwards no writes (`/facts/…` is no route).
+/// The one entry point hyper calls.
 pub async fn handle<B>(
     req: Request<B>,
     state: Arc<HttpState>,
@@ -33,35 +36,15 @@ where
     B: hyper::body::Body<Data = Bytes> + Send,
     B::Error: std::error::Error + Send + Sync + 'static,
 {
-    handle_with(req, state, None).await
-}
-
-/// The one entry point hyper calls: with a forwarder, Permit's `/facts/…` writes go to the
-/// control plane (`crate::api::forward`).
-pub async fn handle_with<B>(
-    req: Request<B>,
-    state: Arc<HttpState>,
-    forward: Option<Arc<Forwarder>>,
-) -> Result<Response<Full<Bytes>>, std::convert::Infallible>
-where
-    B: hyper::body::Body<Data = Bytes> + Send,
-    B::Error: std::error::Error + Send + Sync + 'static,
-{
     let route_label = crate::metrics::get().map(|_| crate::metrics::http_route(req.uri().path()));
-    let resp = route(req, &state, forward.as_deref())
-        .await
-        .unwrap_or_else(RequestError::into_response);
+    let resp = route(req, &state).await.unwrap_or_else(RequestError::into_response);
     if let (Some(m), Some(route)) = (crate::metrics::get(), route_label) {
         m.http_request(route, resp.status());
     }
     Ok(resp)
 }
 
-async fn route<B>(
-    req: Request<B>,
-    state: &HttpState,
-    forward: Option<&Forwarder>,
-) -> Result<Response<Full<Bytes>>, RequestError>
+async fn route<B>(req: Request<B>, state: &HttpState) -> Result<Response<Full<Bytes>>, RequestError>
 where
     B: hyper::body::Body<Data = Bytes> + Send,
     B::Error: std::error::Error + Send + Sync + 'static,
@@ -70,7 +53,7 @@ where
     let method = req.method().clone();
     // Permit's facts proxy (`proxy_facts_via_pdp`): every method, forwarded to the control plane.
     if path == "/facts" || path.starts_with("/facts/") {
-        return match forward {
+        return match &state.forward {
             Some(f) if !state.admin_only => Ok(f.facts(req).await),
             _ => Err(RequestError::NotFound(path)),
         };
