@@ -42,6 +42,7 @@ impl OwnedQuery {
             resource_key: self.key.as_deref(),
             org: self.org.as_deref(),
             group_type: None,
+            request: None,
         }
     }
 

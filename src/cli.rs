@@ -160,6 +160,7 @@ pub fn check(args: &CheckArgs) -> ExitCode {
         resource_key: key,
         org: args.tenant.as_deref(),
         group_type: args.group_type.as_deref(),
+        request: None,
     };
     if let Some(url) = &args.url {
         return remote_check(url, &q, args.explain);

@@ -150,6 +150,7 @@ impl<'a> Vocabulary<'a> {
                         resource_key,
                         org,
                         group_type,
+                        request: None,
                     });
                 }
             }

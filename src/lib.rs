@@ -20,6 +20,7 @@
 pub mod api;
 pub mod cli;
 pub mod client;
+pub mod cond;
 pub mod config;
 pub mod control;
 pub mod decision_log;

@@ -104,7 +104,7 @@ impl<'a> Naive<'a> {
         roles
             .iter()
             .filter_map(|r| self.role(r))
-            .any(|r| r.permissions.iter().any(|p| Self::pattern_matches(p, t, a)))
+            .any(|r| r.permissions.iter().any(|p| Self::pattern_matches(p.as_str(), t, a)))
     }
     fn org_roles(&self, subject: &Subject<'_>, o: &str) -> BTreeSet<(Option<String>, String)> {
         match subject {
@@ -262,7 +262,7 @@ fn rand_role(rng: &mut SmallRng) -> Role {
         attributes: None,
         key: pick(rng, &ROLES).into(),
         org: maybe(rng, 0.3, |r| pick(r, &ORGS).to_string()),
-        permissions: (0..np).map(|_| pattern(rng)).collect(),
+        permissions: (0..np).map(|_| pattern(rng).into()).collect(),
         extends: (0..ne).map(|_| pick(rng, &ROLES).to_string()).collect(),
         menus: maybe(rng, 0.2, |_| vec!["m0".to_string()]).unwrap_or_default(),
         name: None,
@@ -303,6 +303,7 @@ fn rand_grant(rng: &mut SmallRng) -> RoleGrant {
         role: pick(rng, &ROLES).into(),
         resource: res_ref(rng),
         actions: (0..n).map(|_| pattern(rng)).collect(),
+        when: None,
     }
 }
 fn rand_menu(rng: &mut SmallRng) -> Menu {
@@ -361,6 +362,7 @@ fn rand_snapshot(rng: &mut SmallRng) -> Snapshot {
         role_assignments: assignments,
         role_grants: grants,
         menus,
+        rules: vec![],
     };
     validate(&s).expect("generated snapshot is valid");
     s
@@ -423,6 +425,7 @@ fn rand_query<'a>(rng: &mut SmallRng) -> Query<'a> {
         resource_key: maybe(rng, 0.8, |r| pick(r, &KEYS)),
         org: maybe(rng, 0.5, |r| pick(r, &ORGS)),
         group_type: maybe(rng, 0.15, |r| pick(r, &TYPES[..3])),
+        request: None,
     }
 }
 
@@ -584,6 +587,7 @@ fn check_queries(ix: &Index, s: &Snapshot, rng: &mut SmallRng) -> Result<(), Tes
                                 resource_key: Some(&r.key),
                                 org,
                                 group_type: None,
+                                request: None,
                             };
                             naive.decide(&q).0
                         })
@@ -616,6 +620,7 @@ fn check_queries(ix: &Index, s: &Snapshot, rng: &mut SmallRng) -> Result<(), Tes
                                 resource_key: k,
                                 org,
                                 group_type: None,
+                                request: None,
                             };
                             naive.decide(&q).0
                         })
@@ -631,6 +636,7 @@ fn check_queries(ix: &Index, s: &Snapshot, rng: &mut SmallRng) -> Result<(), Tes
                     resource_key: k,
                     org,
                     group_type: None,
+                    request: None,
                 };
                 let got: Vec<&str> = ix.allowed_actions(&q);
                 let mut want: Vec<&str> = Vec::new();
@@ -766,6 +772,7 @@ fn check_queries(ix: &Index, s: &Snapshot, rng: &mut SmallRng) -> Result<(), Tes
                             resource_key: Some(&n.key),
                             org: Some(o),
                             group_type: Some(&n.resource_type),
+                            request: None,
                         };
                         if !naive.decide(&node_q(a)).0 {
                             continue;
@@ -789,6 +796,7 @@ fn check_queries(ix: &Index, s: &Snapshot, rng: &mut SmallRng) -> Result<(), Tes
                                         resource_key: Some(&c.key),
                                         org: Some(o),
                                         group_type: None,
+                                        request: None,
                                     })
                                     .0
                             })
@@ -846,6 +854,7 @@ fn check_queries(ix: &Index, s: &Snapshot, rng: &mut SmallRng) -> Result<(), Tes
                         resource_key: key,
                         org: Some(org),
                         group_type: None,
+                        request: None,
                     };
                     if naive.decide(&q).0 {
                         v.push(format!("{}:{a}", rt.key));
@@ -934,6 +943,7 @@ fn enrich(s: &mut Snapshot, rng: &mut SmallRng) {
             role: pick(rng, &ROLES).into(),
             resource: res.clone(),
             actions: (0..n).map(|_| pattern(rng)).collect(),
+            when: None,
         });
         s.role_assignments.push(RoleAssignment {
             user: pick(rng, &USERS).into(),
@@ -1100,6 +1110,7 @@ fn check_tree(ix: &Index, s: &Snapshot) -> Result<(), TestCaseError> {
                 resource_key: Some(&key),
                 org: None,
                 group_type: None,
+                request: None,
             };
             let d = ix.decide(&q);
             prop_assert_eq!((d.allow, d.reason.as_str()), naive.decide(&q), "{:?}", q);

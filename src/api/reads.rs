@@ -118,6 +118,7 @@ pub fn list_resources(
                 resource_key: Some(key),
                 org: Some(org),
                 group_type: None,
+                request: None,
             };
             Some(perm::Resource {
                 res_id: key.to_string(),

@@ -123,6 +123,7 @@ pub async fn enforce(
         resource_key: non_empty(&r.res_id),
         org: non_empty(&r.org_id),
         group_type: non_empty(&r.group_type),
+        request: None,
     };
     let ix = index(ctl, project).await?;
     let d = ix.decide(&q);
@@ -567,7 +568,11 @@ pub async fn create_org(
             })));
         }
         match role_at(s, Some(org), ADMIN) {
-            Some(admin) if admin.permissions.iter().any(|p| p == "*:*") => {}
+            Some(admin)
+                if admin
+                    .permissions
+                    .iter()
+                    .any(|p| p.when.is_none() && p.permission == "*:*") => {}
             Some(admin) => {
                 let mut admin = admin.clone();
                 admin.permissions.push("*:*".into());
@@ -968,6 +973,7 @@ pub async fn save_role_perm(
                 Some(g) if g.actions.contains(action) => {}
                 Some(g) => g.actions.push(action.clone()),
                 None => wanted.push(RoleGrant {
+                    when: None,
                     org: org.to_string(),
                     role: role.to_string(),
                     resource: res,

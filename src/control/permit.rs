@@ -43,8 +43,8 @@ use super::db::{KeyProject, ident};
 use super::http::{Body, VERSION_HEADER, full, written};
 use super::write::{Written, write_planned};
 use crate::model::{
-    Attributes, Identity, Item, Kind, Op, Org, Resource, ResourceRef, ResourceType, Role, RoleAssignment, Snapshot,
-    User, ops_from_json,
+    Attributes, Identity, Item, Kind, Op, Org, Permission, Resource, ResourceRef, ResourceType, Role, RoleAssignment,
+    Snapshot, User, ops_from_json,
 };
 use crate::wire::{RequestError, json, read_body};
 use bytes::Bytes;
@@ -1071,6 +1071,7 @@ impl<'a> Ctx<'a> {
                     .permissions
                     .iter()
                     .map(|p| {
+                        let p = p.as_str();
                         p.strip_prefix(t.key.as_str())
                             .and_then(|x| x.strip_prefix(':'))
                             .filter(|a| !a.contains(':'))
@@ -1786,11 +1787,11 @@ impl<'a> Ctx<'a> {
     fn check_role_refs(
         &self,
         key: &str,
-        permissions: Option<&[String]>,
+        permissions: Option<&[Permission]>,
         extends: Option<&[String]>,
     ) -> Result<(), RequestError> {
         for (i, p) in permissions.unwrap_or_default().iter().enumerate() {
-            self.check_permission(p, None, &format!("permissions[{i}]"))?;
+            self.check_permission(p.as_str(), None, &format!("permissions[{i}]"))?;
         }
         for (i, e) in extends.unwrap_or_default().iter().enumerate() {
             if e != key && find_global_role(&self.snap, e).is_none() {
@@ -2170,10 +2171,14 @@ fn cascade<'s>(s: &'s Snapshot, mut gone: Gone<'s>) -> Vec<Op> {
             .filter(|e| !role_gone(r.org.as_deref(), e))
             .cloned()
             .collect();
-        let permissions: Vec<String> = r
+        let permissions: Vec<Permission> = r
             .permissions
             .iter()
-            .filter(|p| !p.split_once(':').is_some_and(|(t, _)| gone.types.contains(t)))
+            .filter(|p| {
+                !p.permission
+                    .split_once(':')
+                    .is_some_and(|(t, _)| gone.types.contains(t))
+            })
             .cloned()
             .collect();
         if extends.len() != r.extends.len() || permissions.len() != r.permissions.len() {

@@ -1,7 +1,8 @@
 //! `decide()`: model.md §2, step by step, with the evidence for `explain`. Allocation-free
 //! for trees of ordinary depth; the walk up `parents` is bounded by the number of instances.
 
-use super::{Index, NONE, ResHot, STAR};
+use super::{Index, NONE, ResHot, STAR, UserRec};
+use crate::cond::{Condition, OrgView, Outcome, RequestData, ResourceView, Scope, UserView};
 use roaring::RoaringBitmap;
 use serde::Serialize;
 use smallvec::SmallVec;
@@ -25,6 +26,8 @@ pub struct Query<'a> {
     pub org: Option<&'a str>,
     /// perm/v1 `group_type`: the check is made at the node (`group_type`, `resource_key`).
     pub group_type: Option<&'a str>,
+    /// What conditions see beyond the stored data: request attributes, context, time.
+    pub request: Option<&'a RequestData>,
 }
 
 /// The reason strings of model.md §2.
@@ -34,6 +37,7 @@ pub enum Reason {
     OrgRole,
     ResourceRole,
     RoleGrant,
+    AttributeRule,
     UnknownOrg,
     UnknownResourceType,
     UnknownAction,
@@ -42,10 +46,11 @@ pub enum Reason {
 }
 
 impl Reason {
-    pub const ALL: [Reason; 8] = [
+    pub const ALL: [Reason; 9] = [
         Reason::OrgRole,
         Reason::ResourceRole,
         Reason::RoleGrant,
+        Reason::AttributeRule,
         Reason::UnknownOrg,
         Reason::UnknownResourceType,
         Reason::UnknownAction,
@@ -58,6 +63,7 @@ impl Reason {
             Reason::OrgRole => "org_role",
             Reason::ResourceRole => "resource_role",
             Reason::RoleGrant => "role_grant",
+            Reason::AttributeRule => "attribute_rule",
             Reason::UnknownOrg => "unknown_org",
             Reason::UnknownResourceType => "unknown_resource_type",
             Reason::UnknownAction => "unknown_action",
@@ -67,7 +73,10 @@ impl Reason {
     }
 
     pub fn allows(self) -> bool {
-        matches!(self, Reason::OrgRole | Reason::ResourceRole | Reason::RoleGrant)
+        matches!(
+            self,
+            Reason::OrgRole | Reason::ResourceRole | Reason::RoleGrant | Reason::AttributeRule
+        )
     }
 
     /// The step of model.md §2 that gives this reason.
@@ -79,6 +88,8 @@ impl Reason {
             Reason::OrgRole => 4,
             Reason::ResourceRole => 5,
             Reason::RoleGrant => 6,
+            // model.md §5 step 6b
+            Reason::AttributeRule => 6,
             Reason::NoMatchingGrant => 7,
         }
     }
@@ -107,6 +118,26 @@ pub enum Evidence {
         grant_role: u32,
         via: u32,
     },
+    /// Step 6b: the attribute rule (position in the policy's compiled rules).
+    Rule { rule: u32 },
+}
+
+/// Where a condition that was evaluated sits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CondSite {
+    /// A role's conditional permission entry (id in `Policy::cond_entries`).
+    Entry(u32),
+    /// The grant of (`org`, role-name `role`) on `resource`.
+    Grant { resource: u32, org: u32, role: u32 },
+    /// An attribute rule (position in `Policy::rules`).
+    Rule(u32),
+}
+
+/// A condition a decision evaluated, and what it gave.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tried {
+    pub site: CondSite,
+    pub outcome: Outcome,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,6 +146,8 @@ pub struct Decision {
     pub reason: Reason,
     pub version: u64,
     pub evidence: Evidence,
+    /// The condition that allowed, when one did.
+    pub condition: Option<CondSite>,
 }
 
 /// The instances of `ResAnc(x)`: inline for ordinary trees, a bitmap past that.
@@ -147,6 +180,83 @@ impl Ancestors {
     }
 }
 
+/// What a decision needs to evaluate conditions, and the record of those it evaluated.
+struct Conds<'a, 'q> {
+    ix: &'a Index,
+    q: &'a Query<'q>,
+    o: u32,
+    x: Option<u32>,
+    user: Option<&'a UserRec>,
+    trace: Option<&'a mut Vec<Tried>>,
+}
+
+impl Conds<'_, '_> {
+    fn scope(&self) -> Scope<'_> {
+        let ix = self.ix;
+        let q = self.q;
+        let request = q.request;
+        let user = match q.subject {
+            Subject::User(key) => {
+                let meta = self.user.and_then(|u| u.meta.as_deref());
+                UserView {
+                    key,
+                    email: meta.and_then(|m| m.email.as_deref()),
+                    stored: meta.and_then(|m| m.attributes.as_ref()),
+                    request: request.and_then(|r| r.user.as_ref()),
+                }
+            }
+            Subject::Role(_) => UserView::default(),
+        };
+        let instance = self.x.and_then(|id| ix.res(id));
+        let resource = ResourceView {
+            resource_type: instance.map_or(q.group_type.unwrap_or(q.resource_type), |r| {
+                ix.names.types.name(r.resource_type)
+            }),
+            key: q.resource_key.unwrap_or(""),
+            org: ix.names.orgs.name(self.o),
+            stored: instance
+                .and_then(|r| r.item.as_ref())
+                .and_then(|i| i.attributes.as_deref()),
+            request: request.and_then(|r| r.resource.as_ref()),
+        };
+        Scope {
+            user,
+            resource,
+            org: OrgView {
+                key: ix.names.orgs.name(self.o),
+                stored: ix.policy.org_attributes(self.o, &ix.items),
+            },
+            action: q.action,
+            context: request.and_then(|r| r.context.as_ref()),
+            request,
+        }
+    }
+
+    /// Whether `cond` holds for this check; recorded when tracing.
+    fn holds(&mut self, site: CondSite, cond: &Condition) -> bool {
+        let outcome = cond.eval(&self.scope());
+        let holds = outcome.holds();
+        if let Some(t) = self.trace.as_deref_mut() {
+            t.push(Tried { site, outcome });
+        }
+        holds
+    }
+
+    /// The first conditional entry of `Expand({role})` for `perm` that holds.
+    fn role_permits(&mut self, role: u32, perm: u32) -> Option<CondSite> {
+        let p = &*self.ix.policy;
+        for e in p.cond_entries_for(role, perm) {
+            let Some(entry) = p.cond_entries.get(e as usize) else {
+                continue;
+            };
+            if self.holds(CondSite::Entry(e), &entry.cond) {
+                return Some(CondSite::Entry(e));
+            }
+        }
+        None
+    }
+}
+
 impl Index {
     fn decision(&self, reason: Reason, evidence: Evidence) -> Decision {
         Decision {
@@ -154,11 +264,25 @@ impl Index {
             reason,
             version: self.version,
             evidence,
+            condition: None,
         }
     }
 
-    /// model.md §2. Never fails: anything unknown is a deny with its reason.
+    fn conditional(&self, reason: Reason, evidence: Evidence, site: CondSite) -> Decision {
+        Decision {
+            condition: Some(site),
+            ..self.decision(reason, evidence)
+        }
+    }
+
+    /// model.md §2 with the conditions of §5. Never fails: anything unknown is a deny with
+    /// its reason, a condition that errors does not permit.
     pub fn decide(&self, q: &Query<'_>) -> Decision {
+        self.decide_traced(q, None)
+    }
+
+    /// `decide`, recording every condition it evaluates in `trace` (for `explain`).
+    pub fn decide_traced(&self, q: &Query<'_>, trace: Option<&mut Vec<Tried>>) -> Decision {
         let p = &*self.policy;
         let names = &self.names;
         // The user's record and the instance are looked up first, one after the other and
@@ -209,6 +333,8 @@ impl Index {
         // Step 4: org-wide roles, collected for step 6 too.
         let anc = p.org_anc(o);
         let mut held: SmallVec<[u32; 8]> = SmallVec::new();
+        // For conditional entries: where each held role came from (org id, role-name id).
+        let mut held_from: SmallVec<[(u32, u32); 8]> = SmallVec::new();
         match q.subject {
             Subject::User(_) => {
                 for &(org_a, role_name) in org_roles {
@@ -229,6 +355,7 @@ impl Index {
                         );
                     }
                     held.push(role);
+                    held_from.push((org_a, role_name));
                 }
             }
             Subject::Role(name) => {
@@ -237,13 +364,38 @@ impl Index {
                         return self.decision(Reason::OrgRole, Evidence::RoleSubject { role });
                     }
                     held.push(role);
+                    held_from.push((o, NONE));
+                }
+            }
+        }
+        let conditional = p.conditional();
+        let mut conds = Conds {
+            ix: self,
+            q,
+            o,
+            x: x.map(|(id, _)| id),
+            user,
+            trace,
+        };
+        if conditional {
+            for (&role, &(org_a, role_name)) in held.iter().zip(&held_from) {
+                if let Some(site) = conds.role_permits(role, perm) {
+                    let evidence = match q.subject {
+                        Subject::User(_) => Evidence::OrgAssignment {
+                            org: org_a,
+                            role_name,
+                            role,
+                        },
+                        Subject::Role(_) => Evidence::RoleSubject { role },
+                    };
+                    return self.conditional(Reason::OrgRole, evidence, site);
                 }
             }
         }
 
         // Steps 5 and 6 need an instance; a key naming none is a type-level check.
         let Some((x_id, x_hot)) = x else {
-            return self.decision(Reason::NoMatchingGrant, Evidence::None);
+            return self.rules(&mut conds, anc, perm);
         };
         let inst_roles = match user {
             Some(u) if u.may_hold_in(o) => &u.inst_roles[..],
@@ -256,7 +408,7 @@ impl Index {
         });
         let step6 = !held.is_empty() && self.grant_may_match(o, t, a, &held);
         if !step5 && !step6 {
-            return self.decision(Reason::NoMatchingGrant, Evidence::None);
+            return self.rules(&mut conds, anc, perm);
         }
         let ancestors = self.res_ancestors(x_id, o);
 
@@ -265,18 +417,20 @@ impl Index {
             if org_a != o || !ancestors.contains(res) {
                 continue;
             }
-            if let Some(role) = p.resolve(org_a, role_name)
-                && p.permits(role, perm)
-            {
-                return self.decision(
-                    Reason::ResourceRole,
-                    Evidence::InstanceAssignment {
-                        resource: res,
-                        org: org_a,
-                        role_name,
-                        role,
-                    },
-                );
+            let Some(role) = p.resolve(org_a, role_name) else {
+                continue;
+            };
+            let evidence = Evidence::InstanceAssignment {
+                resource: res,
+                org: org_a,
+                role_name,
+                role,
+            };
+            if p.permits(role, perm) {
+                return self.decision(Reason::ResourceRole, evidence);
+            }
+            if conditional && let Some(site) = conds.role_permits(role, perm) {
+                return self.conditional(Reason::ResourceRole, evidence, site);
             }
         }
 
@@ -299,17 +453,48 @@ impl Index {
                     let Some(grant_role) = p.resolve(g.org, g.role) else {
                         continue;
                     };
-                    if let Some(&via) = held.iter().find(|&&h| p.expand(h).binary_search(&grant_role).is_ok()) {
-                        return self.decision(
-                            Reason::RoleGrant,
-                            Evidence::Grant {
+                    let Some(&via) = held.iter().find(|&&h| p.expand(h).binary_search(&grant_role).is_ok()) else {
+                        continue;
+                    };
+                    let evidence = Evidence::Grant {
+                        resource: y,
+                        org: g.org,
+                        grant_role,
+                        via,
+                    };
+                    match &g.when {
+                        None => return self.decision(Reason::RoleGrant, evidence),
+                        Some(cond) => {
+                            let site = CondSite::Grant {
                                 resource: y,
                                 org: g.org,
-                                grant_role,
-                                via,
-                            },
-                        );
+                                role: g.role,
+                            };
+                            if conds.holds(site, cond) {
+                                return self.conditional(Reason::RoleGrant, evidence, site);
+                            }
+                        }
                     }
+                }
+            }
+        }
+        self.rules(&mut conds, anc, perm)
+    }
+
+    /// Step 6b (model.md §5): an attribute rule of an org in `anc` (or of every org) that
+    /// grants `perm` and whose condition holds; user subjects only. Else the final deny.
+    fn rules(&self, conds: &mut Conds<'_, '_>, anc: &[u32], perm: u32) -> Decision {
+        let p = &*self.policy;
+        if matches!(conds.q.subject, Subject::User(_)) {
+            for (i, rule) in p.rules.iter().enumerate() {
+                if rule.perms.binary_search(&perm).is_err()
+                    || rule.org.is_some_and(|org| anc.binary_search(&org).is_err())
+                {
+                    continue;
+                }
+                let site = CondSite::Rule(i as u32);
+                if conds.holds(site, &rule.cond) {
+                    return self.conditional(Reason::AttributeRule, Evidence::Rule { rule: i as u32 }, site);
                 }
             }
         }

@@ -1,7 +1,7 @@
 //! `explain`: the names behind a decision — the assignment or grant that allowed it, or the
 //! step that denied it and why.
 
-use super::{Decision, Evidence, Index, Query, Reason, STAR, Subject};
+use super::{CondSite, Decision, Evidence, Index, Query, Reason, STAR, Subject, Tried};
 use crate::model::{RoleAssignment, RoleGrant};
 use serde::Serialize;
 
@@ -23,7 +23,25 @@ pub struct Explanation {
     /// For a grant: the subject's role through which the grant's role is held.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub via_role: Option<String>,
+    /// The condition that allowed (model.md §5), when one did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub condition: Option<ConditionTried>,
+    /// Every condition the decision evaluated, in order, with what each gave: for a deny,
+    /// why each did not hold.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub conditions_tried: Vec<ConditionTried>,
     pub message: String,
+}
+
+/// One condition, where it sits and what it evaluated to.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ConditionTried {
+    /// The item that carries it: `role editor permissions[1] (todo:update)`, `grant ...`,
+    /// `rule own-records`.
+    pub item: String,
+    pub when: String,
+    /// `true`, `false` or `error: ...`.
+    pub result: String,
 }
 
 impl Index {
@@ -37,8 +55,72 @@ impl Index {
         }
     }
 
-    /// Names the evidence of `d`, which `decide(q)` returned on this index.
+    /// Where a condition sits, in names, and its source.
+    fn cond_site(&self, site: CondSite) -> (String, String) {
+        let names = &self.names;
+        let p = &*self.policy;
+        match site {
+            CondSite::Entry(e) => {
+                let Some(entry) = p.cond_entries.get(e as usize) else {
+                    return (String::new(), String::new());
+                };
+                let perm = self
+                    .role_item(entry.role)
+                    .and_then(|r| r.permissions.get(entry.entry))
+                    .map(|p| p.permission.clone())
+                    .unwrap_or_default();
+                (
+                    format!(
+                        "role {} permissions[{}] ({perm})",
+                        self.role_label(entry.role),
+                        entry.entry
+                    ),
+                    entry.cond.source().to_owned(),
+                )
+            }
+            CondSite::Grant { resource, org, role } => {
+                let when = self
+                    .res(resource)
+                    .and_then(|r| r.grants.iter().find(|g| g.org == org && g.role == role))
+                    .and_then(|g| g.when.as_ref())
+                    .map(|c| c.source().to_owned())
+                    .unwrap_or_default();
+                (
+                    format!(
+                        "grant to {} on {} in org {}",
+                        names.roles.name(role),
+                        self.res_name(resource),
+                        names.orgs.name(org)
+                    ),
+                    when,
+                )
+            }
+            CondSite::Rule(i) => match p.rules.get(i as usize) {
+                Some(rule) => {
+                    let key = self.items.rules.get(rule.item).map_or("", |r| r.key.as_str());
+                    (format!("rule {key}"), rule.cond.source().to_owned())
+                }
+                None => (String::new(), String::new()),
+            },
+        }
+    }
+
+    fn tried(&self, t: &Tried) -> ConditionTried {
+        let (item, when) = self.cond_site(t.site);
+        ConditionTried {
+            item,
+            when,
+            result: t.outcome.describe(),
+        }
+    }
+
+    /// Names the evidence of `d`, which `decide(q)` returned on this index, with the
+    /// conditions it evaluated (decided again, tracing them).
     pub fn explain(&self, q: &Query<'_>, d: &Decision) -> Explanation {
+        let mut trace = Vec::new();
+        if self.has_conditions() {
+            self.decide_traced(q, Some(&mut trace));
+        }
         let names = &self.names;
         let node_type = q.group_type.unwrap_or(q.resource_type);
         let instance = q
@@ -64,8 +146,18 @@ impl Index {
             grant: None,
             role: None,
             via_role: None,
+            condition: None,
+            conditions_tried: trace.iter().map(|t| self.tried(t)).collect(),
             message: String::new(),
         };
+        if let Some(site) = d.condition {
+            let (item, when) = self.cond_site(site);
+            e.condition = Some(ConditionTried {
+                item,
+                when,
+                result: "true".into(),
+            });
+        }
         let org = org.unwrap_or_default();
         match d.evidence {
             Evidence::OrgAssignment { org, role_name, role } => {
@@ -140,6 +232,7 @@ impl Index {
                     role: grant.map_or("", |g| names.roles.name(g.role)).into(),
                     resource: self.res_name(resource),
                     actions,
+                    when: grant.and_then(|g| g.when.as_ref()).map(|c| c.source().to_owned()),
                 };
                 e.message = format!(
                     "grant to `{}` on `{}` covers the resource; the subject holds it through `{}`",
@@ -150,6 +243,13 @@ impl Index {
                 e.grant = Some(grant);
                 e.role = Some(self.role_label(grant_role));
                 e.via_role = Some(self.role_label(via));
+            }
+            Evidence::Rule { rule } => {
+                let (item, when) = self.cond_site(CondSite::Rule(rule));
+                e.message = format!(
+                    "{item} permits {}:{} and its condition `{when}` holds",
+                    q.resource_type, q.action
+                );
             }
             Evidence::None => {
                 e.message = match d.reason {

@@ -12,7 +12,7 @@ mod spans;
 #[cfg(test)]
 mod tests;
 
-pub use decide::{Decision, Evidence, Query, Reason, Subject};
+pub use decide::{CondSite, Decision, Evidence, Query, Reason, Subject, Tried};
 pub use explain::Explanation;
 pub use paged::{Interner, KeyMap, PagedVec};
 pub use policy::{Names, Policy, PolicyItems, STAR};
@@ -21,6 +21,7 @@ pub use query::{
     QueryError, RoleInfo, UserPermissions, UserPermissionsFilter, decode_cursor, encode_cursor, page_bitmap,
 };
 
+use crate::cond::Condition;
 use crate::model::{
     self, Attributes, DeltaBatch, Identity, Item, Kind, Op, ResourceRef, Role, RoleAssignment, RoleGrant, Snapshot,
     User, put,
@@ -139,6 +140,8 @@ pub struct GrantRec {
     pub role: u32,
     /// Action patterns as (type id or STAR, action id or STAR).
     pub patterns: Box<[(u32, u32)]>,
+    /// The grant counts only when this holds (model.md §5).
+    pub when: Option<Arc<Condition>>,
 }
 
 /// Everything known under one `type:key`: the instance (if the document has it), the grants
@@ -173,6 +176,7 @@ pub struct Counts {
     pub role_assignments: usize,
     pub role_grants: usize,
     pub menus: usize,
+    pub rules: usize,
 }
 
 /// One immutable version of the data, ready to answer.
@@ -202,6 +206,9 @@ pub struct Index {
     /// Reverse `parents` links and grant sites, for the queries; computed once per version on
     /// first use.
     query_aux: Arc<OnceLock<Arc<query::QueryAux>>>,
+    /// Grants with a `when` (model.md §5): queries and `explain` take the conditional path
+    /// only when some exist or the policy has conditions.
+    cond_grants: u32,
     /// The first number of `spans.rs` not handed out.
     next_span: u32,
     /// A change in this batch (or the build) needs the spans renumbered at its end.
@@ -228,6 +235,7 @@ impl Index {
                 resource_types: snapshot.resource_types.clone(),
                 roles: snapshot.roles.clone(),
                 menus: snapshot.menus.clone(),
+                rules: snapshot.rules.clone(),
             }),
             policy: Arc::default(),
             users: PagedVec::default(),
@@ -240,6 +248,7 @@ impl Index {
             counts: Counts::default(),
             ignored: Arc::default(),
             query_aux: Arc::default(),
+            cond_grants: 0,
             next_span: 0,
             renumber: true,
         };
@@ -313,6 +322,17 @@ impl Index {
         self.version
     }
 
+    /// Whether some grant carries a `when`.
+    pub fn conditional_grants(&self) -> bool {
+        self.cond_grants > 0
+    }
+
+    /// Whether any decision may evaluate a condition: the policy has conditional permissions or
+    /// rules, or some grant has a `when`.
+    pub fn has_conditions(&self) -> bool {
+        self.policy.conditional() || self.cond_grants > 0
+    }
+
     pub fn counts(&self) -> Counts {
         self.counts
     }
@@ -335,6 +355,7 @@ impl Index {
         self.counts.resource_types = items.resource_types.len();
         self.counts.roles = items.roles.len();
         self.counts.menus = items.menus.len();
+        self.counts.rules = items.rules.len();
         self.policy = Arc::new(Policy::build(items, &mut self.names));
     }
 
@@ -368,6 +389,10 @@ impl Index {
                     });
                     return true;
                 }
+                Item::Rule(v) => {
+                    put(&mut Arc::make_mut(&mut self.items).rules, v.clone(), |x| x.key == v.key);
+                    return true;
+                }
             },
             Op::Delete(id) => match id {
                 Identity::User { key } => self.delete_user(key),
@@ -392,6 +417,10 @@ impl Index {
                     Arc::make_mut(&mut self.items)
                         .menus
                         .retain(|x| !(&x.platform == platform && &x.code == code));
+                    return true;
+                }
+                Identity::Rule { key } => {
+                    Arc::make_mut(&mut self.items).rules.retain(|x| &x.key != key);
                     return true;
                 }
             },
@@ -709,8 +738,17 @@ impl Index {
         if self.res(res).is_none() {
             return;
         }
-        let grant = GrantRec { org, role, patterns };
+        let when = g.when.as_deref().map(Condition::compile_or_never);
+        let grant = GrantRec {
+            org,
+            role,
+            patterns,
+            when,
+        };
         self.count_grant(&grant, 1);
+        if grant.when.is_some() {
+            self.cond_grants += 1;
+        }
         let Some(rec) = self.res_mut(res) else { return };
         let old = match rec.grants.iter_mut().find(|x| x.org == org && x.role == role) {
             Some(slot) => Some(std::mem::replace(slot, grant)),
@@ -722,6 +760,9 @@ impl Index {
         };
         if let Some(old) = old {
             self.count_grant(&old, -1);
+            if old.when.is_some() {
+                self.cond_grants -= 1;
+            }
         }
         self.sync_hot(res);
     }
@@ -773,6 +814,9 @@ impl Index {
         let old = rec.grants.remove(at);
         self.counts.role_grants -= 1;
         self.count_grant(&old, -1);
+        if old.when.is_some() {
+            self.cond_grants -= 1;
+        }
         self.sync_hot(res);
     }
 
@@ -980,6 +1024,7 @@ impl Index {
             resource_types: self.items.resource_types.clone(),
             roles: self.items.roles.clone(),
             menus: self.items.menus.clone(),
+            rules: self.items.rules.clone(),
             ..Snapshot::default()
         };
         for (uid, rec) in self.users.iter().enumerate() {
@@ -1030,6 +1075,7 @@ impl Index {
                     role: names.roles.name(g.role).into(),
                     resource: self.res_name(id as u32),
                     actions: g.patterns.iter().map(|p| pattern(*p)).collect(),
+                    when: g.when.as_ref().map(|c| c.source().to_owned()),
                 });
             }
         }
@@ -1043,7 +1089,7 @@ impl Index {
     }
 
     /// Item counts per kind name, for status pages and metrics.
-    pub fn counts_by_kind(&self) -> [(Kind, usize); 8] {
+    pub fn counts_by_kind(&self) -> [(Kind, usize); 9] {
         let c = self.counts;
         [
             (Kind::Org, c.orgs),
@@ -1054,6 +1100,7 @@ impl Index {
             (Kind::RoleAssignment, c.role_assignments),
             (Kind::RoleGrant, c.role_grants),
             (Kind::Menu, c.menus),
+            (Kind::Rule, c.rules),
         ]
     }
 }

@@ -4,8 +4,10 @@
 
 use super::paged::Interner;
 use super::{Ignored, NONE};
-use crate::model::{Menu, Org, ResourceType, Role};
+use crate::cond::Condition;
+use crate::model::{Attributes, Menu, Org, ResourceType, Role, Rule};
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 /// Wildcard marker in compiled grant patterns.
 pub const STAR: u32 = u32::MAX - 1;
@@ -17,6 +19,7 @@ pub struct PolicyItems {
     pub resource_types: Vec<ResourceType>,
     pub roles: Vec<Role>,
     pub menus: Vec<Menu>,
+    pub rules: Vec<Rule>,
 }
 
 /// The interners every part of the index shares.
@@ -38,6 +41,28 @@ pub struct CompiledRole {
     pub org: Option<u32>,
     /// Position in `PolicyItems::roles`.
     pub item: usize,
+}
+
+/// A role's permission entry with a `when` (model.md §5).
+#[derive(Clone, Debug)]
+pub struct CondEntry {
+    /// The compiled role whose own entry it is (not one that reaches it through `extends`).
+    pub role: u32,
+    /// Its position in that role's `permissions`.
+    pub entry: usize,
+    pub cond: Arc<Condition>,
+}
+
+/// An attribute rule, compiled.
+#[derive(Clone, Debug)]
+pub struct CompiledRule {
+    /// Position in `PolicyItems::rules`.
+    pub item: usize,
+    /// The org it holds in (with the orgs below it); `None`: every org.
+    pub org: Option<u32>,
+    /// The permission ids it grants, sorted.
+    pub perms: Box<[u32]>,
+    pub cond: Arc<Condition>,
 }
 
 /// A type's actions as (action id, permission id), sorted by action id.
@@ -64,6 +89,13 @@ pub struct Policy {
     role_perms: Vec<u64>,
     /// Per role, the sorted ids of `Expand({r})`.
     role_expand: Vec<Box<[u32]>>,
+    /// Conditional permission entries of every role.
+    pub cond_entries: Vec<CondEntry>,
+    /// Per role, the conditional entries of `Expand({r})` as (permission id, entry id), sorted.
+    role_cond: Vec<Box<[(u32, u32)]>>,
+    pub rules: Vec<CompiledRule>,
+    /// Per org id, its position in `PolicyItems::orgs` (`NONE` for an org with no item).
+    org_item: Vec<u32>,
     pub ignored: Vec<Ignored>,
 }
 
@@ -117,6 +149,34 @@ impl Policy {
             .is_some_and(|w| w & (1u64 << (perm & 63)) != 0)
     }
 
+    /// Whether any role has a conditional permission or any rule exists: without either,
+    /// decisions never evaluate a role condition or a rule.
+    #[inline]
+    pub fn conditional(&self) -> bool {
+        !self.cond_entries.is_empty() || !self.rules.is_empty()
+    }
+
+    /// The conditional entries of `Expand({role})` that name `perm`, as entry ids.
+    pub fn cond_entries_for(&self, role: u32, perm: u32) -> impl Iterator<Item = u32> + '_ {
+        let list = self.role_cond.get(role as usize).map_or(&[][..], |l| &l[..]);
+        let start = list.partition_point(|&(p, _)| p < perm);
+        list[start..]
+            .iter()
+            .take_while(move |&&(p, _)| p == perm)
+            .map(|&(_, e)| e)
+    }
+
+    /// Whether some role of `Expand({role})` has a conditional entry for `perm`.
+    pub fn may_permit_when(&self, role: u32, perm: u32) -> bool {
+        self.cond_entries_for(role, perm).next().is_some()
+    }
+
+    /// The org item of org id `o`, for its attributes.
+    pub fn org_attributes<'a>(&self, o: u32, items: &'a PolicyItems) -> Option<&'a Attributes> {
+        let i = *self.org_item.get(o as usize)?;
+        items.orgs.get(i as usize)?.attributes.as_ref()
+    }
+
     /// `Expand({role})`, sorted.
     #[inline]
     pub fn expand(&self, role: u32) -> &[u32] {
@@ -128,14 +188,64 @@ impl Policy {
         p.build_orgs(&items.orgs, names);
         p.build_types(&items.resource_types, names);
         p.build_roles(items, names);
+        p.build_rules(&items.rules, names);
         p.check_menus(items);
         p
+    }
+
+    fn build_rules(&mut self, rules: &[Rule], names: &Names) {
+        for (i, rule) in rules.iter().enumerate() {
+            let who = format!("rule={}", rule.key);
+            let org = match &rule.org {
+                None => None,
+                Some(o) => match names.orgs.get(o).filter(|id| self.org_known(*id)) {
+                    Some(id) => Some(id),
+                    None => {
+                        self.ignored
+                            .push(Ignored::new("rule", who, format!("org `{o}` is not a known org")));
+                        continue;
+                    }
+                },
+            };
+            let cond = match Condition::compile_shared(&rule.when) {
+                Ok(c) => c,
+                Err(e) => {
+                    self.ignored
+                        .push(Ignored::new("rule", who, format!("condition does not compile: {e}")));
+                    continue;
+                }
+            };
+            let mut perms = Vec::new();
+            for perm in &rule.permissions {
+                let ids = self.perms_of(perm, names);
+                if ids.is_empty() {
+                    self.ignored.push(Ignored::new(
+                        "rule",
+                        who.clone(),
+                        format!("permission `{perm}` names an unknown type or action"),
+                    ));
+                }
+                perms.extend(ids);
+            }
+            perms.sort_unstable();
+            perms.dedup();
+            self.rules.push(CompiledRule {
+                item: i,
+                org,
+                perms: perms.into_boxed_slice(),
+                cond,
+            });
+        }
     }
 
     fn build_orgs(&mut self, orgs: &[Org], names: &mut Names) {
         let ids: Vec<u32> = orgs.iter().map(|o| names.orgs.intern(&o.key)).collect();
         let n = names.orgs.len();
         self.org_known = vec![false; n];
+        self.org_item = vec![NONE; n];
+        for (i, &id) in ids.iter().enumerate() {
+            self.org_item[id as usize] = i as u32;
+        }
         let mut parent = vec![NONE; n];
         for &id in &ids {
             self.org_known[id as usize] = true;
@@ -234,6 +344,7 @@ impl Policy {
         let n = self.roles.len();
         self.words = self.perms.len().div_ceil(64).max(1);
         let mut own = vec![0u64; n * self.words];
+        let mut own_cond: Vec<Vec<(u32, u32)>> = vec![Vec::new(); n];
         let mut edges: Vec<Vec<u32>> = vec![Vec::new(); n];
         for (id, (role, compiled)) in roles.iter().zip(&self.roles).enumerate() {
             let who = match &role.org {
@@ -246,17 +357,37 @@ impl Policy {
                 self.ignored
                     .push(Ignored::new("role", who.clone(), "org is not a known org".into()));
             }
-            for perm in &role.permissions {
-                let ids = self.perms_of(perm, names);
+            for (entry, perm) in role.permissions.iter().enumerate() {
+                let ids = self.perms_of(perm.as_str(), names);
                 if ids.is_empty() {
                     self.ignored.push(Ignored::new(
                         "role",
                         who.clone(),
-                        format!("permission `{perm}` names an unknown type or action"),
+                        format!("permission `{}` names an unknown type or action", perm.as_str()),
                     ));
                 }
-                for pid in ids {
-                    own[id * self.words + (pid as usize >> 6)] |= 1u64 << (pid & 63);
+                match &perm.when {
+                    None => {
+                        for pid in ids {
+                            own[id * self.words + (pid as usize >> 6)] |= 1u64 << (pid & 63);
+                        }
+                    }
+                    Some(when) => match Condition::compile_shared(when) {
+                        Ok(cond) => {
+                            let e = self.cond_entries.len() as u32;
+                            self.cond_entries.push(CondEntry {
+                                role: id as u32,
+                                entry,
+                                cond,
+                            });
+                            own_cond[id].extend(ids.into_iter().map(|pid| (pid, e)));
+                        }
+                        Err(err) => self.ignored.push(Ignored::new(
+                            "role",
+                            who.clone(),
+                            format!("permissions[{entry}]: condition does not compile: {err}"),
+                        )),
+                    },
                 }
             }
             for ext in &role.extends {
@@ -277,6 +408,7 @@ impl Policy {
         // Closures by reachability; cycles simply make their members reach each other.
         self.role_perms = vec![0u64; n * self.words];
         self.role_expand = Vec::with_capacity(n);
+        self.role_cond = Vec::with_capacity(n);
         let mut seen = vec![u32::MAX; n];
         for start in 0..n {
             let mut reach = vec![start as u32];
@@ -291,11 +423,16 @@ impl Policy {
                     }
                 }
             }
+            let mut conds: Vec<(u32, u32)> = Vec::new();
             for &r in &reach {
                 for w in 0..self.words {
                     self.role_perms[start * self.words + w] |= own[r as usize * self.words + w];
                 }
+                conds.extend_from_slice(&own_cond[r as usize]);
             }
+            conds.sort_unstable();
+            conds.dedup();
+            self.role_cond.push(conds.into_boxed_slice());
             reach.sort_unstable();
             self.role_expand.push(reach.into_boxed_slice());
         }

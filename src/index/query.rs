@@ -393,6 +393,7 @@ impl Index {
                 resource_key: k,
                 org,
                 group_type: None,
+                request: None,
             };
             if self.decide(&q).allow {
                 allowed.insert(uid);
@@ -779,6 +780,7 @@ impl Index {
                         resource_key: Some(&gk),
                         org: Some(org),
                         group_type: Some(&gt),
+                        request: None,
                     };
                     if self.decide(&q).allow {
                         let allowed = self.allowed_actions(&q).into_iter().map(String::from).collect();
@@ -804,6 +806,7 @@ impl Index {
                             resource_key: Some(&rec.key),
                             org: Some(org),
                             group_type: None,
+                            request: None,
                         })
                         .allow
                     }
@@ -901,6 +904,7 @@ impl Index {
                     resource_key: None,
                     org: Some(org),
                     group_type: None,
+                    request: None,
                 };
                 let d = self.decide(&q);
                 if d.allow {
@@ -950,6 +954,7 @@ impl Index {
                         resource_key: Some(k),
                         org: Some(org),
                         group_type: None,
+                        request: None,
                     });
                     if d.allow {
                         entry.permissions.push(format!("{t}:{a}"));
@@ -979,7 +984,7 @@ impl Index {
             | Evidence::RoleSubject { role }
             | Evidence::InstanceAssignment { role, .. } => role,
             Evidence::Grant { grant_role, .. } => grant_role,
-            Evidence::None => return,
+            Evidence::Rule { .. } | Evidence::None => return,
         };
         if let Some(item) = self.role_item(role)
             && !roles.contains(&item.key)

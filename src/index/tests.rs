@@ -61,6 +61,7 @@ fn user<'a>(u: &'a str, action: &'a str, t: &'a str, key: Option<&'a str>, org: 
         resource_key: key,
         org,
         group_type: None,
+        request: None,
     }
 }
 
@@ -207,6 +208,7 @@ fn role_subjects_and_group_type_checks() {
         resource_key: key,
         org,
         group_type: group,
+        request: None,
     };
     assert_eq!(
         ix.decide(&role("editor", "read", "document", None, Some("acme"), None))

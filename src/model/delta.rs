@@ -1,6 +1,6 @@
 //! Delta batches (model.md §4): decoding from a JSON line, structural validation, encoding.
 
-use super::{Menu, Org, Resource, ResourceType, Role, RoleAssignment, RoleGrant, SnapshotError, User};
+use super::{Menu, Org, Resource, ResourceType, Role, RoleAssignment, RoleGrant, Rule, SnapshotError, User};
 use serde::de::DeserializeOwned;
 use serde::ser::SerializeMap;
 use serde::{Deserialize, Serialize, Serializer};
@@ -33,10 +33,11 @@ pub enum Kind {
     RoleAssignment,
     RoleGrant,
     Menu,
+    Rule,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 8] = [
+    pub const ALL: [Kind; 9] = [
         Kind::Org,
         Kind::ResourceType,
         Kind::Role,
@@ -45,6 +46,7 @@ impl Kind {
         Kind::RoleAssignment,
         Kind::RoleGrant,
         Kind::Menu,
+        Kind::Rule,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -57,6 +59,7 @@ impl Kind {
             Kind::RoleAssignment => "role_assignment",
             Kind::RoleGrant => "role_grant",
             Kind::Menu => "menu",
+            Kind::Rule => "rule",
         }
     }
 
@@ -76,6 +79,7 @@ pub enum Item {
     RoleAssignment(RoleAssignment),
     RoleGrant(RoleGrant),
     Menu(Menu),
+    Rule(Rule),
 }
 
 /// The identity fields of an item, as a delete carries them.
@@ -108,6 +112,9 @@ pub enum Identity {
         platform: String,
         code: String,
     },
+    Rule {
+        key: String,
+    },
 }
 
 impl Item {
@@ -121,6 +128,7 @@ impl Item {
             Item::RoleAssignment(_) => Kind::RoleAssignment,
             Item::RoleGrant(_) => Kind::RoleGrant,
             Item::Menu(_) => Kind::Menu,
+            Item::Rule(_) => Kind::Rule,
         }
     }
 
@@ -148,6 +156,7 @@ impl Item {
                 platform: v.platform.clone(),
                 code: v.code.clone(),
             },
+            Item::Rule(v) => Identity::Rule { key: v.key.clone() },
         }
     }
 
@@ -162,6 +171,7 @@ impl Item {
             Item::RoleAssignment(v) => serde_json::to_value(v),
             Item::RoleGrant(v) => serde_json::to_value(v),
             Item::Menu(v) => serde_json::to_value(v),
+            Item::Rule(v) => serde_json::to_value(v),
         }
     }
 }
@@ -177,6 +187,7 @@ impl Identity {
             Identity::RoleAssignment(_) => Kind::RoleAssignment,
             Identity::RoleGrant { .. } => Kind::RoleGrant,
             Identity::Menu { .. } => Kind::Menu,
+            Identity::Rule { .. } => Kind::Rule,
         }
     }
 
@@ -185,7 +196,10 @@ impl Identity {
     pub fn to_value(&self) -> Value {
         use serde_json::json;
         match self {
-            Identity::Org { key } | Identity::ResourceType { key } | Identity::User { key } => {
+            Identity::Org { key }
+            | Identity::ResourceType { key }
+            | Identity::User { key }
+            | Identity::Rule { key } => {
                 json!({ "key": key })
             }
             Identity::Role { key, org } => match org {
@@ -346,6 +360,7 @@ impl Item {
             Kind::RoleAssignment => Item::RoleAssignment(field(value, at)?),
             Kind::RoleGrant => Item::RoleGrant(field(value, at)?),
             Kind::Menu => Item::Menu(field(value, at)?),
+            Kind::Rule => Item::Rule(field(value, at)?),
         })
     }
 }
@@ -360,6 +375,9 @@ impl Identity {
                 key: field::<KeyId>(value, at)?.key,
             },
             Kind::User => Identity::User {
+                key: field::<KeyId>(value, at)?.key,
+            },
+            Kind::Rule => Identity::Rule {
                 key: field::<KeyId>(value, at)?.key,
             },
             Kind::Role => {

@@ -2,7 +2,7 @@
 //! in a two-level hierarchy, folder trees with documents, org-wide and instance assignments,
 //! and grants. The same parameters and seed always give the same document.
 
-use super::{Org, Resource, ResourceType, Role, RoleAssignment, RoleGrant, Snapshot};
+use super::{Org, Permission, Resource, ResourceType, Role, RoleAssignment, RoleGrant, Snapshot};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use std::collections::HashSet;
@@ -42,7 +42,7 @@ fn role(key: &str, permissions: &[&str], extends: &[&str]) -> Role {
         attributes: None,
         key: key.into(),
         org: None,
-        permissions: permissions.iter().map(|s| s.to_string()).collect(),
+        permissions: permissions.iter().map(|s| Permission::from(*s)).collect(),
         extends: extends.iter().map(|s| s.to_string()).collect(),
         menus: Vec::new(),
         name: None,
@@ -184,6 +184,7 @@ pub fn generate(p: &Params) -> Snapshot {
         };
         if granted.insert(k.clone()) {
             s.role_grants.push(RoleGrant {
+                when: None,
                 org: org_key(o),
                 role: "auditor".into(),
                 resource: format!("folder:{k}"),

@@ -36,6 +36,9 @@ pub struct Snapshot {
     pub role_grants: Vec<RoleGrant>,
     #[serde(default, deserialize_with = "nullable", skip_serializing_if = "Vec::is_empty")]
     pub menus: Vec<Menu>,
+    /// Attribute rules (model.md §5): permissions held by whoever a condition admits.
+    #[serde(default, deserialize_with = "nullable", skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<Rule>,
 }
 
 /// A tenant. `parent` builds a forest; permissions of an org-wide role flow to descendants.
@@ -75,7 +78,7 @@ pub struct Role {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub org: Option<String>,
     #[serde(default, deserialize_with = "nullable", skip_serializing_if = "Vec::is_empty")]
-    pub permissions: Vec<String>,
+    pub permissions: Vec<Permission>,
     #[serde(default, deserialize_with = "nullable", skip_serializing_if = "Vec::is_empty")]
     pub extends: Vec<String>,
     #[serde(default, deserialize_with = "nullable", skip_serializing_if = "Vec::is_empty")]
@@ -139,6 +142,119 @@ pub struct RoleGrant {
     pub resource: String,
     #[serde(default, deserialize_with = "nullable", skip_serializing_if = "Vec::is_empty")]
     pub actions: Vec<String>,
+    /// A CEL condition (model.md §5): the grant counts only when it holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub when: Option<String>,
+}
+
+/// An attribute rule (model.md §5): a user may do `permissions` whenever `when` holds, in
+/// `org` and the orgs below it (every org when absent), with no role needed.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rule {
+    pub key: String,
+    #[serde(default, deserialize_with = "nullable", skip_serializing_if = "Vec::is_empty")]
+    pub permissions: Vec<String>,
+    pub when: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub org: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+}
+
+/// A role's permission: `type:action` (either side may be `*`), held unconditionally or, with
+/// `when`, only for checks where the CEL condition holds. Written as the bare string when it
+/// has no condition, as `{permission, when}` otherwise.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Permission {
+    pub permission: String,
+    pub when: Option<String>,
+}
+
+impl Permission {
+    pub fn as_str(&self) -> &str {
+        &self.permission
+    }
+}
+
+/// An unconditional permission equals its string.
+impl PartialEq<&str> for Permission {
+    fn eq(&self, other: &&str) -> bool {
+        self.when.is_none() && self.permission == *other
+    }
+}
+
+impl From<&str> for Permission {
+    fn from(p: &str) -> Permission {
+        Permission {
+            permission: p.to_owned(),
+            when: None,
+        }
+    }
+}
+
+impl From<String> for Permission {
+    fn from(permission: String) -> Permission {
+        Permission { permission, when: None }
+    }
+}
+
+impl std::fmt::Display for Permission {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.when {
+            None => f.write_str(&self.permission),
+            Some(w) => write!(f, "{} when {w}", self.permission),
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConditionalPermission {
+    permission: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    when: Option<String>,
+}
+
+impl Serialize for Permission {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match &self.when {
+            None => s.serialize_str(&self.permission),
+            Some(w) => ConditionalPermission {
+                permission: self.permission.clone(),
+                when: Some(w.clone()),
+            }
+            .serialize(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Permission {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Permission;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("`type:action` or `{permission, when}`")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Permission, E> {
+                Ok(Permission::from(v))
+            }
+            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Permission, E> {
+                Ok(Permission::from(v))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Permission, A::Error> {
+                let c = ConditionalPermission::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(Permission {
+                    permission: c.permission,
+                    when: c.when,
+                })
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// An item of a perm/v1 menu tree; one tree per platform, `parent` is a code of the same platform.
@@ -292,6 +408,10 @@ impl Snapshot {
                 let (p, c) = (v.platform.clone(), v.code.clone());
                 put(&mut self.menus, v, |x| x.platform == p && x.code == c)
             }
+            Item::Rule(v) => {
+                let k = v.key.clone();
+                put(&mut self.rules, v, |x| x.key == k)
+            }
         }
     }
 
@@ -310,6 +430,7 @@ impl Snapshot {
                 .role_grants
                 .retain(|x| !(&x.org == org && &x.role == role && &x.resource == resource)),
             I::Menu { platform, code } => self.menus.retain(|x| !(&x.platform == platform && &x.code == code)),
+            I::Rule { key } => self.rules.retain(|x| &x.key != key),
         }
     }
 }

@@ -3,7 +3,7 @@
 //! index ignores them and reports them (the "ignore the item" half).
 
 use super::delta::{Identity, Item, Op};
-use super::{Menu, Org, Resource, ResourceType, Role, RoleAssignment, RoleGrant, Snapshot, SnapshotError, User};
+use super::{Menu, Org, Resource, ResourceType, Role, RoleAssignment, RoleGrant, Rule, Snapshot, SnapshotError, User};
 use std::collections::HashSet;
 
 /// The longest key accepted, in bytes.
@@ -64,6 +64,13 @@ fn permission(value: &str, at: impl Fn() -> String) -> Result<(), SnapshotError>
     }
 }
 
+/// A `when`: CEL that parses and names only the variables of model.md §5.
+fn condition(value: &str, at: impl FnOnce() -> String) -> Result<(), SnapshotError> {
+    crate::cond::Condition::compile_shared(value)
+        .map(drop)
+        .map_err(|e| SnapshotError::invalid(at(), format!("condition does not compile: {e}")))
+}
+
 fn opt_key(value: &Option<String>, at: impl FnOnce() -> String) -> Result<(), SnapshotError> {
     value.as_deref().map_or(Ok(()), |v| key(v, at))
 }
@@ -90,7 +97,10 @@ fn role(v: &Role, at: &str) -> Result<(), SnapshotError> {
     }
     opt_key(&v.org, || format!("{at}.org"))?;
     for (i, p) in v.permissions.iter().enumerate() {
-        permission(p, || format!("{at}.permissions[{i}]"))?;
+        permission(&p.permission, || format!("{at}.permissions[{i}]"))?;
+        if let Some(w) = &p.when {
+            condition(w, || format!("{at}.permissions[{i}].when"))?;
+        }
     }
     keys(&v.extends, &format!("{at}.extends"))?;
     keys(&v.menus, &format!("{at}.menus"))
@@ -127,7 +137,19 @@ fn grant(v: &RoleGrant, at: &str) -> Result<(), SnapshotError> {
     for (i, p) in v.actions.iter().enumerate() {
         permission(p, || format!("{at}.actions[{i}]"))?;
     }
-    Ok(())
+    match &v.when {
+        Some(w) => condition(w, || format!("{at}.when")),
+        None => Ok(()),
+    }
+}
+
+fn rule(v: &Rule, at: &str) -> Result<(), SnapshotError> {
+    key(&v.key, || format!("{at}.key"))?;
+    opt_key(&v.org, || format!("{at}.org"))?;
+    for (i, p) in v.permissions.iter().enumerate() {
+        permission(p, || format!("{at}.permissions[{i}]"))?;
+    }
+    condition(&v.when, || format!("{at}.when"))
 }
 
 fn menu(v: &Menu, at: &str) -> Result<(), SnapshotError> {
@@ -190,6 +212,7 @@ pub fn validate(s: &Snapshot) -> Result<(), SnapshotError> {
         (v.org.as_str(), v.role.as_str(), v.resource.as_str())
     })?;
     each(&s.menus, "menus", menu, |v| (v.platform.as_str(), v.code.as_str()))?;
+    each(&s.rules, "rules", rule, |v| v.key.as_str())?;
     Ok(())
 }
 
@@ -205,11 +228,13 @@ pub(super) fn validate_op(op: &Op, at: &str) -> Result<(), SnapshotError> {
             Item::RoleAssignment(v) => assignment(v, at),
             Item::RoleGrant(v) => grant(v, at),
             Item::Menu(v) => menu(v, at),
+            Item::Rule(v) => rule(v, at),
         },
         Op::Delete(id) => match id {
-            Identity::Org { key: k } | Identity::ResourceType { key: k } | Identity::User { key: k } => {
-                key(k, || format!("{at}.key"))
-            }
+            Identity::Org { key: k }
+            | Identity::ResourceType { key: k }
+            | Identity::User { key: k }
+            | Identity::Rule { key: k } => key(k, || format!("{at}.key")),
             Identity::Role { key: k, org } => {
                 key(k, || format!("{at}.key"))?;
                 opt_key(org, || format!("{at}.org"))
@@ -290,6 +315,30 @@ mod tests {
                 "roles[1].id",
             ),
             ("format: 1\nversion: 1\nroles: [{key: a, id: 0}]\n", "roles[0].id"),
+            (
+                "format: 1\nversion: 1\nroles: [{key: a, permissions: [{permission: 'd:r', when: 'user.key =='}]}]\n",
+                "roles[0].permissions[0].when: condition does not compile",
+            ),
+            (
+                "format: 1\nversion: 1\nroles: [{key: a, permissions: [{permission: 'd:r', when: 'subject.id == 1'}]}]\n",
+                "unknown variable `subject`",
+            ),
+            (
+                "format: 1\nversion: 1\nroles: [{key: a, permissions: [{permission: 'd:r', wen: 'true'}]}]\n",
+                "unknown field `wen`",
+            ),
+            (
+                "format: 1\nversion: 1\nrules: [{key: own, permissions: ['d:r'], when: 'resource.attributes.x ==='}]\n",
+                "rules[0].when",
+            ),
+            (
+                "format: 1\nversion: 1\nrules: [{key: own, permissions: ['d:r']}]\n",
+                "missing field `when`",
+            ),
+            (
+                "format: 1\nversion: 1\nrole_grants: [{org: o, role: r, resource: 'a:b', when: 'nope'}]\n",
+                "role_grants[0].when",
+            ),
             (
                 "format: 1\nversion: 1\nroles: [{key: a, id: 2147483648}]\n",
                 "roles[0].id",

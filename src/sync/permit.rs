@@ -15,8 +15,8 @@
 use super::{Backoff, Cache, SyncError, report, status_error, upstream::read_body, upstream::without_url};
 use crate::index::Index;
 use crate::model::{
-    Attributes, DeltaBatch, Identity, Item, Op, Org, Resource, ResourceType, Role, RoleAssignment, Snapshot, User,
-    validate,
+    Attributes, DeltaBatch, Identity, Item, Op, Org, Permission, Resource, ResourceType, Role, RoleAssignment,
+    Snapshot, User, validate,
 };
 use crate::store::Store;
 use serde::Deserialize;
@@ -380,7 +380,11 @@ pub fn map(
                 attributes: None,
                 key: format!("{}#{role}", r.key),
                 org: None,
-                permissions: rr.permissions.into_iter().map(qualify).collect(),
+                permissions: rr
+                    .permissions
+                    .into_iter()
+                    .map(|p| Permission::from(qualify(p)))
+                    .collect(),
                 extends: rr.extends.into_iter().map(|e| format!("{}#{e}", r.key)).collect(),
                 menus: vec![],
                 name: None,
@@ -401,7 +405,7 @@ pub fn map(
             attributes: None,
             key: r.key,
             org: None,
-            permissions: r.permissions,
+            permissions: r.permissions.into_iter().map(Permission::from).collect(),
             extends: r.extends,
             menus: vec![],
             name: r.name,

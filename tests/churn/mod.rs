@@ -87,6 +87,7 @@ pub fn agrees_with(p: &Permd, want: &Index, what: &str) {
                         resource_key: Some(k),
                         org,
                         group_type: None,
+                        request: None,
                     });
                     expected.push(json!({"allow": d.allow, "reason": d.reason.as_str()}));
                 }

@@ -114,6 +114,7 @@ fn enforce_query(r: &perm::EnforceRequest) -> Result<Query<'_>, Status> {
         resource_key: non_empty(&r.res_id),
         org: non_empty(&r.org_id),
         group_type: non_empty(&r.group_type),
+        request: None,
     })
 }
 
@@ -254,6 +255,7 @@ fn check_query<'a>(r: &'a permd::CheckRequest, at: &str) -> Result<Query<'a>, St
         resource_key: non_empty(&res.key),
         org: non_empty(&res.tenant),
         group_type: None,
+        request: None,
     })
 }
 

@@ -170,6 +170,7 @@ impl<'a> AllowedBody<'a> {
             resource_key: text(&res.key),
             org: text(&res.tenant),
             group_type: None,
+            request: None,
         })
     }
 }
@@ -210,6 +211,7 @@ impl EnforceBody<'_> {
             resource_key: text(&self.res_id),
             org: text(&self.org_id),
             group_type: text(&self.group_type),
+            request: None,
         })
     }
 }
@@ -316,6 +318,7 @@ impl<'a> AzEvaluation<'a> {
             resource_key: text(&res.id),
             org: res.properties.as_ref().and_then(|p| text(&p.tenant)),
             group_type: None,
+            request: None,
         })
     }
 }

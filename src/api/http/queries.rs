@@ -321,6 +321,16 @@ fn assignment(ix: &Index, user: &str, e: Evidence) -> Value {
             role_key(grant_role),
         ),
         Evidence::RoleSubject { role } => (String::new(), String::new(), role_key(role)),
+        // An attribute rule gives no role: the allow carries the rule's key instead.
+        Evidence::Rule { rule } => {
+            let key = ix
+                .policy()
+                .rules
+                .get(rule as usize)
+                .and_then(|r| ix.policy_items().rules.get(r.item))
+                .map_or(String::new(), |r| r.key.clone());
+            return json!({"user": user, "tenant": "", "resource": "", "role": "", "rule": key});
+        }
         Evidence::None => (String::new(), String::new(), String::new()),
     };
     json!({"user": user, "tenant": tenant, "resource": resource, "role": role})
@@ -353,6 +363,7 @@ pub async fn authorized_users(ctx: &Ctx<'_>, body: &[u8]) -> Result<Response<Ful
             resource_key: k,
             org: tenant,
             group_type: None,
+            request: None,
         });
         out.insert(user.to_string(), Value::Array(vec![assignment(&ix, user, d.evidence)]));
     }
@@ -604,6 +615,7 @@ pub async fn search(ctx: &Ctx<'_>, path: &str, body: &[u8]) -> Result<Response<F
                 resource_key: k,
                 org: tenant(res),
                 group_type: None,
+                request: None,
             };
             let actions = ix.allowed_actions(&q);
             let start = p
