@@ -130,6 +130,7 @@ async fn enforce_check_and_status_codes() {
         }),
         explain: false,
         role: String::new(),
+        ..Default::default()
     };
     let mut explained = check("bob", "read", "document", "photo");
     explained.explain = true;

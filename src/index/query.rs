@@ -7,6 +7,7 @@
 
 use super::{Evidence, Query};
 use super::{Index, STAR, Subject};
+use crate::cond::RequestData;
 use roaring::RoaringBitmap;
 use serde::Serialize;
 use std::collections::BTreeSet;
@@ -193,23 +194,116 @@ impl Index {
     /// in org `org`, or without an org in every org (each instance decided in its own org, as
     /// §2 does for a check that names no tenant).
     pub fn list_resources(&self, subject: Subject<'_>, t: &str, a: &str, org: Option<&str>) -> RoaringBitmap {
+        self.list_resources_with(subject, t, a, org, None)
+    }
+
+    /// `list_resources` for a request that carries data conditions see (model.md §5
+    /// "Queries with conditions"): each instance is what `decide` says with that data.
+    pub fn list_resources_with(
+        &self,
+        subject: Subject<'_>,
+        t: &str,
+        a: &str,
+        org: Option<&str>,
+        request: Option<&RequestData>,
+    ) -> RoaringBitmap {
         match org {
             Some(o) => match self.names.orgs.get(o) {
-                Some(o) => self.list_resources_in(subject, t, a, o),
+                Some(o) => self.list_resources_in(subject, t, a, o, request),
                 None => RoaringBitmap::new(),
             },
             None => {
                 let mut out = RoaringBitmap::new();
                 for o in self.org_ids() {
-                    out |= self.list_resources_in(subject, t, a, o);
+                    out |= self.list_resources_in(subject, t, a, o, request);
                 }
                 out
             }
         }
     }
 
+    /// Whether a condition could allow `subject` `perm` in org `o` where the unconditional
+    /// data does not: a rule for `perm` in `OrgAnc(o)`, a conditional entry for it on a role
+    /// the subject holds there, or any grant with a `when`. Without one, a query needs no
+    /// `decide` per candidate.
+    fn may_allow_when(&self, subject: Subject<'_>, perm: u32, o: u32) -> bool {
+        if self.conditional_grants() {
+            return true;
+        }
+        let p = &*self.policy;
+        if !p.conditional() {
+            return false;
+        }
+        let anc = p.org_anc(o);
+        match subject {
+            Subject::User(u) => {
+                if p.rules.iter().any(|r| {
+                    r.perms.binary_search(&perm).is_ok() && r.org.is_none_or(|org| anc.binary_search(&org).is_ok())
+                }) {
+                    return true;
+                }
+                let Some(rec) = self.user(u) else { return false };
+                let org_roles = rec
+                    .org_roles
+                    .iter()
+                    .filter(|(org_a, _)| anc.binary_search(org_a).is_ok())
+                    .filter_map(|&(org_a, name)| p.resolve(org_a, name));
+                let inst_roles = rec
+                    .inst_roles
+                    .iter()
+                    .filter(|(_, org_a, _)| *org_a == o)
+                    .filter_map(|&(_, org_a, name)| p.resolve(org_a, name));
+                org_roles.chain(inst_roles).any(|r| p.may_permit_when(r, perm))
+            }
+            Subject::Role(r) => self
+                .names
+                .roles
+                .get(r)
+                .and_then(|n| p.resolve(o, n))
+                .is_some_and(|r| p.may_permit_when(r, perm)),
+        }
+    }
+
+    /// The instances of `candidates` not in `allowed` that `decide` allows, added to it.
+    fn add_decided(
+        &self,
+        allowed: &mut RoaringBitmap,
+        candidates: &RoaringBitmap,
+        subject: Subject<'_>,
+        a: &str,
+        o: u32,
+        request: Option<&RequestData>,
+    ) {
+        let org = self.names.orgs.name(o);
+        for id in candidates.iter() {
+            if allowed.contains(id) {
+                continue;
+            }
+            let Some(rec) = self.res(id) else { continue };
+            let q = Query {
+                subject,
+                action: a,
+                resource_type: self.names.types.name(rec.resource_type),
+                resource_key: Some(&rec.key),
+                org: Some(org),
+                group_type: None,
+                request,
+            };
+            if self.decide(&q).allow {
+                allowed.insert(id);
+            }
+        }
+    }
+
     /// `list_resources` in one org id.
-    fn list_resources_in(&self, subject: Subject<'_>, t: &str, a: &str, o: u32) -> RoaringBitmap {
+    fn list_resources_in(
+        &self,
+        subject: Subject<'_>,
+        t: &str,
+        a: &str,
+        o: u32,
+        request: Option<&RequestData>,
+    ) -> RoaringBitmap {
         let p = &*self.policy;
         let names = &self.names;
         if !p.org_known(o) {
@@ -254,9 +348,14 @@ impl Index {
                 }
             }
         }
+        let conditional = self.may_allow_when(subject, perm, o);
         let may_walk = inst_any || (held && self.counts.role_grants > 0);
         if !may_walk {
-            return RoaringBitmap::new();
+            let mut out = RoaringBitmap::new();
+            if conditional {
+                self.add_decided(&mut out, candidates, subject, a, o, request);
+            }
+            return out;
         }
         // Steps 5 and 6: the nodes that allow (instance assignments that permit, grants that
         // match to a role the subject holds), then everything below them in the org.
@@ -281,6 +380,7 @@ impl Index {
                 let Some(rec) = self.res(y) else { continue };
                 let hit = rec.grants.iter().any(|g| {
                     g.org == o
+                        && g.when.is_none()
                         && g.patterns
                             .iter()
                             .any(|&(pt, pa)| (pt == STAR || pt == tid) && (pa == STAR || pa == aid))
@@ -292,7 +392,11 @@ impl Index {
             }
         }
         let below = aux.descendants(self, &sources, o);
-        below & &**candidates
+        let mut out = below & &**candidates;
+        if conditional {
+            self.add_decided(&mut out, candidates, subject, a, o, request);
+        }
+        out
     }
 
     fn query_aux(&self) -> Arc<QueryAux> {
@@ -312,6 +416,20 @@ impl Index {
     /// users-per-(org, role) bitmaps; holders below the instance and grant holders are
     /// candidates checked with `decide()`.
     pub fn authorized_users(&self, a: &str, t: &str, k: Option<&str>, org: Option<&str>) -> RoaringBitmap {
+        self.authorized_users_with(a, t, k, org, None)
+    }
+
+    /// `authorized_users` for a request that carries data conditions see. With conditions,
+    /// the holders of a role with a conditional entry for the permission are candidates, and
+    /// with a rule for it every known user is: each is checked with `decide()`.
+    pub fn authorized_users_with(
+        &self,
+        a: &str,
+        t: &str,
+        k: Option<&str>,
+        org: Option<&str>,
+        request: Option<&RequestData>,
+    ) -> RoaringBitmap {
         let p = &*self.policy;
         let names = &self.names;
         let x = k
@@ -345,22 +463,53 @@ impl Index {
         }
         let anc = p.org_anc(o);
         let n_names = names.roles.len() as u32;
-        // Step 4.
+        let mut candidates = RoaringBitmap::new();
+        // Step 4, and the holders of conditional entries as candidates.
         for &org_a in anc {
             for name in 0..n_names {
-                if let Some(role) = p.resolve(org_a, name)
-                    && p.permits(role, perm)
-                    && let Some(b) = self.org_role_users.get(&(org_a, name))
-                {
+                let Some(role) = p.resolve(org_a, name) else { continue };
+                let Some(b) = self.org_role_users.get(&(org_a, name)) else {
+                    continue;
+                };
+                if p.permits(role, perm) {
                     allowed |= &**b;
+                } else if p.may_permit_when(role, perm) {
+                    candidates |= &**b;
                 }
             }
         }
-        let Some((x_id, _)) = x else {
-            return allowed;
-        };
-        // Steps 5 and 6: candidates from the instance's ancestors, then checked exactly.
-        let mut candidates = RoaringBitmap::new();
+        // Step 6b: any user may meet a rule's condition.
+        if p.rules
+            .iter()
+            .any(|r| r.perms.binary_search(&perm).is_ok() && r.org.is_none_or(|org| anc.binary_search(&org).is_ok()))
+        {
+            candidates.insert_range(0..names.users.len() as u32);
+        }
+        if let Some((x_id, _)) = x {
+            self.instance_candidates(&mut candidates, x_id, o, tid, aid);
+        }
+        candidates -= &allowed;
+        for uid in candidates.iter() {
+            let q = Query {
+                subject: Subject::User(names.users.name(uid)),
+                action: a,
+                resource_type: t,
+                resource_key: k,
+                org,
+                group_type: None,
+                request,
+            };
+            if self.decide(&q).allow {
+                allowed.insert(uid);
+            }
+        }
+        allowed
+    }
+
+    /// Steps 5 and 6 of `authorized_users`: holders on the instance's ancestors and holders
+    /// of grant roles there.
+    fn instance_candidates(&self, candidates: &mut RoaringBitmap, x_id: u32, o: u32, tid: u32, aid: u32) {
+        let p = &*self.policy;
         let ancestors = self.res_ancestors(x_id, o);
         for &y in &ancestors.list {
             let Some(rec) = self.res(y) else { continue };
@@ -381,25 +530,9 @@ impl Index {
                 let Some(grant_role) = p.resolve(o, g.role) else {
                     continue;
                 };
-                candidates |= self.holders_of(o, grant_role);
+                *candidates |= self.holders_of(o, grant_role);
             }
         }
-        candidates -= &allowed;
-        for uid in candidates.iter() {
-            let q = Query {
-                subject: Subject::User(names.users.name(uid)),
-                action: a,
-                resource_type: t,
-                resource_key: k,
-                org,
-                group_type: None,
-                request: None,
-            };
-            if self.decide(&q).allow {
-                allowed.insert(uid);
-            }
-        }
-        allowed
     }
 
     /// Users with `role` in `Expand(OrgRoles(u, o))`: org-wide holders, in an org of
@@ -868,6 +1001,18 @@ impl Index {
         after: Option<u64>,
         limit: usize,
     ) -> UserPermissions {
+        self.user_permissions_with(user, f, after, limit, None)
+    }
+
+    /// `user_permissions` for a request that carries data conditions see.
+    pub fn user_permissions_with(
+        &self,
+        user: &str,
+        f: &UserPermissionsFilter,
+        after: Option<u64>,
+        limit: usize,
+        request: Option<&RequestData>,
+    ) -> UserPermissions {
         let names = &self.names;
         let mut out = UserPermissions::default();
         let tenant_ok = |o: &str| f.tenants.is_empty() || f.tenants.iter().any(|x| x == o);
@@ -904,14 +1049,14 @@ impl Index {
                     resource_key: None,
                     org: Some(org),
                     group_type: None,
-                    request: None,
+                    request,
                 };
                 let d = self.decide(&q);
                 if d.allow {
                     entry.permissions.push(format!("{t}:{a}"));
                     self.push_role(&mut entry.roles, d.evidence);
                 } else if f.resources.is_empty() {
-                    instances |= self.list_resources_in(subject, t, a, o);
+                    instances |= self.list_resources_in(subject, t, a, o, request);
                 }
             }
             if !entry.permissions.is_empty() {
@@ -954,7 +1099,7 @@ impl Index {
                         resource_key: Some(k),
                         org: Some(org),
                         group_type: None,
-                        request: None,
+                        request,
                     });
                     if d.allow {
                         entry.permissions.push(format!("{t}:{a}"));

@@ -8,6 +8,7 @@
 use crate::api::forward::Forwarder;
 use crate::api::http::RequestError;
 use crate::api::reads::{self, Paged, Paging};
+use crate::cond::RequestData;
 use crate::index::{Decision, Index, Query, Subject};
 use crate::store::Store;
 use std::pin::Pin;
@@ -229,7 +230,34 @@ impl perm::perm_service_server::PermService for GrpcState {
     }
 }
 
-fn check_query<'a>(r: &'a permd::CheckRequest, at: &str) -> Result<Query<'a>, Status> {
+/// A JSON object given as text in a request field; empty: none.
+fn json_object(text: &str, field: &str) -> Result<Option<crate::model::Attributes>, Status> {
+    if text.trim().is_empty() {
+        return Ok(None);
+    }
+    match serde_json::from_str::<serde_json::Value>(text) {
+        Ok(serde_json::Value::Object(m)) => Ok(Some(m)),
+        Ok(_) => Err(Status::invalid_argument(format!("`{field}` must be a JSON object"))),
+        Err(e) => Err(Status::invalid_argument(format!("`{field}` is not JSON: {e}"))),
+    }
+}
+
+/// The request data of a permd.v1 check (model.md §5), when it carries any.
+fn check_data(r: &permd::CheckRequest, at: &str) -> Result<Option<RequestData>, Status> {
+    let data = RequestData {
+        user: json_object(&r.user_attributes_json, &format!("{at}user_attributes_json"))?,
+        resource: json_object(&r.resource_attributes_json, &format!("{at}resource_attributes_json"))?,
+        context: json_object(&r.context_json, &format!("{at}context_json"))?,
+        now_unix_nanos: None,
+    };
+    Ok((!data.is_empty()).then_some(data))
+}
+
+fn check_query<'a>(
+    r: &'a permd::CheckRequest,
+    at: &str,
+    request: Option<&'a RequestData>,
+) -> Result<Query<'a>, Status> {
     let subject = match (non_empty(&r.user), non_empty(&r.role)) {
         (Some(_), Some(_)) => {
             return Err(Status::invalid_argument(format!(
@@ -255,7 +283,7 @@ fn check_query<'a>(r: &'a permd::CheckRequest, at: &str) -> Result<Query<'a>, St
         resource_key: non_empty(&res.key),
         org: non_empty(&res.tenant),
         group_type: None,
-        request: None,
+        request,
     })
 }
 
@@ -296,7 +324,8 @@ type VersionStream = Pin<Box<dyn Stream<Item = Result<permd::VersionEvent, Statu
 impl permd::permd_service_server::PermdService for GrpcState {
     async fn check(&self, req: Request<permd::CheckRequest>) -> Result<Response<permd::CheckResponse>, Status> {
         let started = std::time::Instant::now();
-        let q = check_query(req.get_ref(), "")?;
+        let data = check_data(req.get_ref(), "")?;
+        let q = check_query(req.get_ref(), "", data.as_ref())?;
         let ix = self.index(req.metadata()).await?;
         let d = ix.decide(&q);
         crate::metrics::record_decisions(
@@ -322,10 +351,16 @@ impl permd::permd_service_server::PermdService for GrpcState {
                 checks.len()
             )));
         }
-        let queries = checks
+        let data = checks
             .iter()
             .enumerate()
-            .map(|(i, c)| check_query(c, &format!("checks[{i}].")))
+            .map(|(i, c)| check_data(c, &format!("checks[{i}].")))
+            .collect::<Result<Vec<_>, _>>()?;
+        let queries = checks
+            .iter()
+            .zip(&data)
+            .enumerate()
+            .map(|(i, (c, d))| check_query(c, &format!("checks[{i}]."), d.as_ref()))
             .collect::<Result<Vec<_>, _>>()?;
         let ix = self.index(req.metadata()).await?;
         let mut reasons = Vec::with_capacity(queries.len());

@@ -102,7 +102,8 @@ struct AllowedOut {
 }
 
 pub async fn allowed(ctx: &Ctx<'_>, body: &[u8]) -> Result<Response<Full<Bytes>>, RequestError> {
-    let req: AllowedBody = decode(body)?;
+    let mut req: AllowedBody = decode(body)?;
+    req.prepare();
     let q = req.query("")?;
     let ix = ctx.index().await?;
     let d = ix.decide(&q);
@@ -148,7 +149,7 @@ struct BulkOut {
 }
 
 pub async fn allowed_bulk(ctx: &Ctx<'_>, body: &[u8]) -> Result<Response<Full<Bytes>>, RequestError> {
-    let checks: Vec<AllowedBody> = match decode::<Vec<AllowedBody>>(body) {
+    let mut checks: Vec<AllowedBody> = match decode::<Vec<AllowedBody>>(body) {
         Ok(list) => list,
         Err(list_err) => match serde_json::from_slice::<BulkBody>(body) {
             Ok(BulkBody::Wrapped { checks } | BulkBody::List(checks)) => checks,
@@ -160,6 +161,9 @@ pub async fn allowed_bulk(ctx: &Ctx<'_>, body: &[u8]) -> Result<Response<Full<By
             "{} checks given; at most {MAX_BATCH} per request",
             checks.len()
         )));
+    }
+    for c in &mut checks {
+        c.prepare();
     }
     let queries = checks
         .iter()
@@ -248,7 +252,8 @@ fn az_out(ix: &Index, q: &Query<'_>, explain: bool) -> (AzOut, Reason) {
 }
 
 pub async fn evaluation(ctx: &Ctx<'_>, body: &[u8]) -> Result<Response<Full<Bytes>>, RequestError> {
-    let req: AzEvaluation = decode(body)?;
+    let mut req: AzEvaluation = decode(body)?;
+    req.prepare();
     let q = req.query("")?;
     let ix = ctx.index().await?;
     let (out, reason) = az_out(&ix, &q, ctx.explain || req.explain);
@@ -263,9 +268,10 @@ struct AzBatchOut {
 }
 
 pub async fn evaluations(ctx: &Ctx<'_>, body: &[u8]) -> Result<Response<Full<Bytes>>, RequestError> {
-    let req: AzBatch = decode(body)?;
+    let mut req: AzBatch = decode(body)?;
     let Some(items) = &req.evaluations else {
         // No `evaluations`: a single evaluation in the batch endpoint's shape.
+        req.defaults.prepare();
         let q = req.defaults.query("")?;
         let ix = ctx.index().await?;
         let (out, reason) = az_out(&ix, &q, ctx.explain || req.defaults.explain);
@@ -294,7 +300,14 @@ pub async fn evaluations(ctx: &Ctx<'_>, body: &[u8]) -> Result<Response<Full<Byt
             )));
         }
     };
-    let merged: Vec<AzEvaluation> = items.iter().map(|e| e.merged(&req.defaults)).collect();
+    let merged: Vec<AzEvaluation> = items
+        .iter()
+        .map(|e| {
+            let mut m = e.merged(&req.defaults);
+            m.prepare();
+            m
+        })
+        .collect();
     let queries = merged
         .iter()
         .enumerate()

@@ -2,7 +2,9 @@
 //! and turned into index queries. Every problem is an error naming the field.
 
 use super::RequestError;
+use crate::cond::RequestData;
 use crate::index::{Query, Subject};
+use crate::model::Attributes;
 use serde::Deserialize;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
 use std::borrow::Cow;
@@ -44,9 +46,9 @@ fn text<'x>(t: &'x Option<Text<'_>>) -> Option<&'x str> {
     t.as_ref().and_then(Text::non_empty)
 }
 
-/// Permit's `user`: a key, or an object with `key` (and any other fields, ignored).
+/// Permit's `user`: a key, or an object with `key` and `attributes` (other fields ignored).
 #[derive(Debug)]
-pub struct UserIn<'a>(pub Option<Text<'a>>);
+pub struct UserIn<'a>(pub Option<Text<'a>>, pub Option<Attributes>);
 
 impl<'de: 'a, 'a> Deserialize<'de> for UserIn<'a> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -57,21 +59,24 @@ impl<'de: 'a, 'a> Deserialize<'de> for UserIn<'a> {
                 f.write_str("a user key or an object with `key`")
             }
             fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
-                Ok(UserIn(Some(Text(Cow::Borrowed(v)))))
+                Ok(UserIn(Some(Text(Cow::Borrowed(v))), None))
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-                Ok(UserIn(Some(Text(Cow::Owned(v.to_owned())))))
+                Ok(UserIn(Some(Text(Cow::Owned(v.to_owned()))), None))
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
                 let mut key = None;
+                let mut attributes = None;
                 while let Some(k) = map.next_key::<Text<'de>>()? {
-                    if k.0 == "key" {
-                        key = map.next_value::<Option<Text<'de>>>()?;
-                    } else {
-                        map.next_value::<IgnoredAny>()?;
+                    match &*k.0 {
+                        "key" => key = map.next_value::<Option<Text<'de>>>()?,
+                        "attributes" => attributes = map.next_value::<Option<Attributes>>()?,
+                        _ => {
+                            map.next_value::<IgnoredAny>()?;
+                        }
                     }
                 }
-                Ok(UserIn(key))
+                Ok(UserIn(key, attributes))
             }
         }
         d.deserialize_any(V)
@@ -84,6 +89,7 @@ pub struct ResourceIn<'a> {
     pub resource_type: Option<Text<'a>>,
     pub key: Option<Text<'a>>,
     pub tenant: Option<Text<'a>>,
+    pub attributes: Option<Attributes>,
 }
 
 impl<'de: 'a, 'a> Deserialize<'de> for ResourceIn<'a> {
@@ -104,6 +110,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for ResourceIn<'a> {
                 resource_type: Some(Text(t)),
                 key: k.map(Text),
                 tenant: None,
+                attributes: None,
             }
         }
         impl<'de> Visitor<'de> for V {
@@ -124,6 +131,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for ResourceIn<'a> {
                         "type" => r.resource_type = map.next_value()?,
                         "key" => r.key = map.next_value()?,
                         "tenant" => r.tenant = map.next_value()?,
+                        "attributes" => r.attributes = map.next_value()?,
                         _ => {
                             map.next_value::<IgnoredAny>()?;
                         }
@@ -136,8 +144,9 @@ impl<'de: 'a, 'a> Deserialize<'de> for ResourceIn<'a> {
     }
 }
 
-/// `POST /allowed` (and each entry of `/allowed/bulk`). Unknown fields (`context`, `sdk`,
-/// ...) are accepted and ignored, as Permit SDKs send them.
+/// `POST /allowed` (and each entry of `/allowed/bulk`). Unknown fields (`sdk`, ...) are
+/// accepted and ignored, as Permit SDKs send them. `user.attributes`, `resource.attributes`
+/// and `context` are what conditions see of the request (model.md §5).
 #[derive(Debug, Deserialize)]
 pub struct AllowedBody<'a> {
     #[serde(borrow, default)]
@@ -147,7 +156,27 @@ pub struct AllowedBody<'a> {
     #[serde(borrow, default)]
     pub resource: Option<ResourceIn<'a>>,
     #[serde(default)]
+    pub context: Option<Attributes>,
+    #[serde(default)]
     pub explain: bool,
+    /// The request data, gathered by [`AllowedBody::prepare`].
+    #[serde(skip)]
+    pub data: Option<RequestData>,
+}
+
+/// The request data of a check, when it carries any.
+pub(super) fn request_data(
+    user: Option<Attributes>,
+    resource: Option<Attributes>,
+    context: Option<Attributes>,
+) -> Option<RequestData> {
+    let data = RequestData {
+        user,
+        resource,
+        context,
+        now_unix_nanos: None,
+    };
+    (!data.is_empty()).then_some(data)
 }
 
 fn required<'x>(v: Option<&'x str>, field: &str) -> Result<&'x str, RequestError> {
@@ -155,6 +184,13 @@ fn required<'x>(v: Option<&'x str>, field: &str) -> Result<&'x str, RequestError
 }
 
 impl<'a> AllowedBody<'a> {
+    /// Moves the attributes and context into `data`, for `query`.
+    pub fn prepare(&mut self) {
+        let user = self.user.as_mut().and_then(|u| u.1.take());
+        let resource = self.resource.as_mut().and_then(|r| r.attributes.take());
+        self.data = request_data(user, resource, self.context.take());
+    }
+
     pub fn query(&self, at: &str) -> Result<Query<'_>, RequestError> {
         let user = required(self.user.as_ref().and_then(|u| text(&u.0)), &format!("{at}user"))?;
         let action = required(text(&self.action), &format!("{at}action"))?;
@@ -170,7 +206,7 @@ impl<'a> AllowedBody<'a> {
             resource_key: text(&res.key),
             org: text(&res.tenant),
             group_type: None,
-            request: None,
+            request: self.data.as_ref(),
         })
     }
 }
@@ -216,13 +252,16 @@ impl EnforceBody<'_> {
     }
 }
 
-/// AuthZEN subject: `type` `user` (or `role`, a role subject) and `id`.
+/// AuthZEN subject: `type` `user` (or `role`, a role subject), `id` and `properties` (the
+/// user's request attributes).
 #[derive(Debug, Clone, Deserialize)]
 pub struct AzSubject<'a> {
     #[serde(borrow, default, rename = "type")]
     pub kind: Option<Text<'a>>,
     #[serde(borrow, default)]
     pub id: Option<Text<'a>>,
+    #[serde(default)]
+    pub properties: Option<Attributes>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -231,20 +270,29 @@ pub struct AzAction<'a> {
     pub name: Option<Text<'a>>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
-pub struct AzProperties<'a> {
-    #[serde(borrow, default)]
-    pub tenant: Option<Text<'a>>,
-}
-
+/// AuthZEN resource: `properties.tenant` names the org; the other properties are the
+/// resource's request attributes.
 #[derive(Debug, Clone, Deserialize)]
 pub struct AzResource<'a> {
     #[serde(borrow, default, rename = "type")]
     pub kind: Option<Text<'a>>,
     #[serde(borrow, default)]
     pub id: Option<Text<'a>>,
-    #[serde(borrow, default)]
-    pub properties: Option<AzProperties<'a>>,
+    #[serde(default)]
+    pub properties: Option<Attributes>,
+}
+
+impl AzResource<'_> {
+    /// `properties.tenant`: a string, or absent.
+    pub fn tenant(&self, at: &str) -> Result<Option<&str>, RequestError> {
+        match self.properties.as_ref().and_then(|p| p.get("tenant")) {
+            None | Some(serde_json::Value::Null) => Ok(None),
+            Some(serde_json::Value::String(s)) => Ok((!s.is_empty()).then_some(s.as_str())),
+            Some(_) => Err(RequestError::invalid(format!(
+                "`{at}resource.properties.tenant` must be a string"
+            ))),
+        }
+    }
 }
 
 /// One AuthZEN evaluation, or the defaults and items of a batch.
@@ -257,7 +305,12 @@ pub struct AzEvaluation<'a> {
     #[serde(borrow, default)]
     pub resource: Option<AzResource<'a>>,
     #[serde(default)]
+    pub context: Option<Attributes>,
+    #[serde(default)]
     pub explain: bool,
+    /// The request data, gathered by [`AzEvaluation::prepare`].
+    #[serde(skip)]
+    pub data: Option<RequestData>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -283,8 +336,21 @@ impl<'a> AzEvaluation<'a> {
             subject: self.subject.clone().or_else(|| defaults.subject.clone()),
             action: self.action.clone().or_else(|| defaults.action.clone()),
             resource: self.resource.clone().or_else(|| defaults.resource.clone()),
+            context: self.context.clone().or_else(|| defaults.context.clone()),
             explain: self.explain || defaults.explain,
+            data: None,
         }
+    }
+
+    /// Gathers `subject.properties`, `resource.properties` less `tenant`, and `context` into
+    /// `data`, for `query`.
+    pub fn prepare(&mut self) {
+        let user = self.subject.as_ref().and_then(|s| s.properties.clone());
+        let resource = self.resource.as_ref().and_then(|r| r.properties.clone()).map(|mut p| {
+            p.remove("tenant");
+            p
+        });
+        self.data = request_data(user, resource, self.context.clone());
     }
 
     pub fn query(&self, at: &str) -> Result<Query<'_>, RequestError> {
@@ -316,9 +382,9 @@ impl<'a> AzEvaluation<'a> {
             action,
             resource_type: required(text(&res.kind), &format!("{at}resource.type"))?,
             resource_key: text(&res.id),
-            org: res.properties.as_ref().and_then(|p| text(&p.tenant)),
+            org: res.tenant(at)?,
             group_type: None,
-            request: None,
+            request: self.data.as_ref(),
         })
     }
 }

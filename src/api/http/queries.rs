@@ -4,12 +4,14 @@
 //! every list is paged and says when there is more.
 
 use super::checks::Ctx;
+use super::input::request_data;
 use super::{RequestError, decode, json};
 use crate::api::grpc::perm;
 use crate::api::reads::{self, Paged, Paging};
 use crate::index::{
     AssignmentFilter, Evidence, Index, Query, Subject, UserPermissionsFilter, encode_cursor, page_bitmap,
 };
+use crate::model::Attributes;
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode};
 use http_body_util::Full;
@@ -158,13 +160,24 @@ pub async fn perm_v1(ctx: &Ctx<'_>, path: &str, body: &[u8]) -> Result<Response<
 #[serde(untagged)]
 enum UserRef {
     Key(String),
-    Object { key: String },
+    Object {
+        key: String,
+        #[serde(default)]
+        attributes: Option<Attributes>,
+    },
 }
 
 impl UserRef {
     fn key(&self) -> &str {
         match self {
-            UserRef::Key(k) | UserRef::Object { key: k } => k,
+            UserRef::Key(k) | UserRef::Object { key: k, .. } => k,
+        }
+    }
+
+    fn attributes(&self) -> Option<Attributes> {
+        match self {
+            UserRef::Key(_) => None,
+            UserRef::Object { attributes, .. } => attributes.clone(),
         }
     }
 }
@@ -181,10 +194,19 @@ enum ResourceRef {
         key: Option<String>,
         #[serde(default)]
         tenant: Option<String>,
+        #[serde(default)]
+        attributes: Option<Attributes>,
     },
 }
 
 impl ResourceRef {
+    fn attributes(&self) -> Option<Attributes> {
+        match self {
+            ResourceRef::Text(_) => None,
+            ResourceRef::Object { attributes, .. } => attributes.clone(),
+        }
+    }
+
     /// (type, key, tenant), empty strings counting as absent.
     fn parts(&self) -> (Option<&str>, Option<&str>, Option<&str>) {
         fn ne(s: Option<&str>) -> Option<&str> {
@@ -195,7 +217,7 @@ impl ResourceRef {
                 Some((t, k)) => (ne(Some(t)), ne(Some(k)), None),
                 None => (ne(Some(s)), None, None),
             },
-            ResourceRef::Object { kind, key, tenant } => {
+            ResourceRef::Object { kind, key, tenant, .. } => {
                 (ne(kind.as_deref()), ne(key.as_deref()), ne(tenant.as_deref()))
             }
         }
@@ -211,6 +233,8 @@ struct UserPermissionsBody {
     resources: Option<Vec<String>>,
     #[serde(default)]
     resource_types: Option<Vec<String>>,
+    #[serde(default)]
+    context: Option<Attributes>,
     #[serde(default)]
     limit: Option<u64>,
     #[serde(default)]
@@ -242,8 +266,9 @@ pub async fn user_permissions(ctx: &Ctx<'_>, body: &[u8]) -> Result<Response<Ful
             )));
         }
     }
+    let data = request_data(b.user.as_ref().and_then(UserRef::attributes), None, b.context.clone());
     let ix = ctx.index().await?;
-    let up = ix.user_permissions(user, &f, p.after, p.limit);
+    let up = ix.user_permissions_with(user, &f, p.after, p.limit, data.as_ref());
     let mut out = Map::new();
     for e in up.tenants {
         out.insert(
@@ -270,6 +295,8 @@ pub async fn user_permissions(ctx: &Ctx<'_>, body: &[u8]) -> Result<Response<Ful
 struct AuthorizedUsersBody {
     action: Option<String>,
     resource: Option<ResourceRef>,
+    #[serde(default)]
+    context: Option<Attributes>,
     #[serde(default)]
     limit: Option<u64>,
     #[serde(default)]
@@ -350,8 +377,9 @@ pub async fn authorized_users(ctx: &Ctx<'_>, body: &[u8]) -> Result<Response<Ful
     let (t, k, tenant) = res.parts();
     let t = t.ok_or_else(|| RequestError::invalid("`resource.type` is required and must not be empty"))?;
     let p = Paging::parse(b.limit, b.cursor.as_deref(), "")?;
+    let data = request_data(None, res.attributes(), b.context.clone());
     let ix = ctx.index().await?;
-    let users = ix.authorized_users(action, t, k, tenant);
+    let users = ix.authorized_users_with(action, t, k, tenant, data.as_ref());
     let (page, next) = page_bitmap(&users, p.after, p.limit);
     let mut out = Map::new();
     for uid in page {
@@ -363,7 +391,7 @@ pub async fn authorized_users(ctx: &Ctx<'_>, body: &[u8]) -> Result<Response<Ful
             resource_key: k,
             org: tenant,
             group_type: None,
-            request: None,
+            request: data.as_ref(),
         });
         out.insert(user.to_string(), Value::Array(vec![assignment(&ix, user, d.evidence)]));
     }
@@ -463,13 +491,17 @@ struct AzEntity {
     #[serde(default)]
     id: Option<String>,
     #[serde(default)]
-    properties: Option<AzProps>,
+    properties: Option<Attributes>,
 }
 
-#[derive(Deserialize, Default)]
-struct AzProps {
-    #[serde(default)]
-    tenant: Option<String>,
+impl AzEntity {
+    /// The properties less `tenant`: request attributes for conditions.
+    fn attributes(&self) -> Option<Attributes> {
+        self.properties.clone().map(|mut p| {
+            p.remove("tenant");
+            p
+        })
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -494,6 +526,8 @@ struct AzSearch {
     action: Option<AzActionIn>,
     #[serde(default)]
     resource: Option<AzEntity>,
+    #[serde(default)]
+    context: Option<Attributes>,
     #[serde(default)]
     page: Option<AzPage>,
 }
@@ -546,7 +580,8 @@ impl AzSearch {
 fn tenant(e: &AzEntity) -> Option<&str> {
     e.properties
         .as_ref()
-        .and_then(|p| p.tenant.as_deref())
+        .and_then(|p| p.get("tenant"))
+        .and_then(|t| t.as_str())
         .filter(|t| !t.is_empty())
 }
 
@@ -560,6 +595,11 @@ fn search_out(results: Vec<Value>, next: Option<String>, version: u64) -> Respon
 pub async fn search(ctx: &Ctx<'_>, path: &str, body: &[u8]) -> Result<Response<Full<Bytes>>, RequestError> {
     let req: AzSearch = decode(body)?;
     let p = req.paging()?;
+    let data = request_data(
+        req.subject.as_ref().and_then(AzEntity::attributes),
+        req.resource.as_ref().and_then(AzEntity::attributes),
+        req.context.clone(),
+    );
     match path {
         "/access/v1/search/subject" => {
             let kind = need(
@@ -579,7 +619,7 @@ pub async fn search(ctx: &Ctx<'_>, path: &str, body: &[u8]) -> Result<Response<F
             let t = need(&res.kind, "resource.type")?;
             let k = res.id.as_deref().filter(|k| !k.is_empty());
             let ix = ctx.index().await?;
-            let users = ix.authorized_users(action, t, k, tenant(res));
+            let users = ix.authorized_users_with(action, t, k, tenant(res), data.as_ref());
             let (page, next) = page_bitmap(&users, p.after, p.limit);
             let results = page
                 .into_iter()
@@ -593,7 +633,7 @@ pub async fn search(ctx: &Ctx<'_>, path: &str, body: &[u8]) -> Result<Response<F
             let res = req.resource()?;
             let t = need(&res.kind, "resource.type")?;
             let ix = ctx.index().await?;
-            let ids = ix.list_resources(subject, t, action, tenant(res));
+            let ids = ix.list_resources_with(subject, t, action, tenant(res), data.as_ref());
             let (page, next) = page_bitmap(&ids, p.after, p.limit);
             let results = page
                 .into_iter()
@@ -615,7 +655,7 @@ pub async fn search(ctx: &Ctx<'_>, path: &str, body: &[u8]) -> Result<Response<F
                 resource_key: k,
                 org: tenant(res),
                 group_type: None,
-                request: None,
+                request: data.as_ref(),
             };
             let actions = ix.allowed_actions(&q);
             let start = p
