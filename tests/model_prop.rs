@@ -3,19 +3,75 @@
 //! "snapshot, then batch" held equal to "the snapshot with the batch's ops applied".
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use permd::cond::RequestData;
 use permd::index::{Index, Query, Subject};
 use permd::model::{
-    DeltaBatch, Identity, Item, Menu, Op, Org, Resource, ResourceType, Role, RoleAssignment, RoleGrant, Snapshot, User,
-    validate,
+    Attributes, DeltaBatch, Identity, Item, Menu, Op, Org, Permission, Resource, ResourceType, Role, RoleAssignment,
+    RoleGrant, Rule, Snapshot, User, validate,
 };
 use proptest::prelude::*;
 use rand::rngs::SmallRng;
 use rand::seq::IndexedRandom;
 use rand::{Rng, SeedableRng};
+use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 
 // ---------------------------------------------------------------------------------------
-// The naive model: model.md §2 read literally over the document.
+// The naive model: model.md §2 read literally over the document, with the conditions of §5.
+//
+// Conditions come from a fixed family whose meaning is written out here in Rust (the
+// reference does not run CEL): each is `true` only as the comment says; a missing key, a
+// value of another type or an error is never `true`.
+
+const CONDS: [&str; 9] = [
+    "resource.attributes.owner == user.key",
+    "user.attributes.dept == resource.attributes.dept",
+    "context.ip.startsWith('10.')",
+    "resource.attributes.level > 2",
+    "org.attributes.tier == 'gold'",
+    "action == 'r'",
+    "true",
+    "1 / 0 == 0",
+    "user.attributes.dept in ['a', 'b'] && has(resource.attributes.owner)",
+];
+
+/// What one condition sees: the merged attributes (stored win) and the rest.
+struct Seen<'a> {
+    user_key: &'a str,
+    user: Attributes,
+    resource: Attributes,
+    org: Attributes,
+    action: &'a str,
+    context: Attributes,
+}
+
+fn merged(stored: Option<&Attributes>, request: Option<&Attributes>) -> Attributes {
+    let mut out = request.cloned().unwrap_or_default();
+    for (k, v) in stored.into_iter().flatten() {
+        out.insert(k.clone(), v.clone());
+    }
+    out
+}
+
+fn holds(when: &str, v: &Seen<'_>) -> bool {
+    let s = |m: &Attributes, k: &str| m.get(k).and_then(Value::as_str).map(str::to_owned);
+    match CONDS.iter().position(|c| *c == when) {
+        Some(0) => s(&v.resource, "owner").is_some_and(|o| o == v.user_key),
+        Some(1) => match (v.user.get("dept"), v.resource.get("dept")) {
+            // CEL equality: same type and value (`null == null` holds).
+            (Some(a), Some(b)) => a == b,
+            _ => false,
+        },
+        Some(2) => s(&v.context, "ip").is_some_and(|ip| ip.starts_with("10.")),
+        Some(3) => v.resource.get("level").and_then(Value::as_i64).is_some_and(|l| l > 2),
+        Some(4) => s(&v.org, "tier").is_some_and(|t| t == "gold"),
+        Some(5) => v.action == "r",
+        Some(6) => true,
+        Some(7) => false,
+        Some(8) => s(&v.user, "dept").is_some_and(|d| d == "a" || d == "b") && v.resource.contains_key("owner"),
+        _ => panic!("condition outside the family: {when}"),
+    }
+}
 
 struct Naive<'a> {
     s: &'a Snapshot,
@@ -100,11 +156,59 @@ impl<'a> Naive<'a> {
             None => false,
         }
     }
-    fn some_permits(&self, roles: &BTreeSet<(Option<String>, String)>, t: &str, a: &str) -> bool {
-        roles
-            .iter()
-            .filter_map(|r| self.role(r))
-            .any(|r| r.permissions.iter().any(|p| Self::pattern_matches(p.as_str(), t, a)))
+    fn some_permits(&self, roles: &BTreeSet<(Option<String>, String)>, t: &str, a: &str, seen: &Seen<'_>) -> bool {
+        roles.iter().filter_map(|r| self.role(r)).any(|r| {
+            r.permissions
+                .iter()
+                .any(|p| Self::pattern_matches(p.as_str(), t, a) && p.when.as_deref().is_none_or(|w| holds(w, seen)))
+        })
+    }
+
+    /// What conditions see for `q`, decided in org `o` at instance `x` (if any).
+    fn seen<'q>(&self, q: &Query<'q>, o: &str, x: Option<&Resource>) -> Seen<'q> {
+        let req = q.request;
+        let (user_key, user) = match q.subject {
+            Subject::User(u) => {
+                let stored = self
+                    .s
+                    .users
+                    .iter()
+                    .find(|x| x.key == u)
+                    .and_then(|x| x.attributes.as_ref());
+                (u, merged(stored, req.and_then(|r| r.user.as_ref())))
+            }
+            Subject::Role(_) => ("", Attributes::new()),
+        };
+        Seen {
+            user_key,
+            user,
+            resource: merged(
+                x.and_then(|x| x.attributes.as_ref()),
+                req.and_then(|r| r.resource.as_ref()),
+            ),
+            org: self
+                .s
+                .orgs
+                .iter()
+                .find(|x| x.key == o)
+                .and_then(|x| x.attributes.clone())
+                .unwrap_or_default(),
+            action: q.action,
+            context: req.and_then(|r| r.context.clone()).unwrap_or_default(),
+        }
+    }
+
+    /// Step 6b: a rule of an org in `OrgAnc(o)` (or of every org) for (`t`, `a`) that holds.
+    fn rule_allows(&self, q: &Query<'_>, o: &str, t: &str, a: &str, seen: &Seen<'_>) -> bool {
+        if !matches!(q.subject, Subject::User(_)) {
+            return false;
+        }
+        let anc = self.org_anc(o);
+        self.s.rules.iter().any(|r| {
+            r.org.as_ref().is_none_or(|ro| anc.contains(ro))
+                && r.permissions.iter().any(|p| Self::pattern_matches(p, t, a))
+                && holds(&r.when, seen)
+        })
     }
     fn org_roles(&self, subject: &Subject<'_>, o: &str) -> BTreeSet<(Option<String>, String)> {
         match subject {
@@ -162,11 +266,15 @@ impl<'a> Naive<'a> {
             return (false, "tenant_mismatch");
         }
         let (t, a) = (q.resource_type, q.action);
+        let seen = self.seen(q, &o, x);
         let held = self.org_roles(&q.subject, &o);
-        if self.some_permits(&self.expand(&held), t, a) {
+        if self.some_permits(&self.expand(&held), t, a, &seen) {
             return (true, "org_role");
         }
         let Some(x) = x else {
+            if self.rule_allows(q, &o, t, a, &seen) {
+                return (true, "attribute_rule");
+            }
             return (false, "no_matching_grant");
         };
         let anc = self.res_anc(x);
@@ -182,7 +290,7 @@ impl<'a> Naive<'a> {
                 let Some(r) = self.resolve(&asg.org, &asg.role) else {
                     continue;
                 };
-                if self.some_permits(&self.expand(&BTreeSet::from([r])), t, a) {
+                if self.some_permits(&self.expand(&BTreeSet::from([r])), t, a, &seen) {
                     return (true, "resource_role");
                 }
             }
@@ -197,12 +305,18 @@ impl<'a> Naive<'a> {
             if !g.actions.iter().any(|p| Self::pattern_matches(p, t, a)) {
                 continue;
             }
+            if g.when.as_deref().is_some_and(|w| !holds(w, &seen)) {
+                continue;
+            }
             let Some(r) = self.resolve(&g.org, &g.role) else {
                 continue;
             };
             if self.expand(&self.org_roles(&q.subject, &g.org)).contains(&r) {
                 return (true, "role_grant");
             }
+        }
+        if self.rule_allows(q, &o, t, a, &seen) {
+            return (true, "attribute_rule");
         }
         (false, "no_matching_grant")
     }
@@ -236,12 +350,65 @@ fn res_ref(rng: &mut SmallRng) -> String {
     format!("{}:{}", pick(rng, &TYPES[..3]), pick(rng, &KEYS))
 }
 
+fn rand_when(rng: &mut SmallRng) -> String {
+    pick(rng, &CONDS).to_string()
+}
+
+fn rand_attr_value(rng: &mut SmallRng, key: &str) -> Value {
+    match (key, rng.random_range(0..4)) {
+        ("owner", 0) => json!(5),
+        ("owner", _) => json!(pick(rng, &USERS)),
+        ("dept", 0) => json!(1),
+        ("dept", 1) => Value::Null,
+        ("dept", _) => json!(pick(rng, &["a", "b", "c"])),
+        ("level", 0) => json!("3"),
+        ("level", _) => json!(rng.random_range(0..6)),
+        ("tier", _) => json!(pick(rng, &["gold", "silver"])),
+        ("ip", 0) => json!(7),
+        ("ip", _) => json!(pick(rng, &["10.0.0.1", "192.168.1.1"])),
+        _ => Value::Null,
+    }
+}
+
+fn rand_attrs(rng: &mut SmallRng, keys: &[&str], p: f64) -> Option<Attributes> {
+    maybe(rng, p, |rng| {
+        let mut m = Attributes::new();
+        for k in keys {
+            if rng.random_bool(0.6) {
+                m.insert(k.to_string(), rand_attr_value(rng, k));
+            }
+        }
+        m
+    })
+}
+
+fn rand_request(rng: &mut SmallRng) -> RequestData {
+    RequestData {
+        user: rand_attrs(rng, &["dept"], 0.5),
+        resource: rand_attrs(rng, &["owner", "dept", "level"], 0.5),
+        context: rand_attrs(rng, &["ip"], 0.5),
+        now_unix_nanos: None,
+    }
+}
+
+fn rand_rule(rng: &mut SmallRng) -> Rule {
+    let n = rng.random_range(1..3);
+    Rule {
+        key: pick(rng, &["ru0", "ru1", "ru2"]).into(),
+        permissions: (0..n).map(|_| pattern(rng)).collect(),
+        when: rand_when(rng),
+        org: maybe(rng, 0.4, |r| pick(r, &ORGS).to_string()),
+        name: None,
+        description: None,
+    }
+}
+
 fn rand_org(rng: &mut SmallRng) -> Org {
     Org {
         key: pick(rng, &ORGS[..5]).into(),
         parent: maybe(rng, 0.6, |r| pick(r, &ORGS).to_string()),
         name: None,
-        attributes: None,
+        attributes: rand_attrs(rng, &["tier"], 0.5),
     }
 }
 fn rand_type(rng: &mut SmallRng) -> ResourceType {
@@ -262,7 +429,12 @@ fn rand_role(rng: &mut SmallRng) -> Role {
         attributes: None,
         key: pick(rng, &ROLES).into(),
         org: maybe(rng, 0.3, |r| pick(r, &ORGS).to_string()),
-        permissions: (0..np).map(|_| pattern(rng).into()).collect(),
+        permissions: (0..np)
+            .map(|_| Permission {
+                permission: pattern(rng),
+                when: maybe(rng, 0.3, rand_when),
+            })
+            .collect(),
         extends: (0..ne).map(|_| pick(rng, &ROLES).to_string()).collect(),
         menus: maybe(rng, 0.2, |_| vec!["m0".to_string()]).unwrap_or_default(),
         name: None,
@@ -275,7 +447,7 @@ fn rand_user(rng: &mut SmallRng) -> User {
         email: maybe(rng, 0.5, |_| "e@x".to_string()),
         first_name: None,
         last_name: None,
-        attributes: None,
+        attributes: rand_attrs(rng, &["dept"], 0.5),
     }
 }
 fn rand_resource(rng: &mut SmallRng) -> Resource {
@@ -285,7 +457,7 @@ fn rand_resource(rng: &mut SmallRng) -> Resource {
         key: pick(rng, &KEYS).into(),
         org: pick(rng, &ORGS).into(),
         parents: (0..np).map(|_| res_ref(rng)).collect(),
-        attributes: None,
+        attributes: rand_attrs(rng, &["owner", "dept", "level"], 0.6),
     }
 }
 fn rand_assignment(rng: &mut SmallRng) -> RoleAssignment {
@@ -303,7 +475,7 @@ fn rand_grant(rng: &mut SmallRng) -> RoleGrant {
         role: pick(rng, &ROLES).into(),
         resource: res_ref(rng),
         actions: (0..n).map(|_| pattern(rng)).collect(),
-        when: None,
+        when: maybe(rng, 0.3, rand_when),
     }
 }
 fn rand_menu(rng: &mut SmallRng) -> Menu {
@@ -351,6 +523,8 @@ fn rand_snapshot(rng: &mut SmallRng) -> Snapshot {
     let menus = dedup((0..c).map(|_| rand_menu(rng)).collect(), |m: &Menu| {
         (m.platform.clone(), m.code.clone())
     });
+    let c = n(rng, 3);
+    let rules = dedup((0..c).map(|_| rand_rule(rng)).collect(), |r: &Rule| r.key.clone());
     let s = Snapshot {
         format: 1,
         version: rng.random_range(1..100),
@@ -362,7 +536,7 @@ fn rand_snapshot(rng: &mut SmallRng) -> Snapshot {
         role_assignments: assignments,
         role_grants: grants,
         menus,
-        rules: vec![],
+        rules,
     };
     validate(&s).expect("generated snapshot is valid");
     s
@@ -370,7 +544,7 @@ fn rand_snapshot(rng: &mut SmallRng) -> Snapshot {
 
 fn rand_op(rng: &mut SmallRng) -> Op {
     let upsert = rng.random_bool(0.6);
-    match rng.random_range(0..8) {
+    match rng.random_range(0..9) {
         0 if upsert => Op::Upsert(Item::Org(rand_org(rng))),
         0 => Op::Delete(Identity::Org {
             key: pick(rng, &ORGS).into(),
@@ -404,11 +578,27 @@ fn rand_op(rng: &mut SmallRng) -> Op {
                 resource: g.resource,
             })
         }
+        7 if upsert => Op::Upsert(Item::Rule(rand_rule(rng))),
+        7 => Op::Delete(Identity::Rule {
+            key: pick(rng, &["ru0", "ru1", "ru2"]).into(),
+        }),
         _ if upsert => Op::Upsert(Item::Menu(rand_menu(rng))),
         _ => Op::Delete(Identity::Menu {
             platform: "web".into(),
             code: pick(rng, &["m0", "m1", "m2"]).into(),
         }),
+    }
+}
+
+/// Request data for random queries: none, or one of a few made once per run.
+fn requests(rng: &mut SmallRng) -> Vec<RequestData> {
+    (0..6).map(|_| rand_request(rng)).collect()
+}
+
+fn with_request<'a>(q: Query<'a>, pool: &'a [RequestData], rng: &mut SmallRng) -> Query<'a> {
+    Query {
+        request: if rng.random_bool(0.5) { pool.choose(rng) } else { None },
+        ..q
     }
 }
 
@@ -431,8 +621,10 @@ fn rand_query<'a>(rng: &mut SmallRng) -> Query<'a> {
 
 fn check_agrees(ix: &Index, s: &Snapshot, rng: &mut SmallRng, n: usize) -> Result<(), TestCaseError> {
     let naive = Naive { s };
+    let pool = requests(rng);
     for _ in 0..n {
         let q = rand_query(rng);
+        let q = with_request(q, &pool, rng);
         let d = ix.decide(&q);
         let want = naive.decide(&q);
         prop_assert_eq!((d.allow, d.reason.as_str()), want, "query {:?}\nsnapshot {:#?}", q, s);
@@ -565,12 +757,15 @@ fn inst_key(ix: &Index, id: u32) -> (String, String) {
 fn check_queries(ix: &Index, s: &Snapshot, rng: &mut SmallRng) -> Result<(), TestCaseError> {
     let naive = Naive { s };
     let limit = rng.random_range(1..4);
+    // Each query with no request data, and with some (model.md §5: conditions see it).
+    let pool = requests(rng);
+    let request = if rng.random_bool(0.5) { pool.first() } else { None };
     // List resources: set equality with every instance of the type, decided one by one.
     for subject in subjects() {
         for t in TYPES {
             for a in ACTIONS {
                 for org in orgs_or_none() {
-                    let got = ix.list_resources(subject, t, a, org);
+                    let got = ix.list_resources_with(subject, t, a, org, request);
                     let paged = all_pages(&got, limit)?;
                     prop_assert_eq!(paged.len() as u64, got.len(), "paging gives each id once");
                     prop_assert_eq!(paged.iter().copied().collect::<roaring::RoaringBitmap>(), got.clone());
@@ -587,7 +782,7 @@ fn check_queries(ix: &Index, s: &Snapshot, rng: &mut SmallRng) -> Result<(), Tes
                                 resource_key: Some(&r.key),
                                 org,
                                 group_type: None,
-                                request: None,
+                                request,
                             };
                             naive.decide(&q).0
                         })
@@ -598,15 +793,17 @@ fn check_queries(ix: &Index, s: &Snapshot, rng: &mut SmallRng) -> Result<(), Tes
             }
         }
     }
-    // Authorized users and allowed actions, for every key (and none) of every type.
-    let mut users: BTreeSet<&str> = SUBJECT_USERS.iter().copied().collect();
+    // Authorized users and allowed actions, for every key (and none) of every type. The users
+    // a listing can name are those the document knows (a user item or an assignment): a rule
+    // may allow any key, and only known ones can be listed.
+    let mut users: BTreeSet<&str> = s.users.iter().map(|u| u.key.as_str()).collect();
     users.extend(s.role_assignments.iter().map(|a| a.user.as_str()));
     for t in TYPES {
         for k in std::iter::once(None).chain(KEYS.iter().map(|k| Some(*k))) {
             for org in orgs_or_none() {
                 for a in ACTIONS {
                     let got: BTreeSet<String> = ix
-                        .authorized_users(a, t, k, org)
+                        .authorized_users_with(a, t, k, org, request)
                         .iter()
                         .map(|u| ix.user_key(u).to_string())
                         .collect();
@@ -620,7 +817,7 @@ fn check_queries(ix: &Index, s: &Snapshot, rng: &mut SmallRng) -> Result<(), Tes
                                 resource_key: k,
                                 org,
                                 group_type: None,
-                                request: None,
+                                request,
                             };
                             naive.decide(&q).0
                         })

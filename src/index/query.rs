@@ -478,12 +478,17 @@ impl Index {
                 }
             }
         }
-        // Step 6b: any user may meet a rule's condition.
+        // Step 6b: any user the document knows (a user item or an assignment) may meet a
+        // rule's condition.
         if p.rules
             .iter()
             .any(|r| r.perms.binary_search(&perm).is_ok() && r.org.is_none_or(|org| anc.binary_search(&org).is_ok()))
         {
-            candidates.insert_range(0..names.users.len() as u32);
+            for (uid, rec) in self.users.iter().enumerate() {
+                if rec.listed || !rec.org_roles.is_empty() || !rec.inst_roles.is_empty() {
+                    candidates.insert(uid as u32);
+                }
+            }
         }
         if let Some((x_id, _)) = x {
             self.instance_candidates(&mut candidates, x_id, o, tid, aid);
