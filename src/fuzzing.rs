@@ -60,6 +60,8 @@ pub enum Violation {
     Http { route: &'static str, problem: String },
     #[error("ndjson: {0}")]
     Lines(String),
+    #[error("condition: {0}")]
+    Condition(String),
     #[error("setup: {0}")]
     Setup(String),
 }
@@ -649,6 +651,81 @@ fn check_lines(got: &[(u64, Vec<u8>)], segments: &[&[u8]], upto: u64) -> Result<
         if *number != i as u64 + 1 || segments.get(i) != Some(&line.as_slice()) {
             return Err(Violation::Lines(format!("line {number} at position {i} is {line:?}")));
         }
+    }
+    Ok(())
+}
+
+/// The longest one evaluation of a fuzzed condition may take.
+const CONDITION_BUDGET: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// A CEL condition against attribute documents (model.md §5). The input is the expression,
+/// a line `%%`, then a JSON object whose `user`, `resource`, `org` and `context` are the
+/// attributes (stored and requested alike; `request` the request's user and resource
+/// attributes). Compiling never panics; a condition that compiles evaluates, within a bounded
+/// time, to an outcome, the same one twice; one that does not compile is refused with a message.
+pub fn condition(data: &[u8]) -> Result<(), Violation> {
+    use crate::cond::{Condition, OrgView, RequestData, ResourceView, Scope, UserView};
+    use crate::model::Attributes;
+    let (expr, doc) = match data.windows(4).position(|w| w == b"\n%%\n") {
+        Some(at) => (&data[..at], &data[at + 4..]),
+        None => (data, &b""[..]),
+    };
+    let Ok(expr) = std::str::from_utf8(expr) else {
+        return Ok(());
+    };
+    let compiled = match Condition::compile(expr) {
+        Ok(c) => c,
+        Err(message) if message.is_empty() => {
+            return Err(Violation::Condition(format!("`{expr}` refused without a message")));
+        }
+        Err(_) => return Ok(()),
+    };
+    let doc: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(doc).unwrap_or_default();
+    let obj = |k: &str| -> Option<Attributes> { doc.get(k).and_then(|v| v.as_object()).cloned() };
+    let (user, resource, org, context) = (obj("user"), obj("resource"), obj("org"), obj("context"));
+    let request = doc.get("request").and_then(|v| v.as_object());
+    let data = RequestData {
+        user: request.and_then(|r| r.get("user")).and_then(|v| v.as_object()).cloned(),
+        resource: request
+            .and_then(|r| r.get("resource"))
+            .and_then(|v| v.as_object())
+            .cloned(),
+        context: context.clone(),
+        now_unix_nanos: Some(1_700_000_000_000_000_000),
+    };
+    let scope = Scope {
+        user: UserView {
+            key: "alice",
+            email: Some("alice@example.com"),
+            stored: user.as_ref(),
+            request: data.user.as_ref(),
+        },
+        resource: ResourceView {
+            resource_type: "document",
+            key: "d1",
+            org: "acme",
+            stored: resource.as_ref(),
+            request: data.resource.as_ref(),
+        },
+        org: OrgView {
+            key: "acme",
+            stored: org.as_ref(),
+        },
+        action: "read",
+        context: data.context.as_ref(),
+        request: Some(&data),
+    };
+    let started = std::time::Instant::now();
+    let first = compiled.eval(&scope);
+    let took = started.elapsed();
+    if took > CONDITION_BUDGET {
+        return Err(Violation::Condition(format!("`{expr}` took {took:?} to evaluate")));
+    }
+    let again = compiled.eval(&scope);
+    if again != first {
+        return Err(Violation::Condition(format!(
+            "`{expr}` gave {first:?}, then {again:?} on the same data"
+        )));
     }
     Ok(())
 }

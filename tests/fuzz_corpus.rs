@@ -90,3 +90,16 @@ fn the_example_snapshot_is_a_seed() {
         .unwrap();
     assert_eq!(seed, fuzzing::EXAMPLE_SNAPSHOT);
 }
+
+#[test]
+fn condition_corpus() {
+    replay("condition", fuzzing::condition);
+    // The seeds mean something: the good ones compile, the `bad-` ones are refused.
+    for path in files("corpus", "condition") {
+        let data = std::fs::read(&path).unwrap();
+        let text = String::from_utf8(data).unwrap();
+        let expr = text.split("\n%%\n").next().unwrap();
+        let compiled = permd::cond::Condition::compile(expr);
+        assert_eq!(compiled.is_err(), is_bad(&path), "{}: {compiled:?}", path.display());
+    }
+}
