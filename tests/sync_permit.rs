@@ -210,3 +210,59 @@ async fn pagination_across_pages_and_429_with_retry_after() {
             .starts_with(&format!("{FACTS}/relationship_tuples"))
     );
 }
+
+/// Permit ABAC: condition sets and set rules become attribute rules; an operator with no
+/// mapping refuses the pull (reported in /v1/status) and the last good version keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn condition_sets_and_set_rules_become_rules() {
+    let up = permit_upstream().await;
+    {
+        let mut st = up.state();
+        st.permit.insert(
+            format!("{SCHEMA}/condition_sets"),
+            vec![
+                json!({"key": "example_staff", "name": "Staff", "type": "userset",
+                       "conditions": {"allOf": [{"user.email": {"contains": "@example.com"}}]}}),
+                json!({"key": "documents", "name": "Documents", "type": "resourceset",
+                       "conditions": {"allOf": [{"resource.type": {"equals": "document"}}]}}),
+            ],
+        );
+        st.permit.insert(
+            format!("{FACTS}/set_rules"),
+            vec![json!({"user_set": "example_staff", "permission": "document:delete", "resource_set": "documents"})],
+        );
+    }
+    let p = follow(&up);
+    p.ready();
+    // carol's email is @example.com; bob has none (a missing attribute never allows).
+    assert_eq!(
+        check(&p, "carol", "delete", json!("document:photo")),
+        (true, "attribute_rule".into())
+    );
+    assert_eq!(
+        check(&p, "bob", "delete", json!("document:photo")),
+        (false, "no_matching_grant".into())
+    );
+    assert_eq!(p.get("/v1/status").1["counts"]["rule"], json!(1));
+    let v = p.version().unwrap();
+
+    // An operator with no mapping: the pull is refused, the rule keeps serving.
+    {
+        let mut st = up.state();
+        let sets = st.permit.get_mut(&format!("{SCHEMA}/condition_sets")).unwrap();
+        sets[0]["conditions"] = json!({"allOf": [{"user.email": {"matches-glob": "*@example.com"}}]});
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let st = p.get("/v1/status").1;
+        let message = st["last_error"]["message"].as_str().unwrap_or_default().to_string();
+        if message.contains("matches-glob") {
+            assert!(message.contains("condition set `example_staff`"), "{st}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no refusal reported: {st}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(p.version(), Some(v));
+    assert!(check(&p, "carol", "delete", json!("document:photo")).0);
+}

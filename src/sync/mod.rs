@@ -8,6 +8,7 @@
 //! `cache` keeps the active version on disk for a warm
 //! start when the upstream is out of reach. Nothing here decides anything.
 
+pub mod abac;
 mod cache;
 mod file;
 mod lines;

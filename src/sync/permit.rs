@@ -12,6 +12,7 @@
 //! resource defines the role, else of the top-level role); `parent` relationship tuples
 //! (`subject` is parent of `object`) → the object's `parents`.
 
+use super::abac;
 use super::{Backoff, Cache, SyncError, report, status_error, upstream::read_body, upstream::without_url};
 use crate::index::Index;
 use crate::model::{
@@ -197,6 +198,15 @@ impl Puller {
         self.sent.push_back(Instant::now());
     }
 
+    /// Every page of a list an upstream may not serve at all (404: none): Permit's ABAC lists,
+    /// which a Permit-shaped upstream without conditions (the control plane's face) lacks.
+    async fn list_optional<T: DeserializeOwned>(&mut self, path: &str) -> Result<Vec<T>, SyncError> {
+        match self.list(path).await {
+            Err(SyncError::Status { status: 404, .. }) => Ok(Vec::new()),
+            other => other,
+        }
+    }
+
     /// Every page of one list.
     async fn list<T: DeserializeOwned>(&mut self, path: &str) -> Result<Vec<T>, SyncError> {
         let mut out = Vec::new();
@@ -257,7 +267,15 @@ impl Puller {
         let assignments: Vec<PAssignment> = self.list(&format!("/v2/facts/{p}/{e}/role_assignments")).await?;
         let instances: Vec<PInstance> = self.list(&format!("/v2/facts/{p}/{e}/resource_instances")).await?;
         let tuples: Vec<PTuple> = self.list(&format!("/v2/facts/{p}/{e}/relationship_tuples")).await?;
-        Ok(map(resources, roles, tenants, users, assignments, instances, tuples))
+        let sets_path = format!("/v2/schema/{p}/{e}/condition_sets");
+        let sets: Vec<abac::PConditionSet> = self.list_optional(&sets_path).await?;
+        let set_rules: Vec<abac::PSetRule> = self.list_optional(&format!("/v2/facts/{p}/{e}/set_rules")).await?;
+        let mut doc = map(resources, roles, tenants, users, assignments, instances, tuples);
+        doc.rules = abac::rules(&sets, &set_rules).map_err(|message| SyncError::Rejected {
+            url: format!("{}{sets_path}", self.s.base),
+            message,
+        })?;
+        Ok(doc)
     }
 }
 
@@ -567,6 +585,14 @@ pub fn diff(old: &Snapshot, new: &Snapshot) -> Vec<Op> {
             platform: x.platform.clone(),
             code: x.code.clone(),
         },
+    );
+    kind(
+        &mut ops,
+        &old.rules,
+        &new.rules,
+        |x| x.key.clone(),
+        Item::Rule,
+        |x| Identity::Rule { key: x.key.clone() },
     );
     ops
 }
