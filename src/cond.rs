@@ -51,6 +51,12 @@ pub struct Uses {
 }
 
 impl Uses {
+    /// Whether the expression reads nothing but the resource: its value for an instance is
+    /// fixed by the stored data when the request carries no resource attributes.
+    pub fn resource_only(&self) -> bool {
+        self.resource && !(self.user || self.org || self.action || self.context || self.now)
+    }
+
     /// Whether the value can depend on anything the request carries beyond the subject,
     /// resource and action it names (its attributes, its context, its time).
     pub fn request_dependent(&self) -> bool {

@@ -206,6 +206,9 @@ pub struct Index {
     /// Reverse `parents` links and grant sites, for the queries; computed once per version on
     /// first use.
     query_aux: Arc<OnceLock<Arc<query::QueryAux>>>,
+    /// Per (condition, type id): the instances of the type a resource-only condition holds
+    /// for, with no request data; computed once per version on first use by a listing.
+    cond_holds: Arc<std::sync::Mutex<std::collections::HashMap<(usize, u32), Arc<RoaringBitmap>>>>,
     /// Grants with a `when` (model.md §5): queries and `explain` take the conditional path
     /// only when some exist or the policy has conditions.
     cond_grants: u32,
@@ -248,6 +251,7 @@ impl Index {
             counts: Counts::default(),
             ignored: Arc::default(),
             query_aux: Arc::default(),
+            cond_holds: Arc::default(),
             cond_grants: 0,
             next_span: 0,
             renumber: true,
@@ -304,6 +308,7 @@ impl Index {
         let mut next = self.clone();
         next.ignored = Arc::default();
         next.query_aux = Arc::default();
+        next.cond_holds = Arc::default();
         let mut policy_changed = false;
         for op in &batch.ops {
             policy_changed |= next.apply_op(op);

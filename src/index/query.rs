@@ -7,7 +7,7 @@
 
 use super::{Evidence, Query};
 use super::{Index, STAR, Subject};
-use crate::cond::RequestData;
+use crate::cond::{Condition, RequestData, ResourceView, Scope};
 use roaring::RoaringBitmap;
 use serde::Serialize;
 use std::collections::BTreeSet;
@@ -222,45 +222,129 @@ impl Index {
         }
     }
 
-    /// Whether a condition could allow `subject` `perm` in org `o` where the unconditional
-    /// data does not: a rule for `perm` in `OrgAnc(o)`, a conditional entry for it on a role
-    /// the subject holds there, or any grant with a `when`. Without one, a query needs no
-    /// `decide` per candidate.
-    fn may_allow_when(&self, subject: Subject<'_>, perm: u32, o: u32) -> bool {
-        if self.conditional_grants() {
-            return true;
-        }
+    /// The conditions that could allow `subject` `perm` across org `o` where the unconditional
+    /// data does not. Those that read only the resource and hold for the whole org (a rule
+    /// for `perm` in `OrgAnc(o)`, a conditional entry on an org-wide role the subject holds
+    /// there) are returned; any other (a conditional entry on an instance role, a grant with
+    /// a `when`, a condition reading more than the resource) sets the flag: each candidate
+    /// must then be decided.
+    fn conditions_for(&self, subject: Subject<'_>, perm: u32, o: u32) -> (Vec<Arc<Condition>>, bool) {
         let p = &*self.policy;
+        let mut whole = Vec::new();
+        let mut others = self.conditional_grants();
         if !p.conditional() {
-            return false;
+            return (whole, others);
         }
         let anc = p.org_anc(o);
+        // A resource-only condition joins `whole`; any other says so (true).
+        let take = |c: &Arc<Condition>, whole: &mut Vec<Arc<Condition>>| -> bool {
+            if c.uses().resource_only() {
+                whole.push(c.clone());
+                false
+            } else {
+                true
+            }
+        };
+        let mut org_wide: Vec<u32> = Vec::new();
         match subject {
             Subject::User(u) => {
-                if p.rules.iter().any(|r| {
-                    r.perms.binary_search(&perm).is_ok() && r.org.is_none_or(|org| anc.binary_search(&org).is_ok())
-                }) {
-                    return true;
+                for r in &p.rules {
+                    if r.perms.binary_search(&perm).is_ok() && r.org.is_none_or(|org| anc.binary_search(&org).is_ok()) {
+                        others |= take(&r.cond, &mut whole);
+                    }
                 }
-                let Some(rec) = self.user(u) else { return false };
-                let org_roles = rec
-                    .org_roles
-                    .iter()
-                    .filter(|(org_a, _)| anc.binary_search(org_a).is_ok())
-                    .filter_map(|&(org_a, name)| p.resolve(org_a, name));
-                let inst_roles = rec
-                    .inst_roles
-                    .iter()
-                    .filter(|(_, org_a, _)| *org_a == o)
-                    .filter_map(|&(_, org_a, name)| p.resolve(org_a, name));
-                org_roles.chain(inst_roles).any(|r| p.may_permit_when(r, perm))
+                if let Some(rec) = self.user(u) {
+                    org_wide.extend(
+                        rec.org_roles
+                            .iter()
+                            .filter(|(org_a, _)| anc.binary_search(org_a).is_ok())
+                            .filter_map(|&(org_a, name)| p.resolve(org_a, name)),
+                    );
+                    let inst = rec
+                        .inst_roles
+                        .iter()
+                        .filter(|(_, org_a, _)| *org_a == o)
+                        .filter_map(|&(_, org_a, name)| p.resolve(org_a, name));
+                    for r in inst {
+                        if p.may_permit_when(r, perm) {
+                            others = true;
+                        }
+                    }
+                }
             }
-            Subject::Role(r) => self
-                .names
-                .roles
-                .get(r)
-                .and_then(|n| p.resolve(o, n))
-                .is_some_and(|r| p.may_permit_when(r, perm)),
+            Subject::Role(r) => org_wide.extend(self.names.roles.get(r).and_then(|n| p.resolve(o, n))),
+        }
+        for role in org_wide {
+            for e in p.cond_entries_for(role, perm) {
+                if let Some(entry) = p.cond_entries.get(e as usize) {
+                    others |= take(&entry.cond, &mut whole);
+                }
+            }
+        }
+        (whole, others)
+    }
+
+    /// The instances of type `t` (every org) for which a resource-only condition holds with
+    /// no request data: evaluated once per version and condition, then shared.
+    fn cond_holds(&self, c: &Arc<Condition>, t: u32) -> Arc<RoaringBitmap> {
+        let key = (Arc::as_ptr(c) as usize, t);
+        if let Ok(cache) = self.cond_holds.lock()
+            && let Some(b) = cache.get(&key)
+        {
+            return b.clone();
+        }
+        let mut holds = RoaringBitmap::new();
+        for o in self.org_ids() {
+            let Some(ids) = self.org_type_res.get(&(o, t)) else {
+                continue;
+            };
+            let org = self.names.orgs.name(o);
+            for id in ids.iter() {
+                let Some(rec) = self.res(id) else { continue };
+                let scope = Scope {
+                    resource: ResourceView {
+                        resource_type: self.names.types.name(t),
+                        key: &rec.key,
+                        org,
+                        stored: rec.item.as_ref().and_then(|i| i.attributes.as_deref()),
+                        request: None,
+                    },
+                    ..Scope::default()
+                };
+                if c.eval(&scope).holds() {
+                    holds.insert(id);
+                }
+            }
+        }
+        let holds = Arc::new(holds);
+        if let Ok(mut cache) = self.cond_holds.lock() {
+            cache.insert(key, holds.clone());
+        }
+        holds
+    }
+
+    /// Adds to `out` the `candidates` that conditions allow: through the per-version bitmaps
+    /// of resource-only conditions when the request lets them apply, else by deciding each.
+    #[allow(clippy::too_many_arguments)]
+    fn add_conditional(
+        &self,
+        out: &mut RoaringBitmap,
+        candidates: &RoaringBitmap,
+        subject: Subject<'_>,
+        a: &str,
+        perm: u32,
+        tid: u32,
+        o: u32,
+        request: Option<&RequestData>,
+    ) {
+        let (whole, others) = self.conditions_for(subject, perm, o);
+        let stored_only = request.is_none_or(|r| r.resource.as_ref().is_none_or(|m| m.is_empty()));
+        if !others && stored_only {
+            for c in &whole {
+                *out |= candidates & &*self.cond_holds(c, tid);
+            }
+        } else if others || !whole.is_empty() {
+            self.add_decided(out, candidates, subject, a, o, request);
         }
     }
 
@@ -348,12 +432,12 @@ impl Index {
                 }
             }
         }
-        let conditional = self.may_allow_when(subject, perm, o);
+        let conditional = self.has_conditions();
         let may_walk = inst_any || (held && self.counts.role_grants > 0);
         if !may_walk {
             let mut out = RoaringBitmap::new();
             if conditional {
-                self.add_decided(&mut out, candidates, subject, a, o, request);
+                self.add_conditional(&mut out, candidates, subject, a, perm, tid, o, request);
             }
             return out;
         }
@@ -394,7 +478,7 @@ impl Index {
         let below = aux.descendants(self, &sources, o);
         let mut out = below & &**candidates;
         if conditional {
-            self.add_decided(&mut out, candidates, subject, a, o, request);
+            self.add_conditional(&mut out, candidates, subject, a, perm, tid, o, request);
         }
         out
     }
