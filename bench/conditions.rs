@@ -76,11 +76,7 @@ fn main() {
         .iter()
         .find(|a| a.role == "viewer" && a.resource.is_none())
         .expect("an org-wide viewer");
-    let holds_other = |u: &str| {
-        s.role_assignments
-            .iter()
-            .any(|x| x.user == u && x.role != "viewer")
-    };
+    let holds_other = |u: &str| s.role_assignments.iter().any(|x| x.user == u && x.role != "viewer");
     let a = s
         .role_assignments
         .iter()
@@ -92,7 +88,12 @@ fn main() {
         .iter()
         .find(|r| r.resource_type == "document" && r.org == a.org)
         .expect("a document in the viewer's org");
-    let dept = doc.attributes.as_ref().and_then(|m| m.get("dept")).cloned().expect("dept");
+    let dept = doc
+        .attributes
+        .as_ref()
+        .and_then(|m| m.get("dept"))
+        .cloned()
+        .expect("dept");
     let same = RequestData {
         user: Some(serde_json::Map::from_iter([("dept".to_string(), dept)])),
         ..RequestData::default()

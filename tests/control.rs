@@ -679,3 +679,60 @@ fn concurrent_writes_share_transactions_and_fail_alone() {
         results.len()
     );
 }
+
+/// Conditions through the control plane: rules, conditional permissions and grant conditions
+/// are stored, streamed and decided by a follower; a condition that does not compile is
+/// refused with the op named and nothing stored.
+#[test]
+fn conditions_are_stored_streamed_and_decided() {
+    let pg = Postgres::start();
+    let key = create_key(&pg, "acme", "app", "default");
+    let ctl = Control::start(&pg, &[]);
+    let sidecar = Permd::follow(&ctl.url(), &["--upstream-timeout", "2s"], &[("PERMD_API_KEY", &key)]);
+    sidecar.ready();
+    let setup = json!([
+        {"op": "upsert", "kind": "org", "value": {"key": "acme"}},
+        {"op": "upsert", "kind": "resource_type", "value": {"key": "doc", "actions": ["read", "write"]}},
+        {"op": "upsert", "kind": "role", "value": {"key": "viewer", "permissions": ["doc:read",
+            {"permission": "doc:write", "when": "resource.attributes.dept == user.attributes.dept"}]}},
+        {"op": "upsert", "kind": "user", "value": {"key": "ann", "attributes": {"dept": "legal"}}},
+        {"op": "upsert", "kind": "role_assignment", "value": {"user": "ann", "role": "viewer", "org": "acme"}},
+        {"op": "upsert", "kind": "resource", "value": {"type": "doc", "key": "d1", "org": "acme", "attributes": {"dept": "legal", "owner": "bo"}}},
+        {"op": "upsert", "kind": "resource", "value": {"type": "doc", "key": "d2", "org": "acme", "attributes": {"dept": "sales"}}},
+        {"op": "upsert", "kind": "rule", "value": {"key": "owners", "permissions": ["doc:write"], "when": "resource.attributes.owner == user.key"}}
+    ]);
+    let (status, v, version) = ctl.batch(&key, setup);
+    assert_eq!(status, 200, "{v}");
+    sidecar.wait_version(version.unwrap());
+    let writes = |user: &str, doc: &str| -> (bool, String) {
+        let (st, v) = sidecar.post(
+            "/allowed",
+            json!({"user": user, "action": "write", "resource": format!("doc:{doc}")}),
+        );
+        assert_eq!(st, 200, "{v}");
+        (v["allow"].as_bool().unwrap(), v["reason"].as_str().unwrap().to_string())
+    };
+    assert_eq!(writes("ann", "d1"), (true, "org_role".into()));
+    assert_eq!(writes("ann", "d2"), (false, "no_matching_grant".into()));
+    assert_eq!(writes("bo", "d1"), (true, "attribute_rule".into()));
+    let snap = ctl.snapshot(&key);
+    assert_eq!(snap["rules"][0]["key"], json!("owners"), "{snap}");
+
+    // A broken condition: 400 naming the op, nothing stored, the version unchanged.
+    let (status, v, _) = ctl.batch(
+        &key,
+        json!([{"op": "upsert", "kind": "rule", "value": {"key": "bad", "permissions": ["doc:read"], "when": "user.key =="}}]),
+    );
+    assert_eq!(status, 400, "{v}");
+    assert!(v.to_string().contains("ops[0].value.when"), "{v}");
+    assert_eq!(ctl.snapshot(&key)["version"], json!(version.unwrap()));
+
+    // Deleting the rule reaches the follower.
+    let (status, _, version) = ctl.batch(
+        &key,
+        json!([{"op": "delete", "kind": "rule", "value": {"key": "owners"}}]),
+    );
+    assert_eq!(status, 200);
+    sidecar.wait_version(version.unwrap());
+    assert_eq!(writes("bo", "d1"), (false, "no_matching_grant".into()));
+}

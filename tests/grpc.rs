@@ -300,3 +300,55 @@ async fn http_and_grpc_enforce_agree() {
         }
     }
 }
+
+/// permd.v1 Check carries the request data conditions see (model.md §5) as JSON text fields.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_with_conditions() {
+    let p = Permd::start(Some(&example()), &[]);
+    p.ready();
+    let mut pd = PermdServiceClient::new(channel(&p).await);
+    let export = |ctx: &str| CheckRequest {
+        user: "carol".into(),
+        action: "export".into(),
+        resource: Some(Resource {
+            r#type: "camera".into(),
+            key: "cam1".into(),
+            tenant: String::new(),
+        }),
+        context_json: ctx.into(),
+        ..Default::default()
+    };
+    let r = pd.check(export(r#"{"ip": "10.0.0.1"}"#)).await.unwrap().into_inner();
+    assert_eq!((r.allow, r.reason.as_str()), (true, "org_role"));
+    let r = pd.check(export(r#"{"ip": "8.8.8.8"}"#)).await.unwrap().into_inner();
+    assert_eq!((r.allow, r.reason.as_str()), (false, "no_matching_grant"));
+    let r = pd.check(export("")).await.unwrap().into_inner();
+    assert!(!r.allow);
+    for bad in ["[1]", "{\"ip\":", "\"10.0.0.1\""] {
+        let e = pd.check(export(bad)).await.unwrap_err();
+        assert!(
+            e.code() == Code::InvalidArgument && e.message().contains("context_json"),
+            "{bad}: {e:?}"
+        );
+    }
+    // The owner rule, and the stored owner winning over the request's.
+    let notes = |user: &str, attrs: &str| CheckRequest {
+        user: user.into(),
+        action: "write".into(),
+        resource: Some(Resource {
+            r#type: "document".into(),
+            key: "notes".into(),
+            tenant: String::new(),
+        }),
+        resource_attributes_json: attrs.into(),
+        ..Default::default()
+    };
+    let r = pd.check(notes("bob", "")).await.unwrap().into_inner();
+    assert_eq!((r.allow, r.reason.as_str()), (true, "attribute_rule"));
+    let r = pd
+        .check(notes("erin", r#"{"owner": "erin"}"#))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!r.allow);
+}

@@ -606,3 +606,109 @@ fn admin_listener_serves_operations_only() {
     );
     assert_eq!((st, v["allow"].as_bool()), (200, Some(true)));
 }
+
+/// Conditions (model.md §5) on every HTTP face of the example: the owner rule, the guard's
+/// conditional export with the request's context, request attributes never overriding stored
+/// ones, explain naming what was tried, and the queries agreeing with the checks.
+#[test]
+fn conditions_on_every_face() {
+    let p = Permd::start(Some(&example()), &[]);
+    p.ready();
+    let allowed = |body: Value| {
+        let (st, v) = p.post("/allowed", body);
+        assert_eq!(st, 200, "{v}");
+        (v["allow"].as_bool().unwrap(), v["reason"].as_str().unwrap().to_string())
+    };
+    // The rule: bob owns the notes; alice does not (and her request cannot say she does: the
+    // stored `owner` wins over the request's).
+    assert_eq!(
+        allowed(json!({"user": "bob", "action": "delete", "resource": "document:notes"})),
+        (true, "attribute_rule".into())
+    );
+    assert_eq!(
+        allowed(
+            json!({"user": "alice", "action": "delete", "resource": {"type": "document", "key": "notes", "attributes": {"owner": "alice"}}})
+        ),
+        (false, "no_matching_grant".into())
+    );
+    // A type-level check sees only the request's attributes.
+    assert_eq!(
+        allowed(
+            json!({"user": "dan", "action": "write", "resource": {"type": "document", "tenant": "acme", "attributes": {"owner": "dan"}}})
+        ),
+        (true, "attribute_rule".into())
+    );
+    // The guard's export: context decides; a context of the wrong type denies.
+    for (ctx, allow) in [
+        (json!({"ip": "10.0.0.7"}), true),
+        (json!({"ip": "192.168.0.1"}), false),
+        (json!({"ip": 10}), false),
+        (json!({}), false),
+    ] {
+        let (ok, _) = allowed(json!({"user": "carol", "action": "export", "resource": "camera:cam1", "context": ctx}));
+        assert_eq!(ok, allow, "{ctx}");
+    }
+    let (st, v) = p.post(
+        "/allowed",
+        json!({"user": "carol", "action": "export", "resource": "camera:cam1", "context": "10.0.0.1"}),
+    );
+    assert_eq!(st, 400, "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("context"), "{v}");
+    // Explain on a deny lists the condition tried and why it failed.
+    let (_, v) = p.post(
+        "/allowed?explain=true",
+        json!({"user": "carol", "action": "export", "resource": "camera:cam1"}),
+    );
+    let tried = &v["debug"]["conditions_tried"];
+    assert_eq!(tried[0]["when"], json!("context.ip.startsWith('10.')"), "{v}");
+    assert!(tried[0]["result"].as_str().unwrap().starts_with("error:"), "{v}");
+    assert!(tried[0]["item"].as_str().unwrap().contains("guard"), "{v}");
+    // AuthZEN: subject and resource properties, context.
+    let (_, v) = p.post(
+        "/access/v1/evaluation",
+        json!({"subject": {"type": "user", "id": "carol"}, "action": {"name": "export"},
+               "resource": {"type": "camera", "id": "cam1", "properties": {"tenant": "acme"}},
+               "context": {"ip": "10.9.9.9"}}),
+    );
+    assert_eq!(v["decision"], json!(true), "{v}");
+    let (_, v) = p.post(
+        "/access/v1/evaluations",
+        json!({"subject": {"type": "user", "id": "erin"}, "action": {"name": "write"},
+               "evaluations": [
+                   {"resource": {"type": "document", "properties": {"tenant": "acme", "owner": "erin"}}},
+                   {"resource": {"type": "document", "properties": {"tenant": "acme", "owner": "frank"}}}]}),
+    );
+    assert_eq!(
+        (
+            v["evaluations"][0]["decision"].clone(),
+            v["evaluations"][1]["decision"].clone()
+        ),
+        (json!(true), json!(false)),
+        "{v}"
+    );
+    // Queries: bob may write the notes (the rule), and authorized users of the notes say so.
+    let (_, v) = p.post(
+        "/authorized_users",
+        json!({"action": "write", "resource": "document:notes"}),
+    );
+    let users = v["users"].as_object().unwrap();
+    assert!(users.contains_key("bob"), "{v}");
+    assert!(users.contains_key("alice"), "{v}");
+    assert_eq!(users["bob"][0]["rule"], json!("owners-edit"), "{v}");
+    let (_, v) = p.post(
+        "/access/v1/search/resource",
+        json!({"subject": {"type": "user", "id": "bob"}, "action": {"name": "delete"}, "resource": {"type": "document"}}),
+    );
+    assert_eq!(v["results"], json!([{"type": "document", "id": "notes"}]), "{v}");
+    let (_, v) = p.post(
+        "/access/v1/search/subject",
+        json!({"subject": {"type": "user"}, "action": {"name": "export"}, "resource": {"type": "camera", "id": "cam1"}, "context": {"ip": "10.0.0.1"}}),
+    );
+    let ids: Vec<&str> = v["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap())
+        .collect();
+    assert!(ids.contains(&"carol"), "{v}");
+}
