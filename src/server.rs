@@ -308,6 +308,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
     if forward.enabled() {
         tracing::info!(source = %cfg.source.display(), "writes are forwarded to the control plane");
     }
+    let proxy = Arc::new(cfg.proxy.clone());
     let state = |admin_only: bool| {
         Arc::new(HttpState {
             store: store.clone(),
@@ -316,6 +317,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
             // The admin listener serves operations endpoints only: no writes through it.
             forward: (!admin_only).then(|| forward.clone()),
             admin_only,
+            proxy: proxy.clone(),
         })
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -336,6 +338,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
         let state = GrpcState {
             store: store.clone(),
             forward: forward.clone(),
+            proxy: proxy.clone(),
         };
         tokio::spawn(serve_grpc(
             grpc,

@@ -39,6 +39,7 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
     (1, "init", include_str!("migrations/0001_init.sql")),
     (2, "role_ids", include_str!("migrations/0002_role_ids.sql")),
     (3, "orgs", include_str!("migrations/0003_orgs.sql")),
+    (4, "url_mappings", include_str!("migrations/0004_url_mappings.sql")),
 ];
 
 /// The pool, shared by every request of a replica.
@@ -90,6 +91,7 @@ pub fn table(kind: Kind) -> &'static str {
         Kind::RoleAssignment => "role_assignments",
         Kind::RoleGrant => "role_grants",
         Kind::Menu => "menus",
+        Kind::UrlMapping => "url_mappings",
     }
 }
 
@@ -504,6 +506,7 @@ fn decode_snapshot(version: u64, rows: Vec<Vec<tokio_postgres::Row>>) -> Result<
             Kind::RoleAssignment => snap.role_assignments = typed(kind, rows)?,
             Kind::RoleGrant => snap.role_grants = typed(kind, rows)?,
             Kind::Menu => snap.menus = typed(kind, rows)?,
+            Kind::UrlMapping => snap.url_mappings = typed(kind, rows)?,
         }
     }
     Ok(snap)
@@ -604,6 +607,7 @@ macro_rules! per_kind {
             Kind::RoleAssignment => concat!($head, "role_assignments", $tail),
             Kind::RoleGrant => concat!($head, "role_grants", $tail),
             Kind::Menu => concat!($head, "menus", $tail),
+            Kind::UrlMapping => concat!($head, "url_mappings", $tail),
         }
     };
 }

@@ -4,6 +4,7 @@
 //! yields the next version sharing everything it does not touch.
 
 mod decide;
+mod dropin;
 mod explain;
 mod paged;
 mod policy;
@@ -13,6 +14,7 @@ mod spans;
 mod tests;
 
 pub use decide::{Decision, Evidence, Query, Reason, Subject};
+pub use dropin::{TenantInfo, UrlRules};
 pub use explain::Explanation;
 pub use paged::{Interner, KeyMap, PagedVec};
 pub use policy::{Names, Policy, PolicyItems, STAR};
@@ -173,6 +175,7 @@ pub struct Counts {
     pub role_assignments: usize,
     pub role_grants: usize,
     pub menus: usize,
+    pub url_mappings: usize,
 }
 
 /// One immutable version of the data, ready to answer.
@@ -198,6 +201,8 @@ pub struct Index {
     /// one could match.
     org_grants: PagedVec<Vec<GrantKind>>,
     counts: Counts,
+    /// URL mapping rules, as the document has them and compiled (`dropin.rs`).
+    urls: Arc<UrlRules>,
     ignored: Arc<OnceLock<Arc<Vec<Ignored>>>>,
     /// Reverse `parents` links and grant sites, for the queries; computed once per version on
     /// first use.
@@ -238,6 +243,7 @@ impl Index {
             org_type_res: imbl::HashMap::new(),
             org_grants: PagedVec::default(),
             counts: Counts::default(),
+            urls: Arc::new(UrlRules::build(snapshot.url_mappings.clone())),
             ignored: Arc::default(),
             query_aux: Arc::default(),
             next_span: 0,
@@ -253,6 +259,7 @@ impl Index {
         for g in &snapshot.role_grants {
             ix.upsert_grant(g);
         }
+        ix.counts.url_mappings = ix.urls.items.len();
         ix.rebuild_policy();
         ix.number_forest();
         ix.shrink();
@@ -299,6 +306,7 @@ impl Index {
         for op in &batch.ops {
             policy_changed |= next.apply_op(op);
         }
+        next.apply_url_ops(&batch.ops);
         if policy_changed {
             next.rebuild_policy();
         }
@@ -368,6 +376,8 @@ impl Index {
                     });
                     return true;
                 }
+                // `apply_url_ops`, once per batch.
+                Item::UrlMapping(_) => {}
             },
             Op::Delete(id) => match id {
                 Identity::User { key } => self.delete_user(key),
@@ -394,6 +404,7 @@ impl Index {
                         .retain(|x| !(&x.platform == platform && &x.code == code));
                     return true;
                 }
+                Identity::UrlMapping { .. } => {}
             },
         }
         false
@@ -980,6 +991,7 @@ impl Index {
             resource_types: self.items.resource_types.clone(),
             roles: self.items.roles.clone(),
             menus: self.items.menus.clone(),
+            url_mappings: self.urls.items.clone(),
             ..Snapshot::default()
         };
         for (uid, rec) in self.users.iter().enumerate() {
@@ -1043,7 +1055,7 @@ impl Index {
     }
 
     /// Item counts per kind name, for status pages and metrics.
-    pub fn counts_by_kind(&self) -> [(Kind, usize); 8] {
+    pub fn counts_by_kind(&self) -> [(Kind, usize); 9] {
         let c = self.counts;
         [
             (Kind::Org, c.orgs),
@@ -1054,6 +1066,7 @@ impl Index {
             (Kind::RoleAssignment, c.role_assignments),
             (Kind::RoleGrant, c.role_grants),
             (Kind::Menu, c.menus),
+            (Kind::UrlMapping, c.url_mappings),
         ]
     }
 }

@@ -1,6 +1,6 @@
 //! Delta batches (model.md §4): decoding from a JSON line, structural validation, encoding.
 
-use super::{Menu, Org, Resource, ResourceType, Role, RoleAssignment, RoleGrant, SnapshotError, User};
+use super::{Menu, Org, Resource, ResourceType, Role, RoleAssignment, RoleGrant, SnapshotError, UrlMapping, User};
 use serde::de::DeserializeOwned;
 use serde::ser::SerializeMap;
 use serde::{Deserialize, Serialize, Serializer};
@@ -33,10 +33,11 @@ pub enum Kind {
     RoleAssignment,
     RoleGrant,
     Menu,
+    UrlMapping,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 8] = [
+    pub const ALL: [Kind; 9] = [
         Kind::Org,
         Kind::ResourceType,
         Kind::Role,
@@ -45,6 +46,7 @@ impl Kind {
         Kind::RoleAssignment,
         Kind::RoleGrant,
         Kind::Menu,
+        Kind::UrlMapping,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -57,6 +59,7 @@ impl Kind {
             Kind::RoleAssignment => "role_assignment",
             Kind::RoleGrant => "role_grant",
             Kind::Menu => "menu",
+            Kind::UrlMapping => "url_mapping",
         }
     }
 
@@ -76,6 +79,7 @@ pub enum Item {
     RoleAssignment(RoleAssignment),
     RoleGrant(RoleGrant),
     Menu(Menu),
+    UrlMapping(UrlMapping),
 }
 
 /// The identity fields of an item, as a delete carries them.
@@ -108,6 +112,10 @@ pub enum Identity {
         platform: String,
         code: String,
     },
+    UrlMapping {
+        method: String,
+        url: String,
+    },
 }
 
 impl Item {
@@ -121,6 +129,7 @@ impl Item {
             Item::RoleAssignment(_) => Kind::RoleAssignment,
             Item::RoleGrant(_) => Kind::RoleGrant,
             Item::Menu(_) => Kind::Menu,
+            Item::UrlMapping(_) => Kind::UrlMapping,
         }
     }
 
@@ -148,6 +157,10 @@ impl Item {
                 platform: v.platform.clone(),
                 code: v.code.clone(),
             },
+            Item::UrlMapping(v) => Identity::UrlMapping {
+                method: v.method.clone(),
+                url: v.url.clone(),
+            },
         }
     }
 
@@ -162,6 +175,7 @@ impl Item {
             Item::RoleAssignment(v) => serde_json::to_value(v),
             Item::RoleGrant(v) => serde_json::to_value(v),
             Item::Menu(v) => serde_json::to_value(v),
+            Item::UrlMapping(v) => serde_json::to_value(v),
         }
     }
 }
@@ -177,6 +191,7 @@ impl Identity {
             Identity::RoleAssignment(_) => Kind::RoleAssignment,
             Identity::RoleGrant { .. } => Kind::RoleGrant,
             Identity::Menu { .. } => Kind::Menu,
+            Identity::UrlMapping { .. } => Kind::UrlMapping,
         }
     }
 
@@ -198,6 +213,7 @@ impl Identity {
                 json!({ "org": org, "role": role, "resource": resource })
             }
             Identity::Menu { platform, code } => json!({ "platform": platform, "code": code }),
+            Identity::UrlMapping { method, url } => json!({ "method": method, "url": url }),
         }
     }
 }
@@ -254,6 +270,11 @@ struct GrantId {
 struct MenuId {
     platform: String,
     code: String,
+}
+#[derive(Deserialize)]
+struct UrlMappingId {
+    method: String,
+    url: String,
 }
 
 fn field<T: DeserializeOwned>(value: Value, at: &str) -> Result<T, SnapshotError> {
@@ -346,6 +367,7 @@ impl Item {
             Kind::RoleAssignment => Item::RoleAssignment(field(value, at)?),
             Kind::RoleGrant => Item::RoleGrant(field(value, at)?),
             Kind::Menu => Item::Menu(field(value, at)?),
+            Kind::UrlMapping => Item::UrlMapping(field(value, at)?),
         })
     }
 }
@@ -391,6 +413,10 @@ impl Identity {
             Kind::Menu => {
                 let MenuId { platform, code } = field(value, at)?;
                 Identity::Menu { platform, code }
+            }
+            Kind::UrlMapping => {
+                let UrlMappingId { method, url } = field(value, at)?;
+                Identity::UrlMapping { method, url }
             }
         })
     }

@@ -39,6 +39,8 @@ pub struct GrpcState {
     pub store: Arc<Store>,
     /// Where the perm/v1 writes go.
     pub forward: Arc<Forwarder>,
+    /// Where Envoy ext_authz requests' subject and tenant come from (`envoy.rs`).
+    pub proxy: Arc<crate::api::proxy::ProxySettings>,
 }
 
 /// The one place errors become gRPC statuses.
