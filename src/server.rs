@@ -375,7 +375,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
 }
 
 /// The gRPC service names health reports on, besides the whole server ("").
-const GRPC_SERVICES: [&str; 7] = [
+const GRPC_SERVICES: [&str; 8] = [
     "",
     "perm.v1.PermService",
     "perm.v1.RoleService",
@@ -383,6 +383,7 @@ const GRPC_SERVICES: [&str; 7] = [
     "perm.v1.MenuService",
     "perm.v1.OrgService",
     "permd.v1.PermdService",
+    "envoy.service.auth.v3.Authorization",
 ];
 
 /// Serves gRPC on `listener` until `stop` turns true; in-flight calls (and `WatchVersion`
@@ -444,6 +445,7 @@ pub async fn serve_grpc(
         .add_service(perm::group_service_server::GroupServiceServer::new(state.clone()))
         .add_service(perm::menu_service_server::MenuServiceServer::new(state.clone()))
         .add_service(perm::org_service_server::OrgServiceServer::new(state.clone()))
+        .add_service(crate::api::grpc::envoy::AuthorizationServer::new(state.clone()))
         .add_service(permd::permd_service_server::PermdServiceServer::new(state));
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
