@@ -11,7 +11,9 @@
 //!   is insignificant; a template's query part (`?owner={owner}&kind=doc`) requires those
 //!   parameters (a `{var}` binds the value, a literal must be equal);
 //! - regex: must match the whole path as sent (still percent-encoded; implicitly anchored),
-//!   named groups are variables (decoded);
+//!   named groups are variables (decoded). A regex that names a scheme (its text has `://`,
+//!   Permit's absolute form) is matched against the whole absolute URL with its query instead,
+//!   and only an absolute request URL can match it;
 //! - every query parameter of the request is a variable too (decoded, `+` as space, the first
 //!   of repeated keys); a path variable wins over a query parameter of the same name;
 //! - among matches: highest `priority` (absent = 0), then longest literal prefix, then
@@ -53,7 +55,8 @@ enum Part {
 #[derive(Debug, Clone)]
 enum Pattern {
     Template { segments: Vec<Part>, query: Vec<(String, Part)> },
-    Regex(Regex),
+    /// `absolute`: matched against the whole absolute URL rather than the path.
+    Regex { re: Regex, absolute: bool },
 }
 
 /// One rule, compiled.
@@ -122,7 +125,8 @@ fn compile(rule: &UrlMapping, order: usize) -> Result<Rule, (&'static str, Strin
                 .size_limit(REGEX_SIZE_LIMIT)
                 .build()
                 .map_err(|e| ("url", format!("bad regex: {e}")))?;
-            (Pattern::Regex(re), regex_prefix(&rule.url))
+            let absolute = rule.url.contains("://");
+            (Pattern::Regex { re, absolute }, regex_prefix(&rule.url))
         }
     };
     Ok(Rule {
@@ -255,7 +259,7 @@ fn query_pairs(query: Option<&str>) -> Vec<(String, String)> {
 }
 
 impl Rule {
-    fn matches(&self, path: &str, query: &[(String, String)]) -> Option<Attributes> {
+    fn matches(&self, target: &str, path: &str, query: &[(String, String)]) -> Option<Attributes> {
         let mut vars = Attributes::new();
         match &self.pattern {
             Pattern::Template { segments: want, query: params } => {
@@ -285,8 +289,13 @@ impl Rule {
                     }
                 }
             }
-            Pattern::Regex(re) => {
-                let caps = re.captures(path)?;
+            Pattern::Regex { re, absolute } => {
+                let subject = match absolute {
+                    false => path,
+                    true if target.contains("://") => target.split_once('#').map_or(target, |(t, _)| t),
+                    true => return None,
+                };
+                let caps = re.captures(subject)?;
                 for name in re.capture_names().flatten() {
                     if let Some(m) = caps.name(name) {
                         vars.insert(name.to_owned(), Value::String(percent_decode(m.as_str(), false)));
@@ -338,7 +347,7 @@ impl UrlMap {
             {
                 return None;
             }
-            let attributes = r.matches(path, &query)?;
+            let attributes = r.matches(target, path, &query)?;
             Some(UrlMatch {
                 resource_type: &r.resource,
                 action: &r.action,
