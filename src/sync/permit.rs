@@ -259,7 +259,11 @@ impl Puller {
         let assignments: Vec<PAssignment> = self.list(&format!("/v2/facts/{p}/{e}/role_assignments")).await?;
         let instances: Vec<PInstance> = self.list(&format!("/v2/facts/{p}/{e}/resource_instances")).await?;
         let tuples: Vec<PTuple> = self.list(&format!("/v2/facts/{p}/{e}/relationship_tuples")).await?;
-        let proxies: Vec<PProxyConfig> = self.list(&format!("/v2/facts/{p}/{e}/proxy_configs")).await?;
+        // URL mapping (proxy configs) is optional: an upstream without it (404) has no rules.
+        let proxies: Vec<PProxyConfig> = match self.list(&format!("/v2/facts/{p}/{e}/proxy_configs")).await {
+            Err(SyncError::Status { status: 404, .. }) => Vec::new(),
+            other => other?,
+        };
         let mut doc = map(resources, roles, tenants, users, assignments, instances, tuples);
         doc.url_mappings = map_url_rules(proxies);
         Ok(doc)
