@@ -54,7 +54,10 @@ enum Part {
 
 #[derive(Debug, Clone)]
 enum Pattern {
-    Template { segments: Vec<Part>, query: Vec<(String, Part)> },
+    Template {
+        segments: Vec<Part>,
+        query: Vec<(String, Part)>,
+    },
     /// `absolute`: matched against the whole absolute URL rather than the path.
     Regex { re: Regex, absolute: bool },
 }
@@ -103,19 +106,13 @@ fn valid_method(m: &str) -> bool {
 
 fn compile(rule: &UrlMapping, order: usize) -> Result<Rule, (&'static str, String)> {
     if !valid_method(&rule.method) {
-        return Err((
-            "method",
-            format!("`{}` is not an HTTP method name or `*`", rule.method),
-        ));
+        return Err(("method", format!("`{}` is not an HTTP method name or `*`", rule.method)));
     }
     if rule.url.is_empty() {
         return Err(("url", "must not be empty".into()));
     }
     if rule.url.len() > MAX_URL_BYTES {
-        return Err((
-            "url",
-            format!("is {} bytes; at most {MAX_URL_BYTES}", rule.url.len()),
-        ));
+        return Err(("url", format!("is {} bytes; at most {MAX_URL_BYTES}", rule.url.len())));
     }
     let url_type = UrlType::parse(rule.url_type.as_deref()).map_err(|e| ("url_type", e))?;
     let (pattern, prefix) = match url_type {
@@ -150,7 +147,11 @@ fn regex_prefix(re: &str) -> usize {
 pub fn split_target(target: &str) -> (&str, Option<&str>) {
     let target = target.split_once('#').map_or(target, |(t, _)| t);
     let rest = match target.find("://") {
-        Some(i) if target[..i].bytes().all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b)) => {
+        Some(i)
+            if target[..i]
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b)) =>
+        {
             let after = &target[i + 3..];
             match after.find(['/', '?']) {
                 Some(j) => &after[j..],
@@ -185,7 +186,9 @@ fn part(s: &str, what: &str) -> Result<Part, String> {
 fn template(url: &str) -> Result<(Pattern, usize), String> {
     let (path, query) = split_target(url);
     if !path.starts_with('/') {
-        return Err(format!("bad template: `{url}` does not start with `/` (or a scheme and host)"));
+        return Err(format!(
+            "bad template: `{url}` does not start with `/` (or a scheme and host)"
+        ));
     }
     let prefix = path.find('{').unwrap_or(path.len());
     let segments = segments(path)
@@ -207,7 +210,13 @@ fn template(url: &str) -> Result<(Pattern, usize), String> {
         }
         params.push((percent_decode(k, true), part(v, "query value")?));
     }
-    Ok((Pattern::Template { segments, query: params }, prefix))
+    Ok((
+        Pattern::Template {
+            segments,
+            query: params,
+        },
+        prefix,
+    ))
 }
 
 /// The segments of a path after its leading `/`, without one trailing empty segment.
@@ -262,7 +271,10 @@ impl Rule {
     fn matches(&self, target: &str, path: &str, query: &[(String, String)]) -> Option<Attributes> {
         let mut vars = Attributes::new();
         match &self.pattern {
-            Pattern::Template { segments: want, query: params } => {
+            Pattern::Template {
+                segments: want,
+                query: params,
+            } => {
                 let mut got = segments(path);
                 for p in want {
                     let seg = percent_decode(got.next()?, false);
@@ -401,7 +413,10 @@ mod tests {
         let hit = m.find("get", "/documents/a%2Fb?x=1&id=q").unwrap();
         assert_eq!(hit.key.as_deref(), Some("a/b"));
         assert_eq!(hit.attributes["x"], "1");
-        assert_eq!(hit.attributes["id"], "a/b", "a path variable wins over a query parameter");
+        assert_eq!(
+            hit.attributes["id"], "a/b",
+            "a path variable wins over a query parameter"
+        );
         assert!(m.find("GET", "/documents/1/").is_some(), "trailing slash");
         assert!(m.find("GET", "/documents/").is_none(), "an empty segment binds nothing");
         assert!(m.find("GET", "/documents/1/x").is_none());

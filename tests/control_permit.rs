@@ -2005,7 +2005,14 @@ fn proxy_configs_carry_url_mapping_rules() {
         json!({"key": "document", "actions": {"read": {}, "write": {}, "get": {}}}),
         201,
     );
-    write(&ctl, k, "POST", &format!("{S}/roles"), json!({"key": "reader", "permissions": ["document:read"]}), 201);
+    write(
+        &ctl,
+        k,
+        "POST",
+        &format!("{S}/roles"),
+        json!({"key": "reader", "permissions": ["document:read"]}),
+        201,
+    );
     write(
         &ctl,
         k,
@@ -2054,17 +2061,32 @@ fn proxy_configs_carry_url_mapping_rules() {
     let list = expect(&ctl, k, "GET", &pc, None, 200);
     assert_eq!(list.as_array().unwrap().len(), 1);
     assert_eq!(list[0]["mapping_rules"], v["mapping_rules"]);
-    assert_eq!(expect(&ctl, k, "GET", &format!("{pc}/permd"), None, 200)["mapping_rules"], v["mapping_rules"]);
+    assert_eq!(
+        expect(&ctl, k, "GET", &format!("{pc}/permd"), None, 200)["mapping_rules"],
+        v["mapping_rules"]
+    );
     expect(&ctl, k, "GET", &format!("{pc}/other"), None, 404);
 
     let native = Permd::follow(&ctl.url(), &[], &[("PERMD_API_KEY", k)]);
     let permit = Permd::follow(
         &ctl.url(),
-        &["--source-protocol", "permit", "--permit-project", "app", "--permit-env", "default", "--poll-interval", "300ms"],
+        &[
+            "--source-protocol",
+            "permit",
+            "--permit-project",
+            "app",
+            "--permit-env",
+            "default",
+            "--poll-interval",
+            "300ms",
+        ],
         &[("PERMD_API_KEY", k)],
     );
     let url = |p: &Permd, method: &str, u: &str| {
-        let (st, v) = p.post("/allowed_url", json!({"user": "alice", "http_method": method, "url": u, "tenant": "acme"}));
+        let (st, v) = p.post(
+            "/allowed_url",
+            json!({"user": "alice", "http_method": method, "url": u, "tenant": "acme"}),
+        );
         assert_eq!(st, 200, "{v}");
         v["reason"].as_str().unwrap().to_owned()
     };
@@ -2077,8 +2099,11 @@ fn proxy_configs_carry_url_mapping_rules() {
     for p in [&native, &permit] {
         p.ready();
         p.wait_for("the URL rules", |p| {
-            p.post("/allowed_url", json!({"user": "alice", "http_method": "GET", "url": "/raw/d1", "tenant": "acme"}))
-                .1["reason"]
+            p.post(
+                "/allowed_url",
+                json!({"user": "alice", "http_method": "GET", "url": "/raw/d1", "tenant": "acme"}),
+            )
+            .1["reason"]
                 == "no_matching_grant"
         });
         for (m, u, want) in cases {
@@ -2097,9 +2122,15 @@ fn proxy_configs_carry_url_mapping_rules() {
     );
     native.wait_version(version);
     assert_eq!(url(&native, "DELETE", "/only/d1"), "org_role");
-    assert_eq!(url(&native, "GET", "https://api.example.com/documents/d1"), "no_url_mapping");
+    assert_eq!(
+        url(&native, "GET", "https://api.example.com/documents/d1"),
+        "no_url_mapping"
+    );
     permit.wait_for("the replaced rules", |p| url(p, "DELETE", "/only/d1") == "org_role");
-    assert_eq!(url(&permit, "GET", "https://api.example.com/documents/d1"), "no_url_mapping");
+    assert_eq!(
+        url(&permit, "GET", "https://api.example.com/documents/d1"),
+        "no_url_mapping"
+    );
     let (status, _, _) = ctl.call(k, "DELETE", &format!("{pc}/permd"), None);
     assert_eq!(status, 204);
     assert_eq!(expect(&ctl, k, "GET", &pc, None, 200), json!([]));

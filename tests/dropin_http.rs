@@ -20,37 +20,124 @@ fn url_check(p: &Permd, user: &str, method: &str, url: &str, tenant: Option<&str
     v
 }
 
+/// (user, method, url, tenant, allow, reason, the mapped query)
+type UrlCase<'a> = (&'a str, &'a str, &'a str, Option<&'a str>, bool, &'a str, Value);
+
 #[test]
 fn allowed_url_maps_and_agrees_with_allowed() {
     let p = Permd::start(Some(&common::dropin::snapshot()), &[]);
     p.ready();
     // (user, method, url, tenant) → (allow, reason, resource, key, action, attributes)
-    let cases: &[(&str, &str, &str, Option<&str>, bool, &str, Value)] = &[
-        ("alice", "GET", "/documents/photo", Some("acme"), true, "org_role",
-         json!({"resource": "document", "key": "photo", "action": "read", "attributes": {"id": "photo"}})),
-        ("bob", "GET", "https://app.example.com/documents/photo", None, true, "resource_role",
-         json!({"resource": "document", "key": "photo", "action": "read", "attributes": {"id": "photo"}})),
-        ("bob", "get", "/documents/photo/", None, true, "resource_role",
-         json!({"resource": "document", "key": "photo", "action": "read", "attributes": {"id": "photo"}})),
-        ("bob", "GET", "/documents/ph%6Fto?x=1&y=a+b", None, true, "resource_role",
-         json!({"resource": "document", "key": "photo", "action": "read", "attributes": {"id": "photo", "x": "1", "y": "a b"}})),
-        ("bob", "PUT", "/documents/photo", None, false, "no_matching_grant",
-         json!({"resource": "document", "key": "photo", "action": "write", "attributes": {"id": "photo"}})),
-        ("alice", "DELETE", "/documents/photo", None, false, "no_matching_grant",
-         json!({"resource": "document", "key": "photo", "action": "delete", "attributes": {"id": "photo"}})),
-        ("root", "DELETE", "https://api.example.com/documents/report", None, true, "org_role",
-         json!({"resource": "document", "key": "report", "action": "delete", "attributes": {"id": "report"}})),
-        ("carol", "GET", "/cameras/cam1/play", None, true, "role_grant",
-         json!({"resource": "camera", "key": "cam1", "action": "play", "attributes": {"id": "cam1", "op": "play"}})),
+    let cases: &[UrlCase] = &[
+        (
+            "alice",
+            "GET",
+            "/documents/photo",
+            Some("acme"),
+            true,
+            "org_role",
+            json!({"resource": "document", "key": "photo", "action": "read", "attributes": {"id": "photo"}}),
+        ),
+        (
+            "bob",
+            "GET",
+            "https://app.example.com/documents/photo",
+            None,
+            true,
+            "resource_role",
+            json!({"resource": "document", "key": "photo", "action": "read", "attributes": {"id": "photo"}}),
+        ),
+        (
+            "bob",
+            "get",
+            "/documents/photo/",
+            None,
+            true,
+            "resource_role",
+            json!({"resource": "document", "key": "photo", "action": "read", "attributes": {"id": "photo"}}),
+        ),
+        (
+            "bob",
+            "GET",
+            "/documents/ph%6Fto?x=1&y=a+b",
+            None,
+            true,
+            "resource_role",
+            json!({"resource": "document", "key": "photo", "action": "read", "attributes": {"id": "photo", "x": "1", "y": "a b"}}),
+        ),
+        (
+            "bob",
+            "PUT",
+            "/documents/photo",
+            None,
+            false,
+            "no_matching_grant",
+            json!({"resource": "document", "key": "photo", "action": "write", "attributes": {"id": "photo"}}),
+        ),
+        (
+            "alice",
+            "DELETE",
+            "/documents/photo",
+            None,
+            false,
+            "no_matching_grant",
+            json!({"resource": "document", "key": "photo", "action": "delete", "attributes": {"id": "photo"}}),
+        ),
+        (
+            "root",
+            "DELETE",
+            "https://api.example.com/documents/report",
+            None,
+            true,
+            "org_role",
+            json!({"resource": "document", "key": "report", "action": "delete", "attributes": {"id": "report"}}),
+        ),
+        (
+            "carol",
+            "GET",
+            "/cameras/cam1/play",
+            None,
+            true,
+            "role_grant",
+            json!({"resource": "camera", "key": "cam1", "action": "play", "attributes": {"id": "cam1", "op": "play"}}),
+        ),
         // Both regex rules match; priority 10 wins.
-        ("carol", "POST", "/cameras/cam1/export", None, false, "no_matching_grant",
-         json!({"resource": "camera", "key": "cam1", "action": "export", "attributes": {"id": "cam1"}})),
-        ("alice", "GET", "/search?owner=alice&id=photo", Some("acme"), true, "org_role",
-         json!({"resource": "document", "key": "photo", "action": "read", "attributes": {"owner": "alice", "id": "photo"}})),
-        ("alice", "GET", "/documents", Some("globex"), false, "no_matching_grant",
-         json!({"resource": "document", "action": "read", "attributes": {}})),
-        ("alice", "GET", "/folders/shared/documents/photo", Some("acme"), true, "org_role",
-         json!({"resource": "folder", "action": "read", "attributes": {"id": "shared", "doc": "photo"}, "key": "shared"})),
+        (
+            "carol",
+            "POST",
+            "/cameras/cam1/export",
+            None,
+            false,
+            "no_matching_grant",
+            json!({"resource": "camera", "key": "cam1", "action": "export", "attributes": {"id": "cam1"}}),
+        ),
+        (
+            "alice",
+            "GET",
+            "/search?owner=alice&id=photo",
+            Some("acme"),
+            true,
+            "org_role",
+            json!({"resource": "document", "key": "photo", "action": "read", "attributes": {"owner": "alice", "id": "photo"}}),
+        ),
+        (
+            "alice",
+            "GET",
+            "/documents",
+            Some("globex"),
+            false,
+            "no_matching_grant",
+            json!({"resource": "document", "action": "read", "attributes": {}}),
+        ),
+        (
+            "alice",
+            "GET",
+            "/folders/shared/documents/photo",
+            Some("acme"),
+            true,
+            "org_role",
+            json!({"resource": "folder", "action": "read", "attributes": {"id": "shared", "doc": "photo"}, "key": "shared"}),
+        ),
     ];
     for (user, method, url, tenant, allow, reason, query) in cases {
         let v = url_check(&p, user, method, url, *tenant);
@@ -68,14 +155,30 @@ fn allowed_url_maps_and_agrees_with_allowed() {
         if let Some(t) = tenant {
             resource["tenant"] = json!(t);
         }
-        let (st, direct) = p.post("/allowed", json!({"user": user, "action": query["action"], "resource": resource}));
+        let (st, direct) = p.post(
+            "/allowed",
+            json!({"user": user, "action": query["action"], "resource": resource}),
+        );
         assert_eq!(st, 200);
-        assert_eq!((direct["allow"].clone(), direct["reason"].clone()), (v["allow"].clone(), v["reason"].clone()), "{at}");
+        assert_eq!(
+            (direct["allow"].clone(), direct["reason"].clone()),
+            (v["allow"].clone(), v["reason"].clone()),
+            "{at}"
+        );
     }
     // No rule: deny with `no_url_mapping`, and no mapped query.
-    for (method, url) in [("GET", "/nothing"), ("PATCH", "/documents/photo"), ("GET", "/documents/photo/x"), ("GET", "/documents//")] {
+    for (method, url) in [
+        ("GET", "/nothing"),
+        ("PATCH", "/documents/photo"),
+        ("GET", "/documents/photo/x"),
+        ("GET", "/documents//"),
+    ] {
         let v = url_check(&p, "root", method, url, None);
-        assert_eq!(v, json!({"allow": false, "result": false, "reason": "no_url_mapping", "version": 42}), "{method} {url}");
+        assert_eq!(
+            v,
+            json!({"allow": false, "result": false, "reason": "no_url_mapping", "version": 42}),
+            "{method} {url}"
+        );
     }
     // Bad bodies name the field.
     for (body, field) in [
@@ -110,14 +213,21 @@ fn permit_tenant_paths_and_health_names() {
         json!({"user": "alice", "action": "delete", "resource": "document"}),
     );
     assert_eq!(v["allowed_tenants"], json!([]));
-    let (_, v) = p.post("/allowed/all-tenants", json!({"user": "root", "action": "delete", "resource": "document"}));
+    let (_, v) = p.post(
+        "/allowed/all-tenants",
+        json!({"user": "root", "action": "delete", "resource": "document"}),
+    );
     assert_eq!(v["allowed_tenants"][0]["tenant"]["key"], "globex");
     assert_eq!(v["allowed_tenants"].as_array().unwrap().len(), 1);
 
     let tenants = |user: Value| {
         let (st, v) = p.post("/user-tenants", json!({"user": user}));
         assert_eq!(st, 200, "{v}");
-        v.as_array().unwrap().iter().map(|t| t["key"].as_str().unwrap().to_owned()).collect::<Vec<_>>()
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["key"].as_str().unwrap().to_owned())
+            .collect::<Vec<_>>()
     };
     assert_eq!(tenants(json!({"key": "alice"})), ["acme", "acme-eu"]);
     assert_eq!(tenants(json!("bob")), ["acme"]);
@@ -159,7 +269,10 @@ fn nginx_allowed_and_auth_request() {
         p.request("GET", "/nginx_allowed", &h, b"")
     };
     let (st, v) = permit("alice", "write", "document", Some("acme"), None);
-    assert_eq!((st, v["allow"].clone(), v["reason"].clone()), (200, json!(true), json!("org_role")));
+    assert_eq!(
+        (st, v["allow"].clone(), v["reason"].clone()),
+        (200, json!(true), json!("org_role"))
+    );
     let (st, v) = permit("alice", "write", "document", Some("globex"), None);
     assert_eq!((st, v["reason"].clone()), (403, json!("no_matching_grant")));
     let (st, v) = permit("bob", "read", "document", None, Some("photo"));
@@ -195,17 +308,36 @@ fn nginx_allowed_and_auth_request() {
     assert_eq!((st, v["reason"].clone()), (401, json!("no_subject")));
     let (st, v) = p.request("GET", "/auth_request", &[("x-user-id", "bob")], b"");
     assert_eq!(st, 400, "{v}");
-    assert!(v["error"]["message"].as_str().unwrap().contains("x-original-method"), "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("x-original-method"),
+        "{v}"
+    );
 }
 
 #[test]
 fn bad_url_rules_are_refused_naming_the_item() {
     let dir = tempfile::tempdir().unwrap();
     let cases = [
-        ("{method: GET, url: '^/a/(', url_type: regex, resource: document, action: read}", "url_mappings[1].url", "bad regex"),
-        ("{method: GET, url: '/a/{id', resource: document, action: read}", "url_mappings[1].url", "bad template"),
-        ("{method: GET, url: '/a', url_type: glob, resource: document, action: read}", "url_mappings[1].url_type", "unknown url_type"),
-        ("{method: GET, url: '/documents/{id}', resource: document, action: write}", "url_mappings[1]", "duplicate"),
+        (
+            "{method: GET, url: '^/a/(', url_type: regex, resource: document, action: read}",
+            "url_mappings[1].url",
+            "bad regex",
+        ),
+        (
+            "{method: GET, url: '/a/{id', resource: document, action: read}",
+            "url_mappings[1].url",
+            "bad template",
+        ),
+        (
+            "{method: GET, url: '/a', url_type: glob, resource: document, action: read}",
+            "url_mappings[1].url_type",
+            "unknown url_type",
+        ),
+        (
+            "{method: GET, url: '/documents/{id}', resource: document, action: write}",
+            "url_mappings[1]",
+            "duplicate",
+        ),
     ];
     for (rule, field, problem) in cases {
         let doc = format!(
@@ -213,9 +345,19 @@ fn bad_url_rules_are_refused_naming_the_item() {
         );
         let path = dir.path().join("s.yaml");
         std::fs::write(&path, doc).unwrap();
-        let out = Command::new(BIN).args(["validate", path.to_str().unwrap()]).output().unwrap();
-        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        let out = Command::new(BIN)
+            .args(["validate", path.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert!(!out.status.success(), "{rule}: {text}");
-        assert!(text.contains(field) && text.contains(problem), "{rule}: `{text}` should name {field} and say {problem}");
+        assert!(
+            text.contains(field) && text.contains(problem),
+            "{rule}: `{text}` should name {field} and say {problem}"
+        );
     }
 }

@@ -70,7 +70,7 @@ fn upstream() -> Upstream {
 struct Nginx {
     child: Child,
     port: u16,
-    dir: tempfile::TempDir,
+    _dir: tempfile::TempDir,
 }
 
 impl Drop for Nginx {
@@ -83,7 +83,8 @@ impl Drop for Nginx {
 fn start_nginx(bin: &Path, permd: &str, upstream: &str) -> Nginx {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let example = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/nginx/permd.conf")).unwrap();
+    let example =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/nginx/permd.conf")).unwrap();
     for needle in ["127.0.0.1:7766", "127.0.0.1:8080", "listen 127.0.0.1:8000;"] {
         assert!(example.contains(needle), "the example has `{needle}`");
     }
@@ -101,7 +102,14 @@ fn start_nginx(bin: &Path, permd: &str, upstream: &str) -> Nginx {
     );
     std::fs::write(dir.path().join("nginx.conf"), conf).unwrap();
     let child = Command::new(bin)
-        .args(["-p", &d.to_string(), "-e", &format!("{d}/error.log"), "-c", &format!("{d}/nginx.conf")])
+        .args([
+            "-p",
+            &d.to_string(),
+            "-e",
+            &format!("{d}/error.log"),
+            "-c",
+            &format!("{d}/nginx.conf"),
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -115,7 +123,7 @@ fn start_nginx(bin: &Path, permd: &str, upstream: &str) -> Nginx {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    Nginx { child, port, dir }
+    Nginx { child, port, _dir: dir }
 }
 
 /// (status, body) of one request through nginx.
@@ -157,8 +165,14 @@ fn nginx_auth_request_in_front_of_an_upstream() {
     let lower = body.to_ascii_lowercase();
     assert!(lower.contains("x-permd-reason: resource_role"), "{body}");
     assert!(lower.contains("x-permd-version: 42"), "{body}");
-    assert_eq!(get(nginx.port, "PUT", "/documents/new", &[("x-user-id", "alice")]).0, 200);
-    assert_eq!(get(nginx.port, "GET", "/cameras/cam1/play", &[("x-user-id", "carol")]).0, 200);
+    assert_eq!(
+        get(nginx.port, "PUT", "/documents/new", &[("x-user-id", "alice")]).0,
+        200
+    );
+    assert_eq!(
+        get(nginx.port, "GET", "/cameras/cam1/play", &[("x-user-id", "carol")]).0,
+        200
+    );
     let reached = up.hits.load(Ordering::SeqCst);
     assert_eq!(reached, 3);
 
@@ -174,11 +188,20 @@ fn nginx_auth_request_in_front_of_an_upstream() {
         assert_eq!(st, 403, "{method} {path} as {user}: {body}");
     }
     // A different tenant than the default: alice holds nothing in globex.
-    let (st, _) = get(nginx.port, "PUT", "/documents/new", &[("x-user-id", "alice"), ("x-tenant-id", "globex")]);
+    let (st, _) = get(
+        nginx.port,
+        "PUT",
+        "/documents/new",
+        &[("x-user-id", "alice"), ("x-tenant-id", "globex")],
+    );
     assert_eq!(st, 403);
     // No user: 401.
     assert_eq!(get(nginx.port, "GET", "/documents/photo", &[]).0, 401);
-    assert_eq!(up.hits.load(Ordering::SeqCst), reached, "denied requests never reach the upstream");
+    assert_eq!(
+        up.hits.load(Ordering::SeqCst),
+        reached,
+        "denied requests never reach the upstream"
+    );
 
     // permd down: nginx fails closed with 500.
     drop(permd);
@@ -187,5 +210,11 @@ fn nginx_auth_request_in_front_of_an_upstream() {
         assert_eq!(st, 500, "{body}");
     }
     assert_eq!(up.hits.load(Ordering::SeqCst), reached);
-    assert!(up.heads.lock().unwrap().iter().all(|h| !h.contains("PUT /documents/photo")));
+    assert!(
+        up.heads
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|h| !h.contains("PUT /documents/photo"))
+    );
 }

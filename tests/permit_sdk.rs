@@ -27,12 +27,28 @@ fn python_with_sdk() -> Result<PathBuf, String> {
         return Ok(python);
     }
     let _ = std::fs::remove_dir_all(&venv);
-    let out = Command::new("python3").args(["-m", "venv"]).arg(&venv).output().map_err(|e| format!("python3: {e}"))?;
+    let out = Command::new("python3")
+        .args(["-m", "venv"])
+        .arg(&venv)
+        .output()
+        .map_err(|e| format!("python3: {e}"))?;
     if !out.status.success() {
-        return Err(format!("python3 -m venv failed: {}", String::from_utf8_lossy(&out.stderr)));
+        return Err(format!(
+            "python3 -m venv failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
     }
     let out = Command::new(&python)
-        .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--timeout", "30", "-r"])
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--timeout",
+            "30",
+            "-r",
+        ])
         .arg(&reqs)
         .output()
         .map_err(|e| format!("pip: {e}"))?;
@@ -61,7 +77,11 @@ fn official_permit_python_sdk_works_unchanged() {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "calls.py failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "calls.py failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let got: Value = serde_json::from_str(stdout.lines().last().unwrap_or_default()).unwrap();
 
     assert_eq!(
@@ -80,7 +100,10 @@ fn official_permit_python_sdk_works_unchanged() {
         got["get_user_permissions"]["__tenant:acme"],
         json!(["document:read", "document:write", "folder:read"])
     );
-    assert_eq!(got["get_user_permissions_bob"]["document:photo"], json!(["document:read"]));
+    assert_eq!(
+        got["get_user_permissions_bob"]["document:photo"],
+        json!(["document:read"])
+    );
     assert_eq!(got["get_user_permissions_bob"]["folder:shared"], json!(["folder:read"]));
     assert_eq!(got["authorized_users"]["resource"], "document:photo");
     assert_eq!(got["authorized_users"]["tenant"], "acme");

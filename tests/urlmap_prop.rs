@@ -38,7 +38,11 @@ fn var_names(r: &GenRule) -> Vec<Option<String>> {
         .map(|(i, s)| match s {
             Seg::Lit(_) => None,
             Seg::Var => {
-                let name = if first && r.id_first { "id".to_owned() } else { format!("v{i}") };
+                let name = if first && r.id_first {
+                    "id".to_owned()
+                } else {
+                    format!("v{i}")
+                };
                 first = false;
                 Some(name)
             }
@@ -92,12 +96,13 @@ fn decode(s: &str, plus: bool) -> String {
     let mut out = Vec::new();
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                out.push(v);
-                i += 3;
-                continue;
-            }
+        if b[i] == b'%'
+            && i + 2 < b.len()
+            && let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16)
+        {
+            out.push(v);
+            i += 3;
+            continue;
         }
         out.push(if plus && b[i] == b'+' { b' ' } else { b[i] });
         i += 1;
@@ -174,15 +179,17 @@ fn rule_strategy() -> impl Strategy<Value = GenRule> {
         prop::option::of(0i64..3),
         prop::sample::select(vec![("document", "read"), ("document", "write"), ("folder", "read")]),
     )
-        .prop_map(|(method, segs, id_first, regex, priority, (resource, action))| GenRule {
-            method,
-            segs,
-            id_first,
-            regex,
-            priority,
-            resource,
-            action,
-        })
+        .prop_map(
+            |(method, segs, id_first, regex, priority, (resource, action))| GenRule {
+                method,
+                segs,
+                id_first,
+                regex,
+                priority,
+                resource,
+                action,
+            },
+        )
 }
 
 fn example() -> Snapshot {
@@ -337,9 +344,15 @@ fn priority_and_edge_cases() {
     assert_eq!(pick("GET", "/files"), None);
     assert_eq!(pick("GET", "/files/"), None);
     // Query parameters in a template are required; a literal one must be equal.
-    assert_eq!(pick("GET", "/q?owner=al%20ice&kind=doc").unwrap().2, json!({"owner": "al ice", "kind": "doc"}).as_object().unwrap().clone());
+    assert_eq!(
+        pick("GET", "/q?owner=al%20ice&kind=doc").unwrap().2,
+        json!({"owner": "al ice", "kind": "doc"}).as_object().unwrap().clone()
+    );
     assert_eq!(pick("GET", "/q?owner=alice&kind=img"), None);
     assert_eq!(pick("GET", "/q?kind=doc"), None);
     // Absolute URLs: scheme and host are dropped; the fragment too.
-    assert_eq!(pick("GET", "https://h.example/files/f1#top").unwrap().1.as_deref(), Some("f1"));
+    assert_eq!(
+        pick("GET", "https://h.example/files/f1#top").unwrap().1.as_deref(),
+        Some("f1")
+    );
 }

@@ -93,7 +93,10 @@ impl ProxySettings {
         Ok(ProxySettings {
             user_header: header_name(
                 "proxy.user_header",
-                over.proxy_user_header.clone().or(file.user_header).unwrap_or(d.user_header),
+                over.proxy_user_header
+                    .clone()
+                    .or(file.user_header)
+                    .unwrap_or(d.user_header),
             )?,
             tenant_header: header_name(
                 "proxy.tenant_header",

@@ -146,7 +146,10 @@ pub fn verdict(ix: Option<&crate::index::Index>, req: &CheckRequest, p: &ProxySe
         .or_else(|| attrs.context_extensions.get("tenant").cloned().and_then(non_empty))
         .or_else(|| p.default_tenant.clone());
     let Some(ix) = ix else {
-        return Verdict::deny("not_ready: no snapshot is active yet", HttpStatusCode::ServiceUnavailable);
+        return Verdict::deny(
+            "not_ready: no snapshot is active yet",
+            HttpStatusCode::ServiceUnavailable,
+        );
     };
     let d = proxy::decide_url(ix, &http.method, &http.path, &user, tenant.as_deref());
     Verdict {

@@ -79,7 +79,13 @@ where
         "/allowed" | "/allowed/bulk" | "/v1/enforce" | "/access/v1/evaluation" | "/access/v1/evaluations" => {
             (Method::POST, "POST")
         }
-        "/healthz" | "/readyz" | "/health" | "/healthy" | "/ready" | "/v1/status" | "/.well-known/authzen-configuration" => (Method::GET, "GET, HEAD"),
+        "/healthz"
+        | "/readyz"
+        | "/health"
+        | "/healthy"
+        | "/ready"
+        | "/v1/status"
+        | "/.well-known/authzen-configuration" => (Method::GET, "GET, HEAD"),
         "/metrics" if crate::metrics::get().is_some() => (Method::GET, "GET, HEAD"),
         "/user-permissions"
         | "/authorized_users"
