@@ -118,6 +118,12 @@ fn compile(rule: &UrlMapping, order: usize) -> Result<Rule, (&'static str, Strin
     let (pattern, prefix) = match url_type {
         UrlType::Template => template(&rule.url).map_err(|e| ("url", e))?,
         UrlType::Regex => {
+            // The rule alone must be a regex (so `a)|(b` is refused rather than completed by the
+            // anchoring group around it), then it is anchored to the whole subject.
+            regex::RegexBuilder::new(&rule.url)
+                .size_limit(REGEX_SIZE_LIMIT)
+                .build()
+                .map_err(|e| ("url", format!("bad regex: {e}")))?;
             let re = regex::RegexBuilder::new(&format!("^(?:{})$", rule.url))
                 .size_limit(REGEX_SIZE_LIMIT)
                 .build()
@@ -430,6 +436,7 @@ mod tests {
             (rule("GET", "/a/x{b}", None, "r", None), "url"),
             (rule("GET", "/a/{b}/{b}", None, "r", None), "url"),
             (rule("GET", "^/a/(", Some("regex"), "r", None), "url"),
+            (rule("GET", "x)|(.*", Some("regex"), "r", None), "url"),
             (rule("GET", "/a", Some("glob"), "r", None), "url_type"),
             (rule("GE T", "/a", None, "r", None), "method"),
             (rule("GET", "a", None, "r", None), "url"),
