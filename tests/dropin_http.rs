@@ -112,6 +112,15 @@ fn allowed_url_maps_and_agrees_with_allowed() {
             json!({"resource": "camera", "key": "cam1", "action": "export", "attributes": {"id": "cam1"}}),
         ),
         (
+            "bob",
+            "GET",
+            "https://files.example.com/photo",
+            None,
+            true,
+            "resource_role",
+            json!({"resource": "document", "key": "photo", "action": "read", "attributes": {"id": "photo"}}),
+        ),
+        (
             "alice",
             "GET",
             "/search?owner=alice&id=photo",
@@ -172,6 +181,8 @@ fn allowed_url_maps_and_agrees_with_allowed() {
         ("PATCH", "/documents/photo"),
         ("GET", "/documents/photo/x"),
         ("GET", "/documents//"),
+        ("GET", "/photo"),
+        ("GET", "http://files.example.com/photo"),
     ] {
         let v = url_check(&p, "root", method, url, None);
         assert_eq!(

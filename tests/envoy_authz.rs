@@ -52,6 +52,7 @@ fn jwt(key: &str, claims: &[(&str, Value)]) -> Metadata {
 
 #[derive(Default, Clone)]
 struct Req<'a> {
+    host: Option<&'a str>,
     method: &'a str,
     path: &'a str,
     headers: Vec<(&'a str, &'a str)>,
@@ -64,7 +65,7 @@ fn check_request(r: &Req<'_>) -> CheckRequest {
     let mut http = HttpRequest {
         method: r.method.into(),
         path: r.path.into(),
-        host: "app.example.com".into(),
+        host: r.host.unwrap_or("app.example.com").into(),
         scheme: "https".into(),
         ..HttpRequest::default()
     };
@@ -292,6 +293,30 @@ async fn ext_authz_matrix() {
             OK,
             200,
             "org_role",
+        ),
+        // A rule in Permit's absolute regex form matches Envoy's scheme + host + path.
+        (
+            Req {
+                method: "GET",
+                path: "/photo",
+                host: Some("files.example.com"),
+                headers: user("bob"),
+                ..Req::default()
+            },
+            OK,
+            200,
+            "resource_role",
+        ),
+        (
+            Req {
+                method: "GET",
+                path: "/photo",
+                headers: user("bob"),
+                ..Req::default()
+            },
+            PERMISSION_DENIED,
+            403,
+            "no_url_mapping",
         ),
     ];
     for (i, (r, code, http, reason)) in cases.iter().enumerate() {

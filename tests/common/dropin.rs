@@ -12,6 +12,7 @@ url_mappings:
   - {method: "*", url: "^/cameras/(?P<id>[a-z0-9]+)/(?P<op>play|export)$", url_type: regex, resource: camera, action: play}
   - {method: POST, url: "^/cameras/(?P<id>[a-z0-9]+)/export$", url_type: regex, resource: camera, action: export, priority: 10}
   - {method: GET, url: "/search?owner={owner}", resource: document, action: read}
+  - {method: GET, url: "^https://files\\.example\\.com/(?P<id>[a-z]+)$", url_type: regex, resource: document, action: read}
 "#;
 
 /// The example snapshot with `URL_MAPPINGS`.

@@ -3,6 +3,8 @@
 //! describes (method, path with query, headers, jwt_authn metadata) is mapped through the URL
 //! mapping rules (model.md §6) to a check. Envoy's own protos, from the `envoy-types` crate.
 //!
+//! - the URL: `scheme://host` + `path` when Envoy gives scheme and host (so Permit's absolute
+//!   regex rules match), else the path;
 //! - subject: the `proxy.jwt_claim` claim (default `sub`) of the JWT payload jwt_authn puts in
 //!   `metadata_context.filter_metadata["envoy.filters.http.jwt_authn"]` (under
 //!   `proxy.jwt_metadata_key`, default `jwt_payload`, else any payload there that has the
@@ -151,7 +153,16 @@ pub fn verdict(ix: Option<&crate::index::Index>, req: &CheckRequest, p: &ProxySe
             HttpStatusCode::ServiceUnavailable,
         );
     };
-    let d = proxy::decide_url(ix, &http.method, &http.path, &user, tenant.as_deref());
+    // The absolute URL when Envoy says the scheme and host, so rules in Permit's absolute
+    // regex form match too; templates and path regexes see the same path either way.
+    let target = match (http.scheme.as_str(), http.host.as_str()) {
+        ("", _) | (_, "") => std::borrow::Cow::Borrowed(http.path.as_str()),
+        (scheme, host) if http.path.starts_with('/') => {
+            std::borrow::Cow::Owned(format!("{scheme}://{host}{}", http.path))
+        }
+        _ => std::borrow::Cow::Borrowed(http.path.as_str()),
+    };
+    let d = proxy::decide_url(ix, &http.method, &target, &user, tenant.as_deref());
     Verdict {
         allow: d.allow,
         reason: d.reason.to_owned(),
