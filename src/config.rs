@@ -195,6 +195,8 @@ pub struct FileConfig {
     pub permit_env: Option<String>,
     pub metrics: Option<bool>,
     pub decision_log: Option<DecisionLogFile>,
+    /// Subject and tenant of requests from proxies (nginx `auth_request`, Envoy ext_authz).
+    pub proxy: Option<crate::api::proxy::ProxyFile>,
 }
 
 /// `decision_log:` in the config file.
@@ -218,6 +220,8 @@ fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Erro
 /// Values given on the command line or in `PERMD_*` variables (clap merges those two).
 #[derive(Debug, Default, Clone, clap::Args)]
 pub struct Overrides {
+    #[command(flatten)]
+    pub proxy: crate::api::proxy::ProxyOverrides,
     /// Snapshot source URI: file:///abs/path.yaml (.json, .msgpack) or a relative path.
     #[arg(long, env = "PERMD_SOURCE")]
     pub source: Option<String>,
@@ -329,6 +333,8 @@ pub struct Config {
     pub max_line_bytes: usize,
     /// (project, environment) for the Permit pull.
     pub permit_scope: Option<(String, String)>,
+    /// Subject and tenant of requests from proxies (`crate::api::proxy`).
+    pub proxy: crate::api::proxy::ProxySettings,
 }
 
 impl Config {
@@ -427,6 +433,7 @@ impl Config {
             Some(_) => LogFormat::Text,
             None => file.log_format.unwrap_or(LogFormat::Text),
         };
+        let proxy = crate::api::proxy::ProxySettings::merge(file.proxy, &over.proxy)?;
         let dl_file = file.decision_log.unwrap_or_default();
         let decision_log = match over.decision_log.clone().or(dl_file.output) {
             None => None,
@@ -498,6 +505,7 @@ impl Config {
                 .unwrap_or(Duration::from_secs(45)),
             max_line_bytes: over.max_line_bytes.or(file.max_line_bytes).unwrap_or(64 << 20),
             permit_scope,
+            proxy,
         };
         if cfg.upstream_timeout.is_zero() {
             return Err(invalid("upstream_timeout", "must be greater than 0"));

@@ -473,6 +473,7 @@ fn http() -> Result<&'static Http, Violation> {
             max_staleness: None,
             admin_only: false,
             forward: None,
+            proxy: Arc::default(),
         });
         Ok(Http { runtime, state })
     })

@@ -12,6 +12,8 @@
 //! - [`config`], [`cli`]: configuration (file, `PERMD_*` environment, flags) and commands.
 //! - [`control`]: the control plane (`permd control`): PostgreSQL, the write path, the native
 //!   protocol served to sidecars.
+//! - [`urlmap`]: URL mapping rules (model.md §6), compiled per version, for `/allowed_url`,
+//!   nginx `auth_request` and Envoy ext_authz.
 //! - [`wire`]: what the sidecar's and the control plane's HTTP faces share (request errors).
 //!
 //! Data flows one way: source → model → index → store → APIs; on the control plane, API →
@@ -33,6 +35,7 @@ pub mod model;
 pub mod server;
 pub mod store;
 pub mod sync;
+pub mod urlmap;
 pub mod wire;
 
 /// The settings the binaries compile into jemalloc (`_RJEM_MALLOC_CONF` in the environment

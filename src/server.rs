@@ -308,6 +308,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
     if forward.enabled() {
         tracing::info!(source = %cfg.source.display(), "writes are forwarded to the control plane");
     }
+    let proxy = Arc::new(cfg.proxy.clone());
     let state = |admin_only: bool| {
         Arc::new(HttpState {
             store: store.clone(),
@@ -316,6 +317,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
             // The admin listener serves operations endpoints only: no writes through it.
             forward: (!admin_only).then(|| forward.clone()),
             admin_only,
+            proxy: proxy.clone(),
         })
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -336,6 +338,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
         let state = GrpcState {
             store: store.clone(),
             forward: forward.clone(),
+            proxy: proxy.clone(),
         };
         tokio::spawn(serve_grpc(
             grpc,
@@ -372,7 +375,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
 }
 
 /// The gRPC service names health reports on, besides the whole server ("").
-const GRPC_SERVICES: [&str; 7] = [
+const GRPC_SERVICES: [&str; 8] = [
     "",
     "perm.v1.PermService",
     "perm.v1.RoleService",
@@ -380,6 +383,7 @@ const GRPC_SERVICES: [&str; 7] = [
     "perm.v1.MenuService",
     "perm.v1.OrgService",
     "permd.v1.PermdService",
+    "envoy.service.auth.v3.Authorization",
 ];
 
 /// Serves gRPC on `listener` until `stop` turns true; in-flight calls (and `WatchVersion`
@@ -441,6 +445,7 @@ pub async fn serve_grpc(
         .add_service(perm::group_service_server::GroupServiceServer::new(state.clone()))
         .add_service(perm::menu_service_server::MenuServiceServer::new(state.clone()))
         .add_service(perm::org_service_server::OrgServiceServer::new(state.clone()))
+        .add_service(crate::api::grpc::envoy::AuthorizationServer::new(state.clone()))
         .add_service(permd::permd_service_server::PermdServiceServer::new(state));
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;

@@ -1988,3 +1988,150 @@ fn a_permit_pull_of_this_face_decides_as_a_native_follower() {
         assert_eq!(*g, c.3, "permit pull after the writes: {c:?}\n{}", permit.stderr());
     }
 }
+
+/// Permit's URL mapping (`proxy_configs`) ⇄ the project's `url_mappings`: written through this
+/// face (bad rules refused naming the field), listed, replaced, deleted, and carried to a
+/// native follower and to a Permit pull of this face alike.
+#[test]
+fn proxy_configs_carry_url_mapping_rules() {
+    let (_pg, ctl, key) = setup();
+    let k = key.as_str();
+    write(&ctl, k, "POST", &format!("{F}/tenants"), json!({"key": "acme"}), 201);
+    write(
+        &ctl,
+        k,
+        "POST",
+        &format!("{S}/resources"),
+        json!({"key": "document", "actions": {"read": {}, "write": {}, "get": {}}}),
+        201,
+    );
+    write(
+        &ctl,
+        k,
+        "POST",
+        &format!("{S}/roles"),
+        json!({"key": "reader", "permissions": ["document:read"]}),
+        201,
+    );
+    write(
+        &ctl,
+        k,
+        "POST",
+        &format!("{F}/role_assignments"),
+        json!({"user": "alice", "role": "reader", "tenant": "acme"}),
+        201,
+    );
+    let pc = format!("{F}/proxy_configs");
+    assert_eq!(expect(&ctl, k, "GET", &pc, None, 200), json!([]));
+    refused(
+        &ctl,
+        k,
+        "POST",
+        &pc,
+        json!({"key": "api", "name": "API", "mapping_rules": [
+            {"url": "https://api.example.com/documents/{id}", "http_method": "get", "resource": "document", "action": "read"},
+            {"url": "^/x/(", "url_type": "regex", "http_method": "get", "resource": "document", "action": "read"}]}),
+        400,
+        "mapping_rules[1].url",
+    );
+    refused(
+        &ctl,
+        k,
+        "POST",
+        &pc,
+        json!({"mapping_rules": [{"url": "/a", "url_type": "glob", "http_method": "get", "resource": "document"}]}),
+        400,
+        "mapping_rules[0].url_type",
+    );
+    let (v, _) = write(
+        &ctl,
+        k,
+        "POST",
+        &pc,
+        json!({"key": "api", "name": "API", "auth_mechanism": "Bearer", "mapping_rules": [
+            {"url": "https://api.example.com/documents/{id}", "http_method": "get", "resource": "document", "action": "read", "headers": {}},
+            {"url": "https://api.example.com/documents/{id}", "http_method": "put", "resource": "document", "action": "write"},
+            {"url": "^/raw/(?P<id>[a-z0-9]+)$", "url_type": "regex", "http_method": "get", "resource": "document", "priority": 3}]}),
+        201,
+    );
+    assert_eq!(v["key"], "permd");
+    assert_eq!(v["mapping_rules"].as_array().unwrap().len(), 3);
+    // An absent action is the method, as Permit's PDP reads it.
+    assert_eq!(v["mapping_rules"][2]["action"], "get");
+    let list = expect(&ctl, k, "GET", &pc, None, 200);
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    assert_eq!(list[0]["mapping_rules"], v["mapping_rules"]);
+    assert_eq!(
+        expect(&ctl, k, "GET", &format!("{pc}/permd"), None, 200)["mapping_rules"],
+        v["mapping_rules"]
+    );
+    expect(&ctl, k, "GET", &format!("{pc}/other"), None, 404);
+
+    let native = Permd::follow(&ctl.url(), &[], &[("PERMD_API_KEY", k)]);
+    let permit = Permd::follow(
+        &ctl.url(),
+        &[
+            "--source-protocol",
+            "permit",
+            "--permit-project",
+            "app",
+            "--permit-env",
+            "default",
+            "--poll-interval",
+            "300ms",
+        ],
+        &[("PERMD_API_KEY", k)],
+    );
+    let url = |p: &Permd, method: &str, u: &str| {
+        let (st, v) = p.post(
+            "/allowed_url",
+            json!({"user": "alice", "http_method": method, "url": u, "tenant": "acme"}),
+        );
+        assert_eq!(st, 200, "{v}");
+        v["reason"].as_str().unwrap().to_owned()
+    };
+    let cases = [
+        ("GET", "https://api.example.com/documents/d1", "org_role"),
+        ("PUT", "https://api.example.com/documents/d1", "no_matching_grant"),
+        ("GET", "/raw/d1", "no_matching_grant"),
+        ("GET", "/other", "no_url_mapping"),
+    ];
+    for p in [&native, &permit] {
+        p.ready();
+        p.wait_for("the URL rules", |p| {
+            p.post(
+                "/allowed_url",
+                json!({"user": "alice", "http_method": "GET", "url": "/raw/d1", "tenant": "acme"}),
+            )
+            .1["reason"]
+                == "no_matching_grant"
+        });
+        for (m, u, want) in cases {
+            assert_eq!(url(p, m, u), want, "{m} {u}");
+        }
+    }
+
+    // PATCH replaces the whole set; both followers see it.
+    let (_, version) = write(
+        &ctl,
+        k,
+        "PATCH",
+        &format!("{pc}/permd"),
+        json!({"mapping_rules": [{"url": "/only/{id}", "http_method": "*", "resource": "document", "action": "read"}]}),
+        200,
+    );
+    native.wait_version(version);
+    assert_eq!(url(&native, "DELETE", "/only/d1"), "org_role");
+    assert_eq!(
+        url(&native, "GET", "https://api.example.com/documents/d1"),
+        "no_url_mapping"
+    );
+    permit.wait_for("the replaced rules", |p| url(p, "DELETE", "/only/d1") == "org_role");
+    assert_eq!(
+        url(&permit, "GET", "https://api.example.com/documents/d1"),
+        "no_url_mapping"
+    );
+    let (status, _, _) = ctl.call(k, "DELETE", &format!("{pc}/permd"), None);
+    assert_eq!(status, 204);
+    assert_eq!(expect(&ctl, k, "GET", &pc, None, 200), json!([]));
+}

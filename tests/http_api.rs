@@ -284,7 +284,7 @@ fn operations_endpoints() {
     assert_eq!(st, 200);
     assert_eq!(
         v["counts"],
-        json!({"org": 4, "resource_type": 4, "role": 4, "user": 3, "resource": 7, "role_assignment": 4, "role_grant": 1, "menu": 2, "rule": 1})
+        json!({"org": 4, "resource_type": 4, "role": 4, "user": 3, "resource": 7, "role_assignment": 4, "role_grant": 1, "menu": 2, "rule": 1, "url_mapping": 0})
     );
     assert_eq!(
         (v["ignored"]["total"].as_u64(), v["last_error"].is_null()),

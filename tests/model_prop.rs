@@ -7,7 +7,7 @@ use permd::cond::RequestData;
 use permd::index::{Index, Query, Subject};
 use permd::model::{
     Attributes, DeltaBatch, Identity, Item, Menu, Op, Org, Permission, Resource, ResourceType, Role, RoleAssignment,
-    RoleGrant, Rule, Snapshot, User, validate,
+    RoleGrant, Rule, Snapshot, UrlMapping, User, validate,
 };
 use proptest::prelude::*;
 use rand::rngs::SmallRng;
@@ -493,6 +493,22 @@ fn dedup<T, K: std::hash::Hash + Eq>(items: Vec<T>, id: impl Fn(&T) -> K) -> Vec
     items.into_iter().filter(|x| seen.insert(id(x))).collect()
 }
 
+fn rand_url_mapping(rng: &mut SmallRng) -> UrlMapping {
+    let regex = rng.random_bool(0.3);
+    UrlMapping {
+        method: pick(rng, &["GET", "PUT", "*"]).into(),
+        url: if regex {
+            pick(rng, &["^/a/(?P<id>[^/]+)$", "^/b$"]).into()
+        } else {
+            pick(rng, &["/a/{id}", "/a/b", "/{x}/c"]).into()
+        },
+        url_type: regex.then(|| "regex".into()),
+        resource: pick(rng, &TYPES).into(),
+        action: pick(rng, &ACTIONS).into(),
+        priority: maybe(rng, 0.3, |r| r.random_range(0..3)),
+    }
+}
+
 fn rand_snapshot(rng: &mut SmallRng) -> Snapshot {
     let n = |rng: &mut SmallRng, max: usize| rng.random_range(0..=max);
     let c = n(rng, 6);
@@ -525,7 +541,12 @@ fn rand_snapshot(rng: &mut SmallRng) -> Snapshot {
     });
     let c = n(rng, 3);
     let rules = dedup((0..c).map(|_| rand_rule(rng)).collect(), |r: &Rule| r.key.clone());
+    let c = n(rng, 3);
+    let url_mappings = dedup((0..c).map(|_| rand_url_mapping(rng)).collect(), |m: &UrlMapping| {
+        (m.method.clone(), m.url.clone())
+    });
     let s = Snapshot {
+        url_mappings,
         format: 1,
         version: rng.random_range(1..100),
         orgs,
@@ -544,7 +565,7 @@ fn rand_snapshot(rng: &mut SmallRng) -> Snapshot {
 
 fn rand_op(rng: &mut SmallRng) -> Op {
     let upsert = rng.random_bool(0.6);
-    match rng.random_range(0..9) {
+    match rng.random_range(0..10) {
         0 if upsert => Op::Upsert(Item::Org(rand_org(rng))),
         0 => Op::Delete(Identity::Org {
             key: pick(rng, &ORGS).into(),
@@ -582,6 +603,14 @@ fn rand_op(rng: &mut SmallRng) -> Op {
         7 => Op::Delete(Identity::Rule {
             key: pick(rng, &["ru0", "ru1", "ru2"]).into(),
         }),
+        8 if upsert => Op::Upsert(Item::UrlMapping(rand_url_mapping(rng))),
+        8 => {
+            let m = rand_url_mapping(rng);
+            Op::Delete(Identity::UrlMapping {
+                method: m.method,
+                url: m.url,
+            })
+        }
         _ if upsert => Op::Upsert(Item::Menu(rand_menu(rng))),
         _ => Op::Delete(Identity::Menu {
             platform: "web".into(),

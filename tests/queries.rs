@@ -73,14 +73,21 @@ async fn grpc_read_rpcs_on_the_example() {
     assert_eq!(r.metadata().get("x-permd-version").unwrap(), "42");
     let got = ids(&r.into_inner().resources);
     let rw = vec!["read".to_string(), "write".to_string()];
-    assert_eq!(got, vec![("photo".into(), rw.clone()), ("plan".into(), rw.clone())]);
+    assert_eq!(
+        got,
+        vec![
+            ("photo".into(), rw.clone()),
+            ("plan".into(), rw.clone()),
+            ("notes".into(), rw.clone())
+        ]
+    );
     let got = ids(&perm
         .list_resources(list_res("acme", "alice", "", "document", "read"))
         .await
         .unwrap()
         .into_inner()
         .resources);
-    assert_eq!(got, vec![("photo".into(), rw)]);
+    assert_eq!(got, vec![("photo".into(), rw.clone()), ("notes".into(), rw)]);
     let got = ids(&perm
         .list_resources(list_res("", "bob", "", "document", "read"))
         .await
@@ -121,12 +128,13 @@ async fn grpc_read_rpcs_on_the_example() {
     let second = perm
         .list_resources(with_md(
             list_res("", "alice", "", "document", "read"),
-            &[("x-permd-limit", "1"), ("x-permd-cursor", &cursor)],
+            &[("x-permd-limit", "2"), ("x-permd-cursor", &cursor)],
         ))
         .await
         .unwrap();
     assert!(second.metadata().get("x-permd-next-cursor").is_none());
-    assert_eq!(second.into_inner().resources[0].res_id, "plan");
+    let rest: Vec<String> = second.into_inner().resources.into_iter().map(|r| r.res_id).collect();
+    assert_eq!(rest, ["plan", "notes"]);
     // Bad requests name the field.
     bad(
         perm.list_resources(list_res("acme", "", "", "document", "read"))
@@ -558,6 +566,12 @@ fn http_query_routes_on_the_example() {
         json!({"user_id": "alice", "res_type": "document", "act": "read", "limit": 1, "cursor": cursor}),
     );
     assert_eq!(b["resources"], json!([{"res_id": "plan", "acts": ["read", "write"]}]));
+    let cursor = b["next_cursor"].as_str().unwrap().to_string();
+    let (_, b) = p.post(
+        "/v1/resources",
+        json!({"user_id": "alice", "res_type": "document", "act": "read", "limit": 1, "cursor": cursor}),
+    );
+    assert_eq!(b["resources"], json!([{"res_id": "notes", "acts": ["read", "write"]}]));
     assert!(b.get("next_cursor").is_none());
     let (s, b) = p.post("/v1/resources", json!({"res_type": "document", "act": "read"}));
     assert_eq!((s, b["error"]["code"].as_str()), (400, Some("invalid_argument")));

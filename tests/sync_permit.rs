@@ -36,6 +36,7 @@ async fn permit_upstream() -> Upstream {
             "role_assignments",
             "resource_instances",
             "relationship_tuples",
+            "proxy_configs",
         ] {
             st.permit.insert(format!("{FACTS}/{name}"), fixture(name));
         }
@@ -113,7 +114,35 @@ async fn fixtures_map_to_the_model_and_changes_arrive_as_one_batch() {
             "{user} {action} {resource}"
         );
     }
+    // Permit's URL mapping (proxy configs) arrives as url_mappings; the broken rule is left out.
+    let url = |user: &str, method: &str, url: &str| {
+        let (st, v) = p.post("/allowed_url", json!({"user": user, "http_method": method, "url": url}));
+        assert_eq!(st, 200, "{v}");
+        (v["allow"].as_bool().unwrap(), v["reason"].as_str().unwrap().to_string())
+    };
+    assert_eq!(
+        url("bob", "GET", "https://api.example.com/documents/photo"),
+        (true, "resource_role".into())
+    );
+    assert_eq!(
+        url("bob", "DELETE", "https://api.example.com/documents/photo"),
+        (false, "no_matching_grant".into())
+    );
+    assert_eq!(
+        url("alice", "DELETE", "https://api.example.com/documents/photo"),
+        (true, "org_role".into())
+    );
+    assert_eq!(
+        url("bob", "GET", "https://api.example.com/folders/shared?x=1"),
+        (true, "resource_role".into())
+    );
+    assert_eq!(url("bob", "GET", "/folders/shared"), (false, "no_url_mapping".into()));
+    assert_eq!(
+        url("bob", "GET", "https://api.example.com/broken/photo"),
+        (false, "no_url_mapping".into())
+    );
     let st = p.get("/v1/status").1;
+    assert_eq!(st["counts"]["url_mapping"], json!(3), "{st}");
     assert_eq!(st["counts"]["org"], json!(2), "{st}");
     assert_eq!(st["online"], json!(true));
 

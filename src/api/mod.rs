@@ -3,4 +3,5 @@
 pub mod forward;
 pub mod grpc;
 pub mod http;
+pub mod proxy;
 pub mod reads;

@@ -39,6 +39,7 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
     (1, "init", include_str!("migrations/0001_init.sql")),
     (2, "role_ids", include_str!("migrations/0002_role_ids.sql")),
     (3, "orgs", include_str!("migrations/0003_orgs.sql")),
+    (4, "url_mappings", include_str!("migrations/0004_url_mappings.sql")),
     (5, "rules", include_str!("migrations/0005_rules.sql")),
 ];
 
@@ -92,6 +93,7 @@ pub fn table(kind: Kind) -> &'static str {
         Kind::RoleGrant => "role_grants",
         Kind::Menu => "menus",
         Kind::Rule => "rules",
+        Kind::UrlMapping => "url_mappings",
     }
 }
 
@@ -507,6 +509,7 @@ fn decode_snapshot(version: u64, rows: Vec<Vec<tokio_postgres::Row>>) -> Result<
             Kind::RoleGrant => snap.role_grants = typed(kind, rows)?,
             Kind::Menu => snap.menus = typed(kind, rows)?,
             Kind::Rule => snap.rules = typed(kind, rows)?,
+            Kind::UrlMapping => snap.url_mappings = typed(kind, rows)?,
         }
     }
     Ok(snap)
@@ -608,6 +611,7 @@ macro_rules! per_kind {
             Kind::RoleGrant => concat!($head, "role_grants", $tail),
             Kind::Menu => concat!($head, "menus", $tail),
             Kind::Rule => concat!($head, "rules", $tail),
+            Kind::UrlMapping => concat!($head, "url_mappings", $tail),
         }
     };
 }

@@ -1,7 +1,8 @@
 //! The Permit-style REST face (control.md "Permit-style REST", seed 002):
 //! `/v2/schema/{project}/{env}/{resources,roles}[/{key}]` and
 //! `/v2/facts/{project}/{env}/{tenants,users,resource_instances}[/{key}]`,
-//! `/v2/facts/{project}/{env}/{relationship_tuples,role_assignments}`, mapped onto the write
+//! `/v2/facts/{project}/{env}/{relationship_tuples,role_assignments}`,
+//! `/v2/facts/{project}/{env}/proxy_configs[/{key}]` (URL mapping, `proxy_configs.rs`), mapped onto the write
 //! path and answered from the project's current snapshot.
 //!
 //! # The mapping (the inverse of `sync::permit::map`, so a sidecar pulling this face with
@@ -37,6 +38,8 @@
 //! another write landed first, the request is planned again on the new state (at most 8 times,
 //! then 503), so a cascade never misses an item written meanwhile.
 
+mod proxy_configs;
+
 use super::Control;
 use super::auth::db_error;
 use super::db::{KeyProject, ident};
@@ -71,6 +74,7 @@ enum Collection {
     Instances,
     Tuples,
     Assignments,
+    ProxyConfigs,
 }
 
 impl Collection {
@@ -83,6 +87,7 @@ impl Collection {
             ("facts", "resource_instances") => Collection::Instances,
             ("facts", "relationship_tuples") => Collection::Tuples,
             ("facts", "role_assignments") => Collection::Assignments,
+            ("facts", "proxy_configs") => Collection::ProxyConfigs,
             _ => return None,
         })
     }
@@ -227,6 +232,11 @@ async fn answer(cx: &Ctx<'_>, collection: Collection, act: Action, query: &Query
         (C::Assignments, Action::List) => cx.list_assignments(query),
         (C::Assignments, Action::Create) => cx.create_assignment(body).await,
         (C::Assignments, Action::Remove) => cx.remove_assignment(body).await,
+        (C::ProxyConfigs, Action::List) => cx.list_proxy_configs(query),
+        (C::ProxyConfigs, Action::Get(k)) => cx.get_proxy_config(&k),
+        (C::ProxyConfigs, Action::Create) => cx.create_proxy_config(body).await,
+        (C::ProxyConfigs, Action::Update(k)) => cx.update_proxy_config(&k, body).await,
+        (C::ProxyConfigs, Action::Delete(k)) => cx.delete_proxy_config(&k).await,
         _ => Err(RequestError::NotFound(path.to_owned())),
     }
 }

@@ -4,6 +4,7 @@
 //! yields the next version sharing everything it does not touch.
 
 mod decide;
+mod dropin;
 mod explain;
 mod paged;
 mod policy;
@@ -13,6 +14,7 @@ mod spans;
 mod tests;
 
 pub use decide::{CondSite, Decision, Evidence, Query, Reason, Subject, Tried};
+pub use dropin::{TenantInfo, UrlRules};
 pub use explain::Explanation;
 pub use paged::{Interner, KeyMap, PagedVec};
 pub use policy::{Names, Policy, PolicyItems, STAR};
@@ -177,6 +179,7 @@ pub struct Counts {
     pub role_grants: usize,
     pub menus: usize,
     pub rules: usize,
+    pub url_mappings: usize,
 }
 
 /// One immutable version of the data, ready to answer.
@@ -202,6 +205,8 @@ pub struct Index {
     /// one could match.
     org_grants: PagedVec<Vec<GrantKind>>,
     counts: Counts,
+    /// URL mapping rules, as the document has them and compiled (`dropin.rs`).
+    urls: Arc<UrlRules>,
     ignored: Arc<OnceLock<Arc<Vec<Ignored>>>>,
     /// Reverse `parents` links and grant sites, for the queries; computed once per version on
     /// first use.
@@ -249,6 +254,7 @@ impl Index {
             org_type_res: imbl::HashMap::new(),
             org_grants: PagedVec::default(),
             counts: Counts::default(),
+            urls: Arc::new(UrlRules::build(snapshot.url_mappings.clone())),
             ignored: Arc::default(),
             query_aux: Arc::default(),
             cond_holds: Arc::default(),
@@ -266,6 +272,7 @@ impl Index {
         for g in &snapshot.role_grants {
             ix.upsert_grant(g);
         }
+        ix.counts.url_mappings = ix.urls.items.len();
         ix.rebuild_policy();
         ix.number_forest();
         ix.shrink();
@@ -313,6 +320,7 @@ impl Index {
         for op in &batch.ops {
             policy_changed |= next.apply_op(op);
         }
+        next.apply_url_ops(&batch.ops);
         if policy_changed {
             next.rebuild_policy();
         }
@@ -398,6 +406,8 @@ impl Index {
                     put(&mut Arc::make_mut(&mut self.items).rules, v.clone(), |x| x.key == v.key);
                     return true;
                 }
+                // `apply_url_ops`, once per batch.
+                Item::UrlMapping(_) => {}
             },
             Op::Delete(id) => match id {
                 Identity::User { key } => self.delete_user(key),
@@ -428,6 +438,7 @@ impl Index {
                     Arc::make_mut(&mut self.items).rules.retain(|x| &x.key != key);
                     return true;
                 }
+                Identity::UrlMapping { .. } => {}
             },
         }
         false
@@ -1030,6 +1041,7 @@ impl Index {
             roles: self.items.roles.clone(),
             menus: self.items.menus.clone(),
             rules: self.items.rules.clone(),
+            url_mappings: self.urls.items.clone(),
             ..Snapshot::default()
         };
         for (uid, rec) in self.users.iter().enumerate() {
@@ -1094,7 +1106,7 @@ impl Index {
     }
 
     /// Item counts per kind name, for status pages and metrics.
-    pub fn counts_by_kind(&self) -> [(Kind, usize); 9] {
+    pub fn counts_by_kind(&self) -> [(Kind, usize); 10] {
         let c = self.counts;
         [
             (Kind::Org, c.orgs),
@@ -1106,6 +1118,7 @@ impl Index {
             (Kind::RoleGrant, c.role_grants),
             (Kind::Menu, c.menus),
             (Kind::Rule, c.rules),
+            (Kind::UrlMapping, c.url_mappings),
         ]
     }
 }

@@ -1,6 +1,8 @@
 //! Delta batches (model.md §4): decoding from a JSON line, structural validation, encoding.
 
-use super::{Menu, Org, Resource, ResourceType, Role, RoleAssignment, RoleGrant, Rule, SnapshotError, User};
+use super::{
+    Menu, Org, Resource, ResourceType, Role, RoleAssignment, RoleGrant, Rule, SnapshotError, UrlMapping, User,
+};
 use serde::de::DeserializeOwned;
 use serde::ser::SerializeMap;
 use serde::{Deserialize, Serialize, Serializer};
@@ -34,10 +36,11 @@ pub enum Kind {
     RoleGrant,
     Menu,
     Rule,
+    UrlMapping,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 9] = [
+    pub const ALL: [Kind; 10] = [
         Kind::Org,
         Kind::ResourceType,
         Kind::Role,
@@ -47,6 +50,7 @@ impl Kind {
         Kind::RoleGrant,
         Kind::Menu,
         Kind::Rule,
+        Kind::UrlMapping,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -60,6 +64,7 @@ impl Kind {
             Kind::RoleGrant => "role_grant",
             Kind::Menu => "menu",
             Kind::Rule => "rule",
+            Kind::UrlMapping => "url_mapping",
         }
     }
 
@@ -80,6 +85,7 @@ pub enum Item {
     RoleGrant(RoleGrant),
     Menu(Menu),
     Rule(Rule),
+    UrlMapping(UrlMapping),
 }
 
 /// The identity fields of an item, as a delete carries them.
@@ -115,6 +121,10 @@ pub enum Identity {
     Rule {
         key: String,
     },
+    UrlMapping {
+        method: String,
+        url: String,
+    },
 }
 
 impl Item {
@@ -129,6 +139,7 @@ impl Item {
             Item::RoleGrant(_) => Kind::RoleGrant,
             Item::Menu(_) => Kind::Menu,
             Item::Rule(_) => Kind::Rule,
+            Item::UrlMapping(_) => Kind::UrlMapping,
         }
     }
 
@@ -157,6 +168,10 @@ impl Item {
                 code: v.code.clone(),
             },
             Item::Rule(v) => Identity::Rule { key: v.key.clone() },
+            Item::UrlMapping(v) => Identity::UrlMapping {
+                method: v.method.clone(),
+                url: v.url.clone(),
+            },
         }
     }
 
@@ -172,6 +187,7 @@ impl Item {
             Item::RoleGrant(v) => serde_json::to_value(v),
             Item::Menu(v) => serde_json::to_value(v),
             Item::Rule(v) => serde_json::to_value(v),
+            Item::UrlMapping(v) => serde_json::to_value(v),
         }
     }
 }
@@ -188,6 +204,7 @@ impl Identity {
             Identity::RoleGrant { .. } => Kind::RoleGrant,
             Identity::Menu { .. } => Kind::Menu,
             Identity::Rule { .. } => Kind::Rule,
+            Identity::UrlMapping { .. } => Kind::UrlMapping,
         }
     }
 
@@ -212,6 +229,7 @@ impl Identity {
                 json!({ "org": org, "role": role, "resource": resource })
             }
             Identity::Menu { platform, code } => json!({ "platform": platform, "code": code }),
+            Identity::UrlMapping { method, url } => json!({ "method": method, "url": url }),
         }
     }
 }
@@ -268,6 +286,11 @@ struct GrantId {
 struct MenuId {
     platform: String,
     code: String,
+}
+#[derive(Deserialize)]
+struct UrlMappingId {
+    method: String,
+    url: String,
 }
 
 fn field<T: DeserializeOwned>(value: Value, at: &str) -> Result<T, SnapshotError> {
@@ -361,6 +384,7 @@ impl Item {
             Kind::RoleGrant => Item::RoleGrant(field(value, at)?),
             Kind::Menu => Item::Menu(field(value, at)?),
             Kind::Rule => Item::Rule(field(value, at)?),
+            Kind::UrlMapping => Item::UrlMapping(field(value, at)?),
         })
     }
 }
@@ -409,6 +433,10 @@ impl Identity {
             Kind::Menu => {
                 let MenuId { platform, code } = field(value, at)?;
                 Identity::Menu { platform, code }
+            }
+            Kind::UrlMapping => {
+                let UrlMappingId { method, url } = field(value, at)?;
+                Identity::UrlMapping { method, url }
             }
         })
     }

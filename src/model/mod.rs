@@ -39,6 +39,8 @@ pub struct Snapshot {
     /// Attribute rules (model.md §5): permissions held by whoever a condition admits.
     #[serde(default, deserialize_with = "nullable", skip_serializing_if = "Vec::is_empty")]
     pub rules: Vec<Rule>,
+    #[serde(default, deserialize_with = "nullable", skip_serializing_if = "Vec::is_empty")]
+    pub url_mappings: Vec<UrlMapping>,
 }
 
 /// A tenant. `parent` builds a forest; permissions of an org-wide role flow to descendants.
@@ -269,6 +271,25 @@ pub struct Menu {
     pub parent: Option<String>,
 }
 
+/// A URL mapping rule (model.md §6): an HTTP request matching `method` and `url` is the check
+/// (`resource`, `action`), key = the `id` variable. Identity: (`method`, `url`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UrlMapping {
+    /// An HTTP method, or `*` for any.
+    pub method: String,
+    /// A path template (`/documents/{id}`) or, with `url_type: regex`, a regex with named groups.
+    pub url: String,
+    /// `template` (the default) or `regex`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url_type: Option<String>,
+    pub resource: String,
+    pub action: String,
+    /// Higher wins among matching rules; absent is 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<i64>,
+}
+
 /// Replaces the item `same` finds in place, or appends: what an upsert does to a list.
 pub(crate) fn put<T>(list: &mut Vec<T>, item: T, same: impl Fn(&T) -> bool) {
     match list.iter_mut().find(|x| same(x)) {
@@ -412,6 +433,10 @@ impl Snapshot {
                 let k = v.key.clone();
                 put(&mut self.rules, v, |x| x.key == k)
             }
+            Item::UrlMapping(v) => {
+                let (m, u) = (v.method.clone(), v.url.clone());
+                put(&mut self.url_mappings, v, |x| x.method == m && x.url == u)
+            }
         }
     }
 
@@ -431,6 +456,7 @@ impl Snapshot {
                 .retain(|x| !(&x.org == org && &x.role == role && &x.resource == resource)),
             I::Menu { platform, code } => self.menus.retain(|x| !(&x.platform == platform && &x.code == code)),
             I::Rule { key } => self.rules.retain(|x| &x.key != key),
+            I::UrlMapping { method, url } => self.url_mappings.retain(|x| !(&x.method == method && &x.url == url)),
         }
     }
 }

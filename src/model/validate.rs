@@ -3,7 +3,9 @@
 //! index ignores them and reports them (the "ignore the item" half).
 
 use super::delta::{Identity, Item, Op};
-use super::{Menu, Org, Resource, ResourceType, Role, RoleAssignment, RoleGrant, Rule, Snapshot, SnapshotError, User};
+use super::{
+    Menu, Org, Resource, ResourceType, Role, RoleAssignment, RoleGrant, Rule, Snapshot, SnapshotError, UrlMapping, User,
+};
 use std::collections::HashSet;
 
 /// The longest key accepted, in bytes.
@@ -158,6 +160,14 @@ fn menu(v: &Menu, at: &str) -> Result<(), SnapshotError> {
     opt_key(&v.parent, || format!("{at}.parent"))
 }
 
+/// A URL mapping rule: the resource and action are keys; method, url and url_type compile
+/// (`crate::urlmap`: a bad regex, a bad template or an unknown url_type is named).
+fn url_mapping(v: &UrlMapping, at: &str) -> Result<(), SnapshotError> {
+    key(&v.resource, || format!("{at}.resource"))?;
+    key(&v.action, || format!("{at}.action"))?;
+    crate::urlmap::check(v).map_err(|(field, problem)| SnapshotError::invalid(format!("{at}.{field}"), problem))
+}
+
 /// Checks every item of `list` and that no two share an identity. The field path of an item
 /// (`role_assignments[12]`) is only formatted when that item is wrong: the checks are pure, so
 /// a failing item is checked again with its path to name it.
@@ -213,6 +223,9 @@ pub fn validate(s: &Snapshot) -> Result<(), SnapshotError> {
     })?;
     each(&s.menus, "menus", menu, |v| (v.platform.as_str(), v.code.as_str()))?;
     each(&s.rules, "rules", rule, |v| v.key.as_str())?;
+    each(&s.url_mappings, "url_mappings", url_mapping, |v| {
+        (v.method.as_str(), v.url.as_str())
+    })?;
     Ok(())
 }
 
@@ -229,6 +242,7 @@ pub(super) fn validate_op(op: &Op, at: &str) -> Result<(), SnapshotError> {
             Item::RoleGrant(v) => grant(v, at),
             Item::Menu(v) => menu(v, at),
             Item::Rule(v) => rule(v, at),
+            Item::UrlMapping(v) => url_mapping(v, at),
         },
         Op::Delete(id) => match id {
             Identity::Org { key: k }
@@ -252,6 +266,13 @@ pub(super) fn validate_op(op: &Op, at: &str) -> Result<(), SnapshotError> {
             Identity::Menu { platform, code } => {
                 key(platform, || format!("{at}.platform"))?;
                 key(code, || format!("{at}.code"))
+            }
+            Identity::UrlMapping { method, url } => {
+                key(method, || format!("{at}.method"))?;
+                if url.is_empty() {
+                    return Err(SnapshotError::invalid(format!("{at}.url"), "must not be empty"));
+                }
+                Ok(())
             }
         },
     }

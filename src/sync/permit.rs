@@ -10,7 +10,9 @@
 //! resource roles) → roles `type#role`, their bare action permissions → `type:action`; a role
 //! assignment with `resource_instance` → an instance assignment (of `type#role` when that
 //! resource defines the role, else of the top-level role); `parent` relationship tuples
-//! (`subject` is parent of `object`) → the object's `parents`.
+//! (`subject` is parent of `object`) → the object's `parents`; the mapping rules of every
+//! proxy config (`/v2/facts/{project}/{env}/proxy_configs`, Permit's URL mapping) → `url_mappings`
+//! (`map_url_rules`).
 
 use super::abac;
 use super::{Backoff, Cache, SyncError, report, status_error, upstream::read_body, upstream::without_url};
@@ -267,10 +269,13 @@ impl Puller {
         let assignments: Vec<PAssignment> = self.list(&format!("/v2/facts/{p}/{e}/role_assignments")).await?;
         let instances: Vec<PInstance> = self.list(&format!("/v2/facts/{p}/{e}/resource_instances")).await?;
         let tuples: Vec<PTuple> = self.list(&format!("/v2/facts/{p}/{e}/relationship_tuples")).await?;
+        // URL mapping (proxy configs) is optional: an upstream without it (404) has no rules.
+        let proxies: Vec<PProxyConfig> = self.list_optional(&format!("/v2/facts/{p}/{e}/proxy_configs")).await?;
         let sets_path = format!("/v2/schema/{p}/{e}/condition_sets");
         let sets: Vec<abac::PConditionSet> = self.list_optional(&sets_path).await?;
         let set_rules: Vec<abac::PSetRule> = self.list_optional(&format!("/v2/facts/{p}/{e}/set_rules")).await?;
         let mut doc = map(resources, roles, tenants, users, assignments, instances, tuples);
+        doc.url_mappings = map_url_rules(proxies);
         doc.rules = abac::rules(&sets, &set_rules).map_err(|message| SyncError::Rejected {
             url: format!("{}{sets_path}", self.s.base),
             message,
@@ -368,6 +373,72 @@ pub struct PTuple {
     pub subject: String,
     pub relation: String,
     pub object: String,
+}
+
+/// A Permit proxy config (URL mapping): only its mapping rules are read.
+#[derive(Deserialize)]
+pub struct PProxyConfig {
+    #[serde(default)]
+    pub key: Option<String>,
+    #[serde(default)]
+    pub mapping_rules: Vec<PMappingRule>,
+}
+
+/// Permit's `MappingRule`: `url` (absolute, `{var}` templates or, with `url_type: regex`, a
+/// regex), `http_method`, `resource`, `action` (absent: the method, as Permit's PDP reads it),
+/// `priority`. `headers` (header values the proxy injects) has no part in a decision.
+#[derive(Deserialize)]
+pub struct PMappingRule {
+    pub url: String,
+    pub http_method: String,
+    pub resource: String,
+    #[serde(default)]
+    pub action: Option<String>,
+    #[serde(default)]
+    pub priority: Option<i64>,
+    #[serde(default)]
+    pub url_type: Option<String>,
+}
+
+/// The mapping rules of every proxy config, in order, as `url_mappings`. A rule that does not
+/// compile is left out (and logged) rather than refusing the whole pull; of two rules with the
+/// same (method, url) the first is kept.
+pub fn map_url_rules(proxies: Vec<PProxyConfig>) -> Vec<crate::model::UrlMapping> {
+    let mut out: Vec<crate::model::UrlMapping> = Vec::new();
+    for p in proxies {
+        for r in p.mapping_rules {
+            let method = match r.http_method.trim() {
+                "" | "*" | "any" | "ANY" => "*".to_owned(),
+                m => m.to_ascii_uppercase(),
+            };
+            let rule = crate::model::UrlMapping {
+                action: r
+                    .action
+                    .filter(|a| !a.is_empty())
+                    .unwrap_or_else(|| r.http_method.to_ascii_lowercase()),
+                method,
+                url: r.url,
+                url_type: r.url_type.filter(|t| t != "none" && !t.is_empty()),
+                resource: r.resource,
+                priority: r.priority,
+            };
+            let ok = crate::urlmap::check(&rule).and_then(|()| {
+                [&rule.resource, &rule.action]
+                    .iter()
+                    .all(|k| !k.is_empty() && k.len() <= crate::model::MAX_KEY_BYTES)
+                    .then_some(())
+                    .ok_or(("resource", "is empty or too long".to_owned()))
+            });
+            match ok {
+                Err((field, problem)) => {
+                    tracing::warn!(proxy_config = ?p.key, url = %rule.url, field, %problem, "mapping rule left out");
+                }
+                Ok(()) if out.iter().any(|x| x.method == rule.method && x.url == rule.url) => {}
+                Ok(()) => out.push(rule),
+            }
+        }
+    }
+    out
 }
 
 /// Maps one pull to a snapshot document (version 0; `apply` numbers it).
@@ -593,6 +664,17 @@ pub fn diff(old: &Snapshot, new: &Snapshot) -> Vec<Op> {
         |x| x.key.clone(),
         Item::Rule,
         |x| Identity::Rule { key: x.key.clone() },
+    );
+    kind(
+        &mut ops,
+        &old.url_mappings,
+        &new.url_mappings,
+        |x| (x.method.clone(), x.url.clone()),
+        Item::UrlMapping,
+        |x| Identity::UrlMapping {
+            method: x.method.clone(),
+            url: x.url.clone(),
+        },
     );
     ops
 }

@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, dead_code)]
 
 pub mod control;
+pub mod dropin;
 pub mod pg;
 
 use serde_json::Value;

@@ -18,6 +18,8 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::{Request, Response, Status};
 
+pub mod envoy;
+
 #[allow(clippy::all, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 pub mod perm {
     tonic::include_proto!("perm.v1");
@@ -40,6 +42,8 @@ pub struct GrpcState {
     pub store: Arc<Store>,
     /// Where the perm/v1 writes go.
     pub forward: Arc<Forwarder>,
+    /// Where Envoy ext_authz requests' subject and tenant come from (`envoy.rs`).
+    pub proxy: Arc<crate::api::proxy::ProxySettings>,
 }
 
 /// The one place errors become gRPC statuses.

@@ -2,6 +2,7 @@
 //! errors become JSON responses. Handlers decode, call the index, encode; no decision logic.
 
 mod checks;
+mod dropin;
 pub mod input;
 mod ops;
 mod queries;
@@ -25,6 +26,8 @@ pub struct HttpState {
     /// Permit's `/facts/…` writes go to the control plane through this (`crate::api::forward`);
     /// `None` on a face that forwards nothing (the admin listener).
     pub forward: Option<Arc<Forwarder>>,
+    /// Where proxied requests' subject and tenant come from (`/auth_request`).
+    pub proxy: Arc<crate::api::proxy::ProxySettings>,
 }
 
 /// The one entry point hyper calls.
@@ -58,18 +61,38 @@ where
             _ => Err(RequestError::NotFound(path)),
         };
     }
+    // nginx `auth_request` (the subrequest keeps the client's method; no body is read).
+    if dropin::ANY_METHOD.contains(&path.as_str()) && !state.admin_only {
+        let ctx = checks::Ctx {
+            state,
+            explain: false,
+            min_version: checks::MinVersion::from_headers(req.headers())?,
+            started: std::time::Instant::now(),
+            request_id: None,
+        };
+        return match path.as_str() {
+            "/nginx_allowed" => dropin::nginx_allowed(&ctx, req.headers()).await,
+            _ => dropin::auth_request(&ctx, state, req.headers()).await,
+        };
+    }
     let (want, allow): (Method, &'static str) = match path.as_str() {
         "/allowed" | "/allowed/bulk" | "/v1/enforce" | "/access/v1/evaluation" | "/access/v1/evaluations" => {
             (Method::POST, "POST")
         }
-        "/healthz" | "/readyz" | "/v1/status" | "/.well-known/authzen-configuration" => (Method::GET, "GET, HEAD"),
+        "/healthz"
+        | "/readyz"
+        | "/health"
+        | "/healthy"
+        | "/ready"
+        | "/v1/status"
+        | "/.well-known/authzen-configuration" => (Method::GET, "GET, HEAD"),
         "/metrics" if crate::metrics::get().is_some() => (Method::GET, "GET, HEAD"),
         "/user-permissions"
         | "/authorized_users"
         | "/access/v1/search/subject"
         | "/access/v1/search/resource"
         | "/access/v1/search/action" => (Method::POST, "POST"),
-        p if queries::PERM_V1_ROUTES.contains(&p) => (Method::POST, "POST"),
+        p if queries::PERM_V1_ROUTES.contains(&p) || dropin::POST.contains(&p) => (Method::POST, "POST"),
         "/local/role_assignments" => (Method::GET, "GET, HEAD"),
         _ => return Err(RequestError::NotFound(path)),
     };
@@ -84,8 +107,9 @@ where
         });
     }
     match path.as_str() {
-        "/healthz" => return Ok(ops::healthz()),
-        "/readyz" => return Ok(ops::readyz(state)),
+        // Permit's PDP names: `/health` is liveness, `/healthy` and `/ready` readiness.
+        "/healthz" | "/health" => return Ok(ops::healthz()),
+        "/readyz" | "/healthy" | "/ready" => return Ok(ops::readyz(state)),
         "/v1/status" => return Ok(ops::status(state)),
         "/.well-known/authzen-configuration" => return Ok(ops::authzen_configuration(&req)),
         "/metrics" => return Ok(ops::metrics(state).await),
@@ -123,6 +147,9 @@ where
         "/access/v1/evaluations" => checks::evaluations(&ctx, &body).await,
         "/user-permissions" => queries::user_permissions(&ctx, &body).await,
         "/authorized_users" => queries::authorized_users(&ctx, &body).await,
+        "/allowed_url" => dropin::allowed_url(&ctx, &body).await,
+        "/allowed/all-tenants" => dropin::allowed_all_tenants(&ctx, &body).await,
+        "/user-tenants" => dropin::user_tenants(&ctx, &body).await,
         p if p.starts_with("/access/v1/search/") => queries::search(&ctx, p, &body).await,
         p => queries::perm_v1(&ctx, p, &body).await,
     }
