@@ -18,6 +18,7 @@
 //! write path → database → change feed → sidecars.
 
 pub mod api;
+pub mod auth;
 pub mod cli;
 pub mod client;
 pub mod config;
@@ -32,6 +33,7 @@ pub mod model;
 pub mod server;
 pub mod store;
 pub mod sync;
+pub mod tls;
 pub mod wire;
 
 /// The settings the binaries compile into jemalloc (`_RJEM_MALLOC_CONF` in the environment
