@@ -43,10 +43,7 @@ pub fn parse_keys(text: &str) -> Result<Vec<String>, String> {
             continue;
         }
         if !line.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err(format!(
-                "line {}: a key must be printable ASCII without spaces",
-                n + 1
-            ));
+            return Err(format!("line {}: a key must be printable ASCII without spaces", n + 1));
         }
         keys.push(line.to_string());
     }
@@ -67,7 +64,8 @@ impl Keys {
         let fixed: Vec<Digest> = env.iter().map(|k| digest(k.as_bytes())).collect();
         let (from_file, seen) = match file {
             Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
+                let text =
+                    std::fs::read_to_string(path).map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
                 let keys = parse_keys(&text).map_err(|e| format!("`{}` {e}", path.display()))?;
                 (keys.iter().map(|k| digest(k.as_bytes())).collect(), Some(text))
             }
@@ -276,7 +274,11 @@ impl Gate {
     pub fn http<B>(&self, req: &Request<B>) -> Option<Response<Full<Bytes>>> {
         if let Err(msg) = self.authenticate(req.headers()) {
             self.refused_http.inc();
-            tracing::debug!(path = req.uri().path(), reason = msg, "request refused: not authenticated");
+            tracing::debug!(
+                path = req.uri().path(),
+                reason = msg,
+                "request refused: not authenticated"
+            );
             let mut resp = RequestError::Unauthorized(msg.into()).into_response();
             // The body is not read: ask the client to close rather than send it.
             resp.headers_mut()
@@ -294,7 +296,11 @@ impl Gate {
     pub fn grpc<B>(&self, req: &Request<B>) -> Option<tonic::Status> {
         if let Err(msg) = self.authenticate(req.headers()) {
             self.refused_grpc.inc();
-            tracing::debug!(method = req.uri().path(), reason = msg, "call refused: not authenticated");
+            tracing::debug!(
+                method = req.uri().path(),
+                reason = msg,
+                "call refused: not authenticated"
+            );
             return Some(tonic::Status::unauthenticated(msg));
         }
         let path = req.uri().path();
@@ -415,7 +421,13 @@ mod tests {
         };
         assert!(g.http(&req(Some("Bearer sekrit"))).is_none());
         assert!(g.http(&req(Some("bearer sekrit"))).is_none());
-        for bad in [None, Some("sekrit"), Some("Basic sekrit"), Some("Bearer "), Some("Bearer sekrit2")] {
+        for bad in [
+            None,
+            Some("sekrit"),
+            Some("Basic sekrit"),
+            Some("Bearer "),
+            Some("Bearer sekrit2"),
+        ] {
             let resp = g.http(&req(bad)).unwrap();
             assert_eq!(resp.status(), 401, "{bad:?}");
             assert_eq!(resp.headers()["www-authenticate"], "Bearer");

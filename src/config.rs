@@ -627,7 +627,9 @@ impl Config {
         if let Some(r) = cfg.disabled_routes.iter().find(|r| !r.starts_with('/')) {
             return Err(invalid(
                 "disabled_routes",
-                format!("`{r}`: a route is a path (`/authorized_users`) or a gRPC method (`/perm.v1.RoleService/ListRoles`)"),
+                format!(
+                    "`{r}`: a route is a path (`/authorized_users`) or a gRPC method (`/perm.v1.RoleService/ListRoles`)"
+                ),
             ));
         }
         if cfg.upstream_timeout.is_zero() {

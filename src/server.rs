@@ -531,8 +531,8 @@ impl Security {
         let mut watchers = Vec::new();
         let keys = if cfg.auth_keys_file.is_some() || !cfg.auth_keys.is_empty() {
             let env: Vec<String> = cfg.auth_keys.iter().map(|k| k.expose().to_string()).collect();
-            let keys = Keys::load(&env, cfg.auth_keys_file.as_deref())
-                .map_err(|e| anyhow::anyhow!("auth_keys_file: {e}"))?;
+            let keys =
+                Keys::load(&env, cfg.auth_keys_file.as_deref()).map_err(|e| anyhow::anyhow!("auth_keys_file: {e}"))?;
             Some(Arc::new(keys))
         } else {
             None
@@ -659,7 +659,9 @@ pub async fn serve_grpc_guarded(
         .http2_keepalive_timeout(Some(limits.header_read_timeout))
         .http2_max_header_list_size(64 * 1024)
         .layer(crate::metrics::grpc::GrpcMetricsLayer)
-        .layer(GrpcGateLayer(front.gate.clone().unwrap_or_else(|| Arc::new(Gate::open()))))
+        .layer(GrpcGateLayer(
+            front.gate.clone().unwrap_or_else(|| Arc::new(Gate::open())),
+        ))
         .add_service(health_svc)
         .add_service(reflection)
         .add_service(reflection_alpha)

@@ -37,10 +37,7 @@ fn read(path: &Path, what: &str) -> anyhow::Result<Vec<u8>> {
 
 /// The contents of the files, compared to see whether anything changed.
 fn contents(files: &TlsFiles) -> anyhow::Result<Vec<Vec<u8>>> {
-    let mut out = vec![
-        read(&files.cert, "TLS certificate")?,
-        read(&files.key, "TLS key")?,
-    ];
+    let mut out = vec![read(&files.cert, "TLS certificate")?, read(&files.key, "TLS key")?];
     if let Some(ca) = &files.client_ca {
         out.push(read(ca, "TLS client CA bundle")?);
     }
