@@ -32,7 +32,12 @@ fn main() {
     let rounds: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(31);
     // Keys like Permit's: a prefix and 64 hex characters.
     let keys: Vec<String> = (0..n_keys.max(1))
-        .map(|i| format!("permit_key_{:064x}", 0x9e37_79b9_7f4a_7c15u128.wrapping_mul(i as u128 + 7)))
+        .map(|i| {
+            format!(
+                "permit_key_{:064x}",
+                0x9e37_79b9_7f4a_7c15u128.wrapping_mul(i as u128 + 7)
+            )
+        })
         .collect();
     let set = Arc::new(match Keys::load(&keys, None) {
         Ok(k) => k,
@@ -46,7 +51,10 @@ fn main() {
         ("right key (last of the set)", right.clone()),
         ("wrong at the first character", flip(&right, 0)),
         ("wrong at the last character", flip(&right, right.len() - 1)),
-        ("wrong: right key minus its last character", right[..right.len() - 1].to_string()),
+        (
+            "wrong: right key minus its last character",
+            right[..right.len() - 1].to_string(),
+        ),
     ];
     let mut ns: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
     for _ in 0..rounds {
@@ -58,7 +66,10 @@ fn main() {
             ns[i].push(t.elapsed().as_nanos() as f64 / CALLS as f64);
         }
     }
-    println!("Keys::verify, {} keys in the set, {rounds} rounds x {CALLS} calls", keys.len());
+    println!(
+        "Keys::verify, {} keys in the set, {rounds} rounds x {CALLS} calls",
+        keys.len()
+    );
     let mut medians = Vec::new();
     for (i, (name, _)) in variants.iter().enumerate() {
         let (lo, hi) = (
@@ -96,5 +107,8 @@ fn main() {
         }
         per.push(t.elapsed().as_nanos() as f64 / CALLS as f64);
     }
-    println!("Gate::http with the right key: median {:.1} ns per request", median(&mut per));
+    println!(
+        "Gate::http with the right key: median {:.1} ns per request",
+        median(&mut per)
+    );
 }

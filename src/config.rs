@@ -747,6 +747,62 @@ mod tests {
     }
 
     #[test]
+    fn closed_by_default_beyond_loopback() {
+        let cfg = |yaml: &str| Config::merge(file(yaml), Path::new(""), &Overrides::default());
+        for local in [
+            "127.0.0.1:1",
+            "127.1.2.3:1",
+            "[::1]:1",
+            "localhost:1",
+            "unix:/run/p.sock",
+        ] {
+            let c = cfg(&format!("source: a.yaml\nhttp_addr: '{local}'\n")).unwrap();
+            assert!(c.http_addr.is_local(), "{local}");
+            c.check_exposure().unwrap();
+        }
+        let c = cfg("source: a.yaml\nhttp_addr: 0.0.0.0:1\n").unwrap();
+        let err = c.check_exposure().unwrap_err().to_string();
+        assert!(
+            err.starts_with("`http_addr`") && err.contains("--insecure-listen"),
+            "{err}"
+        );
+        let err = cfg("source: a.yaml\ngrpc_addr: 10.0.0.1:1\n")
+            .unwrap()
+            .check_exposure()
+            .unwrap_err();
+        assert!(err.to_string().starts_with("`grpc_addr`"), "{err}");
+        cfg("source: a.yaml\nhttp_addr: 0.0.0.0:1\ninsecure_listen: true\n")
+            .unwrap()
+            .check_exposure()
+            .unwrap();
+        let mut c = cfg("source: a.yaml\nhttp_addr: 0.0.0.0:1\n").unwrap();
+        c.auth_keys = read_auth_keys(Some(" k1 , ,k2".into())).unwrap();
+        assert_eq!(c.auth_keys.len(), 2);
+        assert!(!format!("{c:?}").contains("k1"), "keys never shown");
+        c.check_exposure().unwrap();
+        // mTLS alone is enough; a CA without a certificate is not TLS.
+        cfg("source: a.yaml\nhttp_addr: 0.0.0.0:1\ntls_cert: c\ntls_key: k\ntls_client_ca: ca\n")
+            .unwrap()
+            .check_exposure()
+            .unwrap();
+        for (yaml, field) in [
+            ("tls_client_ca: ca\n", "tls_client_ca"),
+            ("tls_cert: c\n", "tls_key"),
+            ("tls_key: k\n", "tls_cert"),
+            ("disabled_routes: [authorized_users]\n", "disabled_routes"),
+        ] {
+            let err = cfg(&format!("source: a.yaml\n{yaml}")).unwrap_err();
+            assert!(err.to_string().starts_with(&format!("`{field}`")), "{yaml}: {err}");
+        }
+        let err = cfg("source: a.yaml\nauth_keys_file: /nonexistent/keys\n")
+            .unwrap()
+            .check_exposure()
+            .unwrap_err();
+        assert!(err.to_string().starts_with("`auth_keys_file`"), "{err}");
+        assert!(read_auth_keys(Some("a b".into())).is_err());
+    }
+
+    #[test]
     fn bad_values_name_the_field() {
         assert!(
             yaml_serde::from_str::<FileConfig>("sourc: x\n")
