@@ -280,9 +280,12 @@ impl Gate {
                 "request refused: not authenticated"
             );
             let mut resp = RequestError::Unauthorized(msg.into()).into_response();
-            // The body is not read: ask the client to close rather than send it.
-            resp.headers_mut()
-                .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+            // The body is not read: ask an HTTP/1 client to close rather than send it (HTTP/2
+            // has no such header; its stream is reset instead).
+            if req.version() < http::Version::HTTP_2 {
+                resp.headers_mut()
+                    .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+            }
             return Some(resp);
         }
         let path = req.uri().path();

@@ -161,6 +161,23 @@ fn every_http_route_needs_a_key_and_revoked_keys_stop_within_a_second() {
     s.read_exact(&mut buf).unwrap();
     assert_eq!(&buf, b"HTTP/1.1 401");
 
+    // HTTP/2 (h2c) clients are refused the same way, and served with a key.
+    for (key, want) in [("nope", "401 2"), (NEW, "200 2")] {
+        let out = Command::new("curl")
+            .args([
+                "-s",
+                "--http2-prior-knowledge",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code} %{http_version}",
+            ])
+            .args(["-H", &format!("authorization: Bearer {key}"), "-d", CHECK])
+            .arg(format!("http://{}/allowed", p.addr))
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout), want);
+    }
     // Every key works: the file's two and the environment's.
     for key in [OLD, NEW, ENV_KEY] {
         let (st, _, v) = http(&p.addr, "POST", "/allowed", Some(key), CHECK.as_bytes());
