@@ -438,6 +438,16 @@ impl Config {
                 ));
             }
         }
+        if let Some(tls) = &self.tls {
+            crate::tls::check(tls).map_err(|e| {
+                let field = if e.to_string().contains("client CA") {
+                    "tls_client_ca"
+                } else {
+                    "tls_cert"
+                };
+                invalid(field, format!("{e:#}"))
+            })?;
+        }
         if self.authenticates() || self.insecure_listen {
             return Ok(());
         }
@@ -780,11 +790,14 @@ mod tests {
         assert_eq!(c.auth_keys.len(), 2);
         assert!(!format!("{c:?}").contains("k1"), "keys never shown");
         c.check_exposure().unwrap();
-        // mTLS alone is enough; a CA without a certificate is not TLS.
-        cfg("source: a.yaml\nhttp_addr: 0.0.0.0:1\ntls_cert: c\ntls_key: k\ntls_client_ca: ca\n")
-            .unwrap()
-            .check_exposure()
-            .unwrap();
+        // mTLS alone is enough (authenticates); the files are read by the check, which names them.
+        let c = cfg("source: a.yaml\nhttp_addr: 0.0.0.0:1\ntls_cert: c\ntls_key: k\ntls_client_ca: ca\n").unwrap();
+        assert!(c.authenticates());
+        let err = c.check_exposure().unwrap_err().to_string();
+        assert!(
+            err.starts_with("`tls_cert`") && err.contains("reading TLS certificate c"),
+            "{err}"
+        );
         for (yaml, field) in [
             ("tls_client_ca: ca\n", "tls_client_ca"),
             ("tls_cert: c\n", "tls_key"),

@@ -95,6 +95,13 @@ fn build(files: &TlsFiles, pem: &[Vec<u8>], alpn: &[&[u8]]) -> anyhow::Result<Se
     Ok(config)
 }
 
+/// Reads and checks the files as a listener would (for the configuration check before any
+/// port is bound); the error names the file.
+pub fn check(files: &TlsFiles) -> anyhow::Result<()> {
+    let pem = contents(files)?;
+    build(files, &pem, ALPN_HTTP).map(|_| ())
+}
+
 /// A server configuration that follows its files.
 pub struct ReloadingTls {
     files: TlsFiles,

@@ -433,6 +433,20 @@ fn closed_by_default_beyond_loopback() {
         err.contains("`auth_keys_file`") && err.contains("holds no key"),
         "{err}"
     );
+    // A certificate that is not one is a configuration error too, before any port is bound.
+    let junk = dir.path().join("junk.pem");
+    std::fs::write(&junk, "not a certificate\n").unwrap();
+    let (code, err) = run_briefly(
+        &[
+            "--tls-cert",
+            junk.to_str().unwrap(),
+            "--tls-key",
+            junk.to_str().unwrap(),
+        ],
+        EXITS,
+    );
+    assert_eq!(code, Some(64), "{err}");
+    assert!(err.contains("`tls_cert`") && err.contains("junk.pem"), "{err}");
     // Loopback and Unix sockets need nothing.
     let sock = dir.path().join("p.sock");
     let (code, err) = run_briefly(
