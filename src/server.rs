@@ -677,7 +677,7 @@ pub async fn serve_grpc_guarded(
     let serve = async {
         match listener {
             Listener::Tcp(l) if front.tls.is_some() => {
-                let incoming = tls_incoming(l, front.tls.clone(), limits.header_read_timeout);
+                let incoming = tls_incoming(l, front.tls.clone(), limits);
                 router
                     .serve_with_incoming_shutdown(incoming, stopped(stop.clone()))
                     .await
@@ -754,19 +754,26 @@ impl AsyncWrite for TlsConn {
 }
 
 /// Accepts TCP connections and completes their TLS handshakes off the accept loop (each within
-/// `handshake_timeout`); tonic gets the finished ones. A failed handshake (no client
-/// certificate, one from another CA, an expired one) never reaches it.
+/// `header_read_timeout`, at most `max_connections` at once); tonic gets the finished ones. A
+/// failed handshake (no client certificate, one from another CA, an expired one) never
+/// reaches it.
 fn tls_incoming(
     listener: TcpListener,
     tls: Option<Arc<ReloadingTls>>,
-    handshake_timeout: Duration,
+    limits: HttpLimits,
 ) -> tokio_stream::wrappers::ReceiverStream<std::io::Result<TlsConn>> {
     let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let handshake_timeout = limits.header_read_timeout;
+    let handshakes = Arc::new(Semaphore::new(limits.max_connections));
     tokio::spawn(async move {
         let Some(tls) = tls else {
             return;
         };
         loop {
+            let permit = tokio::select! {
+                _ = tx.closed() => return,
+                p = handshakes.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+            };
             let tcp = tokio::select! {
                 _ = tx.closed() => return,
                 a = listener.accept() => match a {
@@ -782,7 +789,9 @@ fn tls_incoming(
             let acceptor = tls.acceptor();
             let tx = tx.clone();
             tokio::spawn(async move {
-                match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
+                let done = tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await;
+                drop(permit);
+                match done {
                     Ok(Ok(s)) => {
                         let _ = tx.send(Ok(TlsConn(s))).await;
                     }
