@@ -302,7 +302,7 @@ fn enforce() -> EnforceRequest {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_grpc_method_needs_a_key() {
-    let (p, _dir, _keys) = tokio::task::spawn_blocking(|| keyed(&[])).await.unwrap();
+    let (p, _dir, keys) = tokio::task::spawn_blocking(|| keyed(&[])).await.unwrap();
     let ch = Channel::from_shared(format!("http://{}", p.grpc))
         .unwrap()
         .connect()
@@ -332,6 +332,16 @@ async fn every_grpc_method_needs_a_key() {
     let r = perm.enforce(with_key(enforce(), OLD)).await.unwrap().into_inner();
     assert!(r.ok);
     assert_eq!(perm.enforce(enforce()).await.unwrap_err().code(), Code::Unauthenticated);
+    // OLD leaves the file: refused within a second on the open channel too.
+    std::fs::write(&keys, format!("{NEW}\n")).unwrap();
+    let removed = Instant::now();
+    while perm.enforce(with_key(enforce(), OLD)).await.is_ok() {
+        assert!(removed.elapsed() < Duration::from_secs(1), "revoked key still accepted");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let err = perm.enforce(with_key(enforce(), OLD)).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    assert!(perm.enforce(with_key(enforce(), NEW)).await.unwrap().into_inner().ok);
 }
 
 #[test]
