@@ -235,6 +235,11 @@ impl Gate {
         Gate::new(None, true, &[])
     }
 
+    /// Lets everything through: no keys and no turned-off routes (the listener can skip it).
+    pub fn is_open(&self) -> bool {
+        self.keys.is_none() && self.disabled.is_empty()
+    }
+
     pub fn keys(&self) -> Option<&Arc<Keys>> {
         self.keys.as_ref()
     }

@@ -495,7 +495,8 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
         http,
         state(false),
         Front {
-            gate: Some(security.gate.clone()),
+            // An open gate is left out: the plain path, not even a wrapper.
+            gate: (!security.gate.is_open()).then(|| security.gate.clone()),
             tls: security.http_tls.clone(),
             admin: false,
         },
