@@ -161,6 +161,27 @@ fn every_http_route_needs_a_key_and_revoked_keys_stop_within_a_second() {
     s.read_exact(&mut buf).unwrap();
     assert_eq!(&buf, b"HTTP/1.1 401");
 
+    // `permd check --url` takes its key from PERMD_CLIENT_KEY.
+    let check = |key: Option<&str>| {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["check", "--url", &format!("http://{}", p.addr)])
+            .args(["--user", "alice", "--action", "write", "--resource", "document:photo"])
+            .env_remove("PERMD_CLIENT_KEY");
+        if let Some(k) = key {
+            cmd.env("PERMD_CLIENT_KEY", k);
+        }
+        let out = cmd.output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (code, out) = check(Some(NEW));
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.starts_with("allow"), "{out}");
+    let (code, out) = check(None);
+    assert_eq!(code, Some(2), "{out}");
+    assert!(out.contains("401") && out.contains("unauthenticated"), "{out}");
     // HTTP/2 (h2c) clients are refused the same way, and served with a key.
     for (key, want) in [("nope", "401 2"), (NEW, "200 2")] {
         let out = Command::new("curl")
