@@ -798,3 +798,46 @@ fn tls_with_keys_serves_permit_style_bearer_clients() {
     );
     assert!(out.ends_with('2') && out.contains("\"allow\":true"), "{out}");
 }
+
+#[test]
+fn keys_and_client_certificates_together_need_both() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let the_ca = ca("permd both");
+    let server = leaf(&the_ca, d, "server", true, false);
+    let client = leaf(&the_ca, d, "client", false, false);
+    let ca_file = d.join("ca.pem");
+    std::fs::write(&ca_file, &the_ca.pem).unwrap();
+    let snapshot = d.join("s.yaml");
+    std::fs::write(&snapshot, example()).unwrap();
+    let p = Permd::follow(
+        &format!("file://{}", snapshot.display()),
+        &[
+            "--tls-cert",
+            server.0.to_str().unwrap(),
+            "--tls-key",
+            server.1.to_str().unwrap(),
+            "--tls-client-ca",
+            ca_file.to_str().unwrap(),
+        ],
+        &[("PERMD_AUTH_KEYS", NEW)],
+    );
+    let hp = port(&p.addr);
+    let url = format!("https://localhost:{hp}/allowed");
+    let auth = format!("Authorization: Bearer {NEW}");
+    let end = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, out) = curl(hp, &ca_file, Some(&client), &["-H", &auth, "-d", CHECK, &url]);
+        if out.contains("\"allow\":true") {
+            break;
+        }
+        assert!(Instant::now() < end, "{out}: {}", p.stderr());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The certificate without the key: 401; the key without the certificate: no handshake.
+    let (_, out) = curl(hp, &ca_file, Some(&client), &["-w", "%{http_code}", "-d", CHECK, &url]);
+    assert!(out.ends_with("401"), "{out}");
+    let (code, out) = curl(hp, &ca_file, None, &["-H", &auth, "-d", CHECK, &url]);
+    assert_ne!(code, 0, "{out}");
+    assert!(!out.contains("allow"), "{out}");
+}
