@@ -55,6 +55,9 @@ pub struct Keys {
     fixed: Vec<Digest>,
     file: Option<PathBuf>,
     all: ArcSwap<Vec<Digest>>,
+    /// Bumped at every change of the set: a connection's remembered key is good only for the
+    /// generation it was checked in.
+    generation: std::sync::atomic::AtomicU64,
     seen: std::sync::Mutex<Option<String>>,
 }
 
@@ -77,6 +80,7 @@ impl Keys {
             fixed,
             file: file.map(Path::to_path_buf),
             all: ArcSwap::from_pointee(all),
+            generation: std::sync::atomic::AtomicU64::new(0),
             seen: std::sync::Mutex::new(seen),
         })
     }
@@ -113,6 +117,7 @@ impl Keys {
                 all.extend(keys.iter().map(|k| digest(k.as_bytes())));
                 let n = all.len();
                 self.all.store(Arc::new(all));
+                self.generation.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
                 tracing::info!(file = %path.display(), keys = n, "auth keys reloaded");
                 true
             }
@@ -139,6 +144,24 @@ impl Keys {
         }
         found == 1
     }
+}
+
+/// What a connection remembers: the `Authorization` value it last authenticated with and the
+/// key set's generation then. A keep-alive client sending the same header again is not hashed
+/// again; a changed header, or a changed key set (a revoked key), is checked in full.
+#[derive(Default)]
+pub struct ConnAuth(std::sync::Mutex<Option<(Vec<u8>, u64)>>);
+
+/// Equal bytes, in time that depends on the lengths only.
+fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut diff = 0u8;
+    for (x, y) in a.iter().zip(b) {
+        diff |= x ^ y;
+    }
+    std::hint::black_box(diff) == 0
 }
 
 /// What the listener checks before a request reaches a route.
@@ -249,6 +272,29 @@ impl Gate {
         (self.refused_http.get(), self.refused_grpc.get())
     }
 
+    /// [`Gate::authenticate`] for a connection that may have shown the same header before.
+    fn authenticate_on(&self, headers: &HeaderMap, conn: &ConnAuth) -> Result<(), &'static str> {
+        let Some(keys) = &self.keys else {
+            return Ok(());
+        };
+        let Some(value) = headers.get(http::header::AUTHORIZATION) else {
+            return self.authenticate(headers);
+        };
+        let generation = keys.generation.load(std::sync::atomic::Ordering::Acquire);
+        if let Ok(last) = conn.0.lock()
+            && let Some((bytes, at)) = last.as_ref()
+            && *at == generation
+            && same_bytes(bytes, value.as_bytes())
+        {
+            return Ok(());
+        }
+        self.authenticate(headers)?;
+        if let Ok(mut last) = conn.0.lock() {
+            *last = Some((value.as_bytes().to_vec(), generation));
+        }
+        Ok(())
+    }
+
     /// Checks the `Authorization: Bearer <key>` header; the error says what is wrong without
     /// saying anything about the key.
     fn authenticate(&self, headers: &HeaderMap) -> Result<(), &'static str> {
@@ -277,7 +323,12 @@ impl Gate {
 
     /// For the HTTP listener: `Some(response)` when the request must not reach a route.
     pub fn http<B>(&self, req: &Request<B>) -> Option<Response<Full<Bytes>>> {
-        if let Err(msg) = self.authenticate(req.headers()) {
+        self.http_on(req, &ConnAuth::default())
+    }
+
+    /// [`Gate::http`] on a connection that remembers the key it authenticated with.
+    pub fn http_on<B>(&self, req: &Request<B>, conn: &ConnAuth) -> Option<Response<Full<Bytes>>> {
+        if let Err(msg) = self.authenticate_on(req.headers(), conn) {
             self.refused_http.inc();
             tracing::debug!(
                 path = req.uri().path(),
@@ -414,6 +465,38 @@ mod tests {
         std::fs::remove_file(&file).unwrap();
         assert!(!k.reload());
         assert!(k.verify(b"k2"), "an unreadable file keeps the keys in force");
+    }
+
+    #[test]
+    fn a_connection_remembers_its_key_until_the_set_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("keys");
+        std::fs::write(&file, "k1\nk2\n").unwrap();
+        let keys = Arc::new(Keys::load(&[], Some(&file)).unwrap());
+        let g = Gate::new(Some(keys.clone()), true, &[]);
+        let conn = ConnAuth::default();
+        let req = |k: &str| {
+            Request::builder()
+                .uri("/allowed")
+                .header("authorization", format!("Bearer {k}"))
+                .body(())
+                .unwrap()
+        };
+        assert!(g.http_on(&req("k1"), &conn).is_none());
+        assert!(g.http_on(&req("k1"), &conn).is_none(), "remembered");
+        assert!(
+            g.http_on(&req("k3"), &conn).is_some(),
+            "another header is checked in full"
+        );
+        assert!(g.http_on(&req("k1"), &conn).is_none());
+        std::fs::write(&file, "k2\n").unwrap();
+        assert!(keys.reload());
+        assert!(
+            g.http_on(&req("k1"), &conn).is_some(),
+            "revoked: the remembered key is stale"
+        );
+        assert!(g.http_on(&req("k2"), &conn).is_none());
+        assert!(!same_bytes(b"ab", b"abc") && !same_bytes(b"ab", b"ac") && same_bytes(b"ab", b"ab"));
     }
 
     #[test]

@@ -253,15 +253,15 @@ pub async fn serve_http_guarded(
     let tls = front.tls.clone();
     match (front.gate, front.admin) {
         (None, false) => {
-            let service = move |req| handle(req, state.clone());
+            let service = move |req, _: &Arc<Conn>| handle(req, state.clone());
             serve_with_tls(listener, Arc::new(service), limits, grace, shutdown, tls).await
         }
         (gate, admin) => {
-            let service = move |req: Request<Incoming>| {
+            let service = move |req: Request<Incoming>, conn: &Arc<Conn>| {
                 let refused = if admin && !ADMIN_ROUTES.contains(&req.uri().path()) {
                     Some(crate::wire::RequestError::NotFound(req.uri().path().to_owned()).into_response())
                 } else {
-                    gate.as_ref().and_then(|g| g.http(&req))
+                    gate.as_ref().and_then(|g| g.http_on(&req, &conn.auth))
                 };
                 let state = state.clone();
                 async move {
@@ -290,7 +290,14 @@ pub async fn serve_with<S, F, B>(
     B: hyper::body::Body<Data = bytes::Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    serve_with_tls(listener, service, limits, grace, shutdown, None).await
+    let service = move |req, _: &Arc<Conn>| service(req);
+    serve_with_tls(listener, Arc::new(service), limits, grace, shutdown, None).await
+}
+
+/// What one connection keeps between its requests: the key it last authenticated with.
+#[derive(Default)]
+pub struct Conn {
+    pub auth: crate::auth::ConnAuth,
 }
 
 /// [`serve_with`], over TLS on TCP when `tls` is given (a Unix socket stays plain: its file
@@ -303,7 +310,7 @@ pub async fn serve_with_tls<S, F, B>(
     shutdown: impl Future<Output = ()>,
     tls: Option<Arc<ReloadingTls>>,
 ) where
-    S: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
+    S: Fn(Request<Incoming>, &Arc<Conn>) -> F + Send + Sync + 'static,
     F: Future<Output = Result<Response<B>, std::convert::Infallible>> + Send + 'static,
     B: hyper::body::Body<Data = bytes::Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -340,12 +347,13 @@ pub async fn serve_with_tls<S, F, B>(
             Ok(Accepted::Tcp(s)) if tls.is_some() => {
                 let _ = s.set_nodelay(true);
                 let service = service.clone();
+                let conn = Arc::new(Conn::default());
                 let acceptor = tls.as_ref().map(|t| t.acceptor());
                 if let Some(acceptor) = acceptor {
                     spawn_tls_conn(
                         s,
                         acceptor,
-                        move |req| service(req),
+                        move |req| service(req, &conn),
                         &builder,
                         &graceful,
                         permit,
@@ -356,9 +364,10 @@ pub async fn serve_with_tls<S, F, B>(
             Ok(Accepted::Tcp(s)) => {
                 let _ = s.set_nodelay(true);
                 let service = service.clone();
+                let conn = Arc::new(Conn::default());
                 spawn_conn(
                     s,
-                    move |req| service(req),
+                    move |req| service(req, &conn),
                     &builder,
                     &graceful,
                     permit,
@@ -367,9 +376,10 @@ pub async fn serve_with_tls<S, F, B>(
             }
             Ok(Accepted::Unix(s)) => {
                 let service = service.clone();
+                let conn = Arc::new(Conn::default());
                 spawn_conn(
                     s,
-                    move |req| service(req),
+                    move |req| service(req, &conn),
                     &builder,
                     &graceful,
                     permit,

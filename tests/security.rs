@@ -197,7 +197,11 @@ fn every_http_route_needs_a_key_and_revoked_keys_stop_within_a_second() {
             .arg(format!("http://{}/allowed", p.addr))
             .output()
             .unwrap();
-        assert_eq!(String::from_utf8_lossy(&out.stdout), want);
+        // A refused HTTP/2 stream is reset after its 401 (its body unread); curl may report
+        // the reset (exit 92) instead of the status. Never served.
+        let got = String::from_utf8_lossy(&out.stdout).to_string();
+        let reset = key == "nope" && out.status.code() == Some(92) && !got.starts_with("200");
+        assert!(got == want || reset, "{key}: {got} {:?}", out.status.code());
     }
     // Every key works: the file's two and the environment's.
     for key in [OLD, NEW, ENV_KEY] {
@@ -787,8 +791,26 @@ fn tls_with_keys_serves_permit_style_bearer_clients() {
         assert!(Instant::now() < end, "{out}: {}", p.stderr());
         std::thread::sleep(Duration::from_millis(50));
     }
-    let (_, out) = curl(hp, &ca_file, None, &["-w", "%{http_code}", "-d", CHECK, &url]);
+    let (_, out) = curl(
+        hp,
+        &ca_file,
+        None,
+        &["--http1.1", "-w", "%{http_code}", "-d", CHECK, &url],
+    );
     assert!(out.ends_with("401") && out.contains("unauthenticated"), "{out}");
+    // Over HTTP/2 the 401 comes before the request body is read, so the stream is then reset
+    // (RST_STREAM NO_ERROR, RFC 9113 §8.1); curl sometimes reports that reset instead of the
+    // answer. Either way nothing is served.
+    for _ in 0..5 {
+        let (code, out) = curl(
+            hp,
+            &ca_file,
+            None,
+            &["--http2", "-w", "%{http_code}", "-d", CHECK, &url],
+        );
+        assert!(!out.contains("allow"), "{out}");
+        assert!((code == 0 && out.ends_with("401")) || code == 92, "{code}: {out}");
+    }
     // HTTP/2 over TLS (ALPN) works too.
     let (_, out) = curl(
         hp,
@@ -835,7 +857,12 @@ fn keys_and_client_certificates_together_need_both() {
         std::thread::sleep(Duration::from_millis(50));
     }
     // The certificate without the key: 401; the key without the certificate: no handshake.
-    let (_, out) = curl(hp, &ca_file, Some(&client), &["-w", "%{http_code}", "-d", CHECK, &url]);
+    let (_, out) = curl(
+        hp,
+        &ca_file,
+        Some(&client),
+        &["--http1.1", "-w", "%{http_code}", "-d", CHECK, &url],
+    );
     assert!(out.ends_with("401"), "{out}");
     let (code, out) = curl(hp, &ca_file, None, &["-H", &auth, "-d", CHECK, &url]);
     assert_ne!(code, 0, "{out}");
