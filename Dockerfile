@@ -1,7 +1,9 @@
 # syntax=docker/dockerfile:1
 # permd container image: a static-ish Rust binary on distroless, running as non-root (65532).
 #   docker build -t permd:dev .
-#   docker run --rm -p 7766:7766 -e PERMD_HTTP_ADDR=0.0.0.0:7766 -v $PWD/permd.yaml:/etc/permd/permd.yaml:ro permd:dev
+#   docker run --rm -p 7766:7766 -e PERMD_HTTP_ADDR=0.0.0.0:7766 -e PERMD_AUTH_KEYS=$KEY \
+#     -v $PWD/permd.yaml:/etc/permd/permd.yaml:ro permd:dev
+# (beyond loopback permd needs client keys or mTLS, or --insecure-listen: SECURITY.md)
 
 FROM rust:1-bookworm AS build
 # build.rs compiles the protos with the protoc vendored by protoc-bin-vendored: no apt step.

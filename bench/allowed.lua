@@ -21,6 +21,11 @@ function init(args)
   local target = args[2] or "/allowed"
   local f = assert(io.open(path, "r"), "cannot open " .. path)
   local headers = { ["Content-Type"] = "application/json" }
+  -- A bearer key (bench/http.sh's permd-auth targets; a wrong one for the flood).
+  local key = os.getenv("PERMD_BENCH_KEY")
+  if key and #key > 0 then
+    headers["Authorization"] = "Bearer " .. key
+  end
   for line in f:lines() do
     if #line > 0 then
       n = n + 1

@@ -24,7 +24,12 @@
 # decision log on at 1% sampling into a file; `TARGETS="floor permd permd-nometrics
 # permd-log1pct"` is the observability comparison of bench/README.md; permd-malloc = permd with
 # jemalloc's settings overridden by `_RJEM_MALLOC_CONF=$PERMD_MALLOC_CONF`, to compare allocator
-# settings side by side).
+# settings side by side; the security comparison of bench/README.md: permd-auth = a bearer key
+# file and every request carrying `Authorization: Bearer`, permd-tls = TLS (rustls, a P-256
+# certificate made with openssl) with keep-alive, permd-auth-flood = the permd-auth server
+# answering the same good requests while a second wrk (-t1 -c$FLOOD_CONNECTIONS, on wrk's core)
+# sends requests with a wrong key for the whole run, cerbos-tls = Cerbos over TLS with the same
+# certificate; `TARGETS="permd permd-auth permd-tls permd-auth-flood cerbos-tls"`).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -47,6 +52,9 @@ CERBOS_BODY_FILE=$DATA/cerbos-bodies.txt
 CERBOS_VERSION=0.55.0
 CERBOS_NPM=$DATA/cerbos-npm
 CERBOS=$CERBOS_NPM/node_modules/@cerbos/cerbos-linux-x64/cerbos-linux-x64
+FLOOD_CONNECTIONS=${FLOOD_CONNECTIONS:-32}
+# The bench's client key: long and random like a real one (never a secret: a throwaway).
+AUTH_KEY=bench_$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 PERMD=$TARGET_DIR/release/permd
 FLOOR=$TARGET_DIR/release/examples/floor
@@ -67,7 +75,7 @@ if ! command -v wrk >/dev/null 2>&1; then
 fi
 
 # Cerbos: the npm package holds the static linux-x64 binary; nothing else is downloaded.
-if has cerbos && ! { [[ -x $CERBOS ]] && "$CERBOS" --version 2>/dev/null | grep -qx "$CERBOS_VERSION"; }; then
+if { has cerbos || has cerbos-tls; } && ! { [[ -x $CERBOS ]] && "$CERBOS" --version 2>/dev/null | grep -qx "$CERBOS_VERSION"; }; then
   log "installing @cerbos/cerbos-linux-x64@$CERBOS_VERSION with npm into $CERBOS_NPM"
   mkdir -p "$CERBOS_NPM"
   npm install --silent --no-audit --no-fund --prefix "$CERBOS_NPM" "@cerbos/cerbos-linux-x64@$CERBOS_VERSION" >&2
@@ -123,17 +131,27 @@ permd_port() { listen_port "$WORK/$1.log" http; }
 floor_port() { sed -n 's/^listening 127\.0\.0\.1:\([0-9]*\)$/\1/p' "$WORK/floor.out" | head -n1; }
 have_permd_port() { [[ -n $(permd_port "$1") ]]; }
 have_floor_port() { [[ -n $(floor_port) ]]; }
-ready() { [[ $(curl -s -o /dev/null -w '%{http_code}' "$1/readyz") == 200 ]]; }
+ready() { [[ $(curl -sk -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $AUTH_KEY" "$1/readyz") == 200 ]]; }
 # Cerbos says nothing of the port behind 127.0.0.1:0; its only TCP listener (gRPC is on a unix
 # socket, the gops debug listener is off) is read from ss.
-cerbos_port() { ss -ltnpH 2>/dev/null | sed -n "s/.* 127\.0\.0\.1:\([0-9]*\) .*pid=${PID[cerbos]},.*/\1/p" | head -n1; }
+cerbos_port() { ss -ltnpH 2>/dev/null | sed -n "s/.* 127\.0\.0\.1:\([0-9]*\) .*pid=${PID[${CERBOS_NAME:-cerbos}]},.*/\1/p" | head -n1; }
 have_cerbos_port() { [[ -n $(cerbos_port) ]]; }
-cerbos_ready() { [[ $(curl -s -o /dev/null -w '%{http_code}' "$1/_cerbos/health") == 200 ]]; }
+cerbos_ready() { [[ $(curl -sk -o /dev/null -w '%{http_code}' "$1/_cerbos/health") == 200 ]]; }
+
+# The security targets' key file and certificate.
+printf '# bench keys\n%s\n' "$AUTH_KEY" >"$WORK/keys"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 -subj /CN=localhost \
+  -addext "subjectAltName=IP:127.0.0.1,DNS:localhost" -keyout "$WORK/tls.key" -out "$WORK/tls.crt" 2>/dev/null
 
 declare -A URL PID
 start_target() { # start_target NAME: starts it, fills URL[NAME] and PID[NAME]
-  local name=$1 extra=() env=()
+  local name=$1 extra=() env=() scheme=http
   case $name in
+    permd-auth-flood)
+      has permd-auth || { log "the permd-auth-flood target needs the permd-auth target"; exit 1; }
+      PID[$name]=${PID[permd-auth]}
+      URL[$name]=${URL[permd-auth]}
+      return ;;
     floor)
       "${SERVER_PIN[@]}" "$FLOOR" --addr 127.0.0.1:0 >"$WORK/floor.out" 2>"$WORK/floor.err" &
       PID[$name]=$!
@@ -146,8 +164,10 @@ start_target() { # start_target NAME: starts it, fills URL[NAME] and PID[NAME]
       PID[$name]=${PID[permd]}
       URL[$name]=127.0.0.1:$(listen_port "$WORK/permd.log" grpc)
       return ;;
-    cerbos)
-      CERBOS_NO_TELEMETRY=1 "${SERVER_PIN[@]}" "$CERBOS" server --config="$ROOT/bench/cerbos/config.yaml" \
+    cerbos | cerbos-tls)
+      local tls=()
+      [[ $name == cerbos-tls ]] && tls=(--set=server.tls.cert="$WORK/tls.crt" --set=server.tls.key="$WORK/tls.key") && scheme=https
+      CERBOS_NO_TELEMETRY=1 "${SERVER_PIN[@]}" "$CERBOS" server --config="$ROOT/bench/cerbos/config.yaml" "${tls[@]}" \
         --debug-listen-addr= --log-level=warn --set=server.httpListenAddr=127.0.0.1:0 \
         --set=server.grpcListenAddr="unix:$WORK/cerbos-grpc.sock" \
         --set=storage.disk.directory="$ROOT/bench/cerbos/policies" >"$WORK/cerbos.log" 2>&1 &
@@ -155,7 +175,7 @@ start_target() { # start_target NAME: starts it, fills URL[NAME] and PID[NAME]
       PIDS+=("$!")
       local started=$SECONDS
       wait_for 30 "${PID[$name]}" have_cerbos_port || { log "cerbos did not start:"; cat "$WORK/cerbos.log" >&2; exit 1; }
-      URL[$name]=http://127.0.0.1:$(cerbos_port)
+      URL[$name]=$scheme://127.0.0.1:$(cerbos_port)
       wait_for 60 "${PID[$name]}" cerbos_ready "${URL[$name]}" || { log "cerbos not ready:"; tail -n 20 "$WORK/cerbos.log" >&2; exit 1; }
       log "cerbos $("$CERBOS" --version | head -n1) ready at ${URL[$name]} after $((SECONDS - started))s"
       return ;;
@@ -163,6 +183,8 @@ start_target() { # start_target NAME: starts it, fills URL[NAME] and PID[NAME]
     permd-nometrics) extra=(--metrics false) ;;
     permd-log1pct) extra=(--decision-log "$WORK/decisions.jsonl" --decision-log-sample-rate 0.01) ;;
     permd-malloc) env=("_RJEM_MALLOC_CONF=${PERMD_MALLOC_CONF:?permd-malloc needs PERMD_MALLOC_CONF}") ;;
+    permd-auth) extra=(--auth-keys-file "$WORK/keys") ;;
+    permd-tls) extra=(--tls-cert "$WORK/tls.crt" --tls-key "$WORK/tls.key"); scheme=https ;;
     *) log "unknown target $name"; exit 1 ;;
   esac
   # JSON logs, so the bound port can be read without ANSI colors in the way.
@@ -172,17 +194,17 @@ start_target() { # start_target NAME: starts it, fills URL[NAME] and PID[NAME]
   PIDS+=("$!")
   local started=$SECONDS
   wait_for 30 "${PID[$name]}" have_permd_port "$name" || { log "$name did not start:"; cat "$WORK/$name.log" >&2; exit 1; }
-  URL[$name]=http://127.0.0.1:$(permd_port "$name")
+  URL[$name]=$scheme://127.0.0.1:$(permd_port "$name")
   wait_for 300 "${PID[$name]}" ready "${URL[$name]}" || { log "$name not ready:"; tail -n 20 "$WORK/$name.log" >&2; exit 1; }
   log "$name ready at ${URL[$name]} after $((SECONDS - started))s"
 }
-for t in "${TARGETS[@]}"; do start_target "$t"; done
+for t in "${TARGETS[@]}"; do CERBOS_NAME=$t start_target "$t"; done
 
 # One body through each, so a broken setup fails here and not as a table of errors.
 probe=$(head -n1 "$BODY_FILE")
 for t in "${TARGETS[@]}"; do
-  [[ $t == grpc || $t == cerbos ]] && continue
-  code=$(curl -s -o "$WORK/probe" -w '%{http_code}' -H 'content-type: application/json' -d "$probe" "${URL[$t]}/allowed")
+  [[ $t == grpc || $t == cerbos || $t == cerbos-tls ]] && continue
+  code=$(curl -sk -o "$WORK/probe" -w '%{http_code}' -H "Authorization: Bearer $AUTH_KEY" -H 'content-type: application/json' -d "$probe" "${URL[$t]}/allowed")
   [[ $code == 200 ]] || { log "$t: /allowed answered $code: $(cat "$WORK/probe")"; exit 1; }
 done
 # Cerbos: every body once to it and to permd, counting the checks where both decide alike.
@@ -212,7 +234,17 @@ busy_steal() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8, $9 }' /proc/stat; }
 load() { # load NAME URL DURATION: wrk with the /allowed bodies, or (NAME grpc) grpc_load with the same checks
   if [[ $1 == grpc ]]; then
     "${WRK_PIN[@]}" "$GRPC_LOAD" "$2" "$BODY_FILE" "$CONNECTIONS" "${3%s}" 0 "$THREADS"
-  elif [[ $1 == cerbos ]]; then
+  elif [[ $1 == permd-auth ]]; then
+    PERMD_BENCH_KEY=$AUTH_KEY "${WRK_PIN[@]}" wrk -t"$THREADS" -c"$CONNECTIONS" -d"$3" -s bench/allowed.lua "$2" -- "$BODY_FILE"
+  elif [[ $1 == permd-auth-flood ]]; then
+    # The flood: a wrong key (all but its last character right) for as long as the good load.
+    local secs=${3%s}
+    PERMD_BENCH_KEY=${AUTH_KEY%?}x "${WRK_PIN[@]}" wrk -t1 -c"$FLOOD_CONNECTIONS" -d"$((secs + 1))s" -s bench/allowed.lua "$2" -- "$BODY_FILE" >"$WORK/flood.wrk" 2>&1 &
+    local flood=$!
+    PERMD_BENCH_KEY=$AUTH_KEY "${WRK_PIN[@]}" wrk -t"$THREADS" -c"$CONNECTIONS" -d"$3" -s bench/allowed.lua "$2" -- "$BODY_FILE"
+    wait "$flood"
+    sed -n 's/^RESULT requests=\([0-9]*\) .* non2xx=\([0-9]*\) .*/flood: \1 bad-key requests, \2 refused/p' "$WORK/flood.wrk" >&2
+  elif [[ $1 == cerbos || $1 == cerbos-tls ]]; then
     "${WRK_PIN[@]}" wrk -t"$THREADS" -c"$CONNECTIONS" -d"$3" -s bench/allowed.lua "$2" -- "$CERBOS_BODY_FILE" /api/check/resources
   else
     "${WRK_PIN[@]}" wrk -t"$THREADS" -c"$CONNECTIONS" -d"$3" -s bench/allowed.lua "$2" -- "$BODY_FILE"
@@ -326,6 +358,10 @@ has grpc && has permd && ratio grpc permd " (gRPC Enforce vs HTTP /allowed)"
 has permd && has permd-nometrics && ratio permd permd-nometrics " (metrics on vs off; target >= 95%)" 95 "≥ 95%"
 has permd-log1pct && has permd && ratio permd-log1pct permd " (decision log at 1% vs off; target >= 90%)" 90 "≥ 90%"
 has permd-log1pct && has permd-nometrics && ratio permd-log1pct permd-nometrics " (decision log at 1% and metrics vs neither)"
+has permd-auth && has permd && ratio permd-auth permd " (bearer key on every request vs none; target >= 95%)" 95 "≥ 95%"
+has permd-tls && has permd && ratio permd-tls permd " (TLS with keep-alive vs plain HTTP)"
+has permd-auth-flood && has permd-auth && ratio permd-auth-flood permd-auth " (good requests under a bad-key flood vs alone; the flood shares wrk's core)"
+has permd-tls && has cerbos-tls && ratio permd-tls cerbos-tls " (both over TLS)"
 has permd-malloc && has permd && ratio permd-malloc permd " (permd with _RJEM_MALLOC_CONF=$PERMD_MALLOC_CONF vs as built)"
 # permd against Cerbos, by round and the median: throughput permd/cerbos, and how many times
 # Cerbos's p99 and CPU per check are permd's (the goals: >= 10x, p99 <= 1/10, CPU <= 1/15).

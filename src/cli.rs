@@ -49,7 +49,8 @@ pub struct CheckArgs {
     /// Snapshot document to decide from.
     #[arg(long, conflicts_with = "url", required_unless_present = "url")]
     pub snapshot: Option<PathBuf>,
-    /// A running permd to ask, e.g. http://127.0.0.1:7766.
+    /// A running permd to ask, e.g. http://127.0.0.1:7766 (its bearer key, if it asks for
+    /// one, from PERMD_CLIENT_KEY).
     #[arg(long)]
     pub url: Option<String>,
     #[arg(long, required_unless_present = "role", conflicts_with = "role")]
@@ -204,7 +205,14 @@ fn remote_check(url: &str, q: &Query<'_>, explain: bool) -> ExitCode {
         Ok(rt) => rt,
         Err(e) => return fail(e),
     };
-    let answer = rt.block_on(crate::client::post_json(&target, body.to_string().into_bytes()));
+    // A permd that asks for keys: the key from the environment only (never a flag, where `ps`
+    // would show it).
+    let key = std::env::var("PERMD_CLIENT_KEY").ok().filter(|k| !k.is_empty());
+    let answer = rt.block_on(crate::client::post_json(
+        &target,
+        body.to_string().into_bytes(),
+        key.as_deref(),
+    ));
     let (status, text) = match answer {
         Ok(a) => a,
         Err(e) => return fail(format!("{target}: {e}")),

@@ -51,10 +51,23 @@ impl ListenAddr {
         if s.starts_with('/') {
             return Ok(ListenAddr::Unix(PathBuf::from(s)));
         }
-        let addr = s
+        // `localhost:port` is the IPv4 loopback address.
+        let ip_port = match s.strip_prefix("localhost:") {
+            Some(port) => format!("127.0.0.1:{port}"),
+            None => s.to_string(),
+        };
+        let addr = ip_port
             .parse()
             .map_err(|_| invalid(field, format!("`{s}` is not `ip:port` or `unix:/path`")))?;
         Ok(ListenAddr::Tcp(addr))
+    }
+
+    /// Loopback (127.0.0.0/8, ::1) or a Unix socket: reachable from the same host (pod) only.
+    pub fn is_local(&self) -> bool {
+        match self {
+            ListenAddr::Tcp(a) => a.ip().is_loopback(),
+            ListenAddr::Unix(_) => true,
+        }
     }
 }
 
@@ -197,6 +210,13 @@ pub struct FileConfig {
     pub decision_log: Option<DecisionLogFile>,
     /// Subject and tenant of requests from proxies (nginx `auth_request`, Envoy ext_authz).
     pub proxy: Option<crate::api::proxy::ProxyFile>,
+    pub auth_keys_file: Option<PathBuf>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub tls_client_ca: Option<PathBuf>,
+    pub insecure_listen: Option<bool>,
+    pub queries: Option<bool>,
+    pub disabled_routes: Option<Vec<String>>,
 }
 
 /// `decision_log:` in the config file.
@@ -304,6 +324,30 @@ pub struct Overrides {
     /// Permit environment key or id (protocol permit).
     #[arg(long, env = "PERMD_PERMIT_ENV")]
     pub permit_env: Option<String>,
+    /// File of bearer keys clients must send (`Authorization: Bearer <key>`), one a line,
+    /// `#` comments; read again on change. PERMD_AUTH_KEYS (comma-separated) adds keys.
+    #[arg(long, env = "PERMD_AUTH_KEYS_FILE")]
+    pub auth_keys_file: Option<PathBuf>,
+    /// PEM certificate chain: the HTTP and gRPC listeners speak TLS (reloaded on change).
+    #[arg(long, env = "PERMD_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `--tls-cert`.
+    #[arg(long, env = "PERMD_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA bundle: clients must present a certificate it signed (mTLS).
+    #[arg(long, env = "PERMD_TLS_CLIENT_CA")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// Listen on a non-loopback address without keys or client certificates (anyone who can
+    /// connect may ask anything).
+    #[arg(long, env = "PERMD_INSECURE_LISTEN")]
+    pub insecure_listen: bool,
+    /// Serve the listing endpoints (/local/role_assignments, /authorized_users, search, …);
+    /// false answers them 403 (default true).
+    #[arg(long, env = "PERMD_QUERIES")]
+    pub queries: Option<bool>,
+    /// HTTP paths or gRPC methods (`/package.Service/Method`) answered 403, comma-separated.
+    #[arg(long, env = "PERMD_DISABLED_ROUTES", value_delimiter = ',')]
+    pub disabled_routes: Option<Vec<String>>,
 }
 
 /// The validated configuration `serve` runs with.
@@ -335,6 +379,18 @@ pub struct Config {
     pub permit_scope: Option<(String, String)>,
     /// Subject and tenant of requests from proxies (`crate::api::proxy`).
     pub proxy: crate::api::proxy::ProxySettings,
+    /// Bearer keys clients must send: this file's, re-read on change…
+    pub auth_keys_file: Option<PathBuf>,
+    /// …and `PERMD_AUTH_KEYS` (environment only; never a flag, never logged).
+    pub auth_keys: Vec<ApiKey>,
+    /// TLS on the HTTP and gRPC listeners.
+    pub tls: Option<crate::tls::TlsFiles>,
+    /// A non-loopback listener without authentication is allowed (with a warning).
+    pub insecure_listen: bool,
+    /// The listing endpoints are served.
+    pub queries: bool,
+    /// Paths and gRPC methods answered 403.
+    pub disabled_routes: Vec<String>,
 }
 
 impl Config {
@@ -360,7 +416,60 @@ impl Config {
         };
         let mut cfg = Config::merge(file, &base, over)?;
         cfg.api_key = read_api_key(std::env::var("PERMD_API_KEY").ok(), cfg.api_key_file.as_deref())?;
+        cfg.auth_keys = read_auth_keys(std::env::var("PERMD_AUTH_KEYS").ok())?;
+        cfg.check_exposure()?;
         Ok(cfg)
+    }
+
+    /// Whether clients must authenticate (a bearer key or a client certificate).
+    pub fn authenticates(&self) -> bool {
+        !self.auth_keys.is_empty()
+            || self.auth_keys_file.is_some()
+            || self.tls.as_ref().is_some_and(|t| t.client_ca.is_some())
+    }
+
+    /// Closed by default: a listener beyond loopback needs keys or mTLS, or
+    /// `insecure_listen` said in so many words. Also reads the key file once, so that a
+    /// missing or empty one is a configuration error before any port is bound.
+    pub fn check_exposure(&self) -> Result<(), ConfigError> {
+        if let Some(path) = &self.auth_keys_file {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| invalid("auth_keys_file", format!("cannot read `{}`: {e}", path.display())))?;
+            let keys = crate::auth::parse_keys(&text)
+                .map_err(|e| invalid("auth_keys_file", format!("`{}` {e}", path.display())))?;
+            if keys.is_empty() && self.auth_keys.is_empty() {
+                return Err(invalid(
+                    "auth_keys_file",
+                    format!("`{}` holds no key (and PERMD_AUTH_KEYS is not set)", path.display()),
+                ));
+            }
+        }
+        if let Some(tls) = &self.tls {
+            crate::tls::check(tls).map_err(|e| {
+                let field = if e.to_string().contains("client CA") {
+                    "tls_client_ca"
+                } else {
+                    "tls_cert"
+                };
+                invalid(field, format!("{e:#}"))
+            })?;
+        }
+        if self.authenticates() || self.insecure_listen {
+            return Ok(());
+        }
+        for (field, addr) in [("http_addr", &self.http_addr), ("grpc_addr", &self.grpc_addr)] {
+            if !addr.is_local() {
+                return Err(invalid(
+                    field,
+                    format!(
+                        "`{addr}` is not a loopback address and no client authentication is configured: \
+                         set `auth_keys_file` (or PERMD_AUTH_KEYS) or `tls_client_ca`, or pass \
+                         `--insecure-listen` (`insecure_listen: true`) to serve anyone who can connect"
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 
     fn merge(file: FileConfig, file_base: &Path, over: &Overrides) -> Result<Config, ConfigError> {
@@ -506,7 +615,41 @@ impl Config {
             max_line_bytes: over.max_line_bytes.or(file.max_line_bytes).unwrap_or(64 << 20),
             permit_scope,
             proxy,
+            auth_keys_file: over.auth_keys_file.clone().or(file.auth_keys_file),
+            auth_keys: Vec::new(),
+            tls: match (
+                over.tls_cert.clone().or(file.tls_cert),
+                over.tls_key.clone().or(file.tls_key),
+                over.tls_client_ca.clone().or(file.tls_client_ca),
+            ) {
+                (Some(cert), Some(key), client_ca) => Some(crate::tls::TlsFiles { cert, key, client_ca }),
+                (None, None, None) => None,
+                (None, None, Some(_)) => {
+                    return Err(invalid(
+                        "tls_client_ca",
+                        "client certificates need TLS: set `tls_cert` and `tls_key` too",
+                    ));
+                }
+                (Some(_), None, _) => return Err(invalid("tls_key", "`tls_cert` is set but `tls_key` is not")),
+                (None, Some(_), _) => return Err(invalid("tls_cert", "`tls_key` is set but `tls_cert` is not")),
+            },
+            insecure_listen: over.insecure_listen || file.insecure_listen.unwrap_or(false),
+            queries: over.queries.or(file.queries).unwrap_or(true),
+            disabled_routes: {
+                let mut routes = file.disabled_routes.unwrap_or_default();
+                routes.extend(over.disabled_routes.clone().unwrap_or_default());
+                routes.retain(|r| !r.trim().is_empty());
+                routes
+            },
         };
+        if let Some(r) = cfg.disabled_routes.iter().find(|r| !r.starts_with('/')) {
+            return Err(invalid(
+                "disabled_routes",
+                format!(
+                    "`{r}`: a route is a path (`/authorized_users`) or a gRPC method (`/perm.v1.RoleService/ListRoles`)"
+                ),
+            ));
+        }
         if cfg.upstream_timeout.is_zero() {
             return Err(invalid("upstream_timeout", "must be greater than 0"));
         }
@@ -551,6 +694,24 @@ fn read_api_key(env: Option<String>, file: Option<&Path>) -> Result<Option<ApiKe
         ));
     }
     Ok(Some(ApiKey(key.to_string())))
+}
+
+/// `PERMD_AUTH_KEYS`: comma-separated keys; blanks ignored; each must fit in a header.
+fn read_auth_keys(env: Option<String>) -> Result<Vec<ApiKey>, ConfigError> {
+    let Some(env) = env else {
+        return Ok(Vec::new());
+    };
+    let mut keys = Vec::new();
+    for k in env.split(',').map(str::trim).filter(|k| !k.is_empty()) {
+        if !k.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(invalid(
+                "PERMD_AUTH_KEYS",
+                "a key holds characters a header cannot carry",
+            ));
+        }
+        keys.push(ApiKey(k.to_string()));
+    }
+    Ok(keys)
 }
 
 #[cfg(test)]
@@ -601,6 +762,65 @@ mod tests {
         assert!(!format!("{key:?}").contains("pk_secret"));
         let err = read_api_key(None, Some(Path::new("/nonexistent/key"))).unwrap_err();
         assert!(err.to_string().starts_with("`api_key_file`"), "{err}");
+    }
+
+    #[test]
+    fn closed_by_default_beyond_loopback() {
+        let cfg = |yaml: &str| Config::merge(file(yaml), Path::new(""), &Overrides::default());
+        for local in [
+            "127.0.0.1:1",
+            "127.1.2.3:1",
+            "[::1]:1",
+            "localhost:1",
+            "unix:/run/p.sock",
+        ] {
+            let c = cfg(&format!("source: a.yaml\nhttp_addr: '{local}'\n")).unwrap();
+            assert!(c.http_addr.is_local(), "{local}");
+            c.check_exposure().unwrap();
+        }
+        let c = cfg("source: a.yaml\nhttp_addr: 0.0.0.0:1\n").unwrap();
+        let err = c.check_exposure().unwrap_err().to_string();
+        assert!(
+            err.starts_with("`http_addr`") && err.contains("--insecure-listen"),
+            "{err}"
+        );
+        let err = cfg("source: a.yaml\ngrpc_addr: 10.0.0.1:1\n")
+            .unwrap()
+            .check_exposure()
+            .unwrap_err();
+        assert!(err.to_string().starts_with("`grpc_addr`"), "{err}");
+        cfg("source: a.yaml\nhttp_addr: 0.0.0.0:1\ninsecure_listen: true\n")
+            .unwrap()
+            .check_exposure()
+            .unwrap();
+        let mut c = cfg("source: a.yaml\nhttp_addr: 0.0.0.0:1\n").unwrap();
+        c.auth_keys = read_auth_keys(Some(" k1 , ,k2".into())).unwrap();
+        assert_eq!(c.auth_keys.len(), 2);
+        assert!(!format!("{c:?}").contains("k1"), "keys never shown");
+        c.check_exposure().unwrap();
+        // mTLS alone is enough (authenticates); the files are read by the check, which names them.
+        let c = cfg("source: a.yaml\nhttp_addr: 0.0.0.0:1\ntls_cert: c\ntls_key: k\ntls_client_ca: ca\n").unwrap();
+        assert!(c.authenticates());
+        let err = c.check_exposure().unwrap_err().to_string();
+        assert!(
+            err.starts_with("`tls_cert`") && err.contains("reading TLS certificate c"),
+            "{err}"
+        );
+        for (yaml, field) in [
+            ("tls_client_ca: ca\n", "tls_client_ca"),
+            ("tls_cert: c\n", "tls_key"),
+            ("tls_key: k\n", "tls_cert"),
+            ("disabled_routes: [authorized_users]\n", "disabled_routes"),
+        ] {
+            let err = cfg(&format!("source: a.yaml\n{yaml}")).unwrap_err();
+            assert!(err.to_string().starts_with(&format!("`{field}`")), "{yaml}: {err}");
+        }
+        let err = cfg("source: a.yaml\nauth_keys_file: /nonexistent/keys\n")
+            .unwrap()
+            .check_exposure()
+            .unwrap_err();
+        assert!(err.to_string().starts_with("`auth_keys_file`"), "{err}");
+        assert!(read_auth_keys(Some("a b".into())).is_err());
     }
 
     #[test]

@@ -20,6 +20,7 @@
 //! write path → database → change feed → sidecars.
 
 pub mod api;
+pub mod auth;
 pub mod cli;
 pub mod client;
 pub mod cond;
@@ -35,6 +36,7 @@ pub mod model;
 pub mod server;
 pub mod store;
 pub mod sync;
+pub mod tls;
 pub mod urlmap;
 pub mod wire;
 

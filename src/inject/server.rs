@@ -2,7 +2,6 @@
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,12 +14,10 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use rustls::ServerConfig;
-use rustls_pki_types::pem::PemObject as _;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
-use tokio_rustls::TlsAcceptor;
+
+use crate::tls::{ALPN_HTTP, ReloadingTls, TlsFiles};
 
 use super::{MAX_BODY_BYTES, Options, Sidecar, review};
 
@@ -44,7 +41,17 @@ where
     F: Future<Output = ()>,
 {
     let sidecar = Arc::new(Sidecar::load(&opts.sidecar_file).await?);
-    let acceptor = TlsAcceptor::from(Arc::new(tls_config(&opts.tls_cert, &opts.tls_key).await?));
+    // The shared TLS code (src/tls.rs): a renewed certificate (cert-manager) is picked up
+    // without a restart.
+    let tls = ReloadingTls::load(
+        TlsFiles {
+            cert: opts.tls_cert.clone(),
+            key: opts.tls_key.clone(),
+            client_ca: None,
+        },
+        ALPN_HTTP,
+    )?;
+    let watch = tls.watch();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -74,7 +81,7 @@ where
             },
             () = &mut shutdown => break,
         };
-        let acceptor = acceptor.clone();
+        let acceptor = tls.acceptor();
         let builder = builder.clone();
         let sidecar = Arc::clone(&sidecar);
         let watcher = graceful.watcher();
@@ -102,47 +109,12 @@ where
     }
 
     drop(listener);
+    watch.abort();
     tracing::info!("inject webhook stopping");
     if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await.is_err() {
         tracing::warn!("connections still open after the drain timeout; closing them");
     }
     Ok(())
-}
-
-/// A rustls server config from PEM files (the certificate chain, then the private key).
-async fn tls_config(cert: &Path, key: &Path) -> anyhow::Result<ServerConfig> {
-    let cert_pem = tokio::fs::read(cert)
-        .await
-        .with_context(|| format!("reading TLS certificate {}", cert.display()))?;
-    let chain = CertificateDer::pem_slice_iter(&cert_pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| anyhow::anyhow!("TLS certificate {}: {e}", cert.display()))?;
-    if chain.is_empty() {
-        anyhow::bail!("TLS certificate {}: no CERTIFICATE block", cert.display());
-    }
-    let key_pem = tokio::fs::read(key)
-        .await
-        .with_context(|| format!("reading TLS key {}", key.display()))?;
-    let key_der =
-        PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| anyhow::anyhow!("TLS key {}: {e}", key.display()))?;
-
-    // The provider is named explicitly, so that it does not matter which rustls crypto
-    // features other crates enable.
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .context("TLS protocol versions")?
-        .with_no_client_auth()
-        .with_single_cert(chain, key_der)
-        .with_context(|| {
-            format!(
-                "TLS certificate {} does not go with key {}",
-                cert.display(),
-                key.display()
-            )
-        })?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(config)
 }
 
 /// Routes one request (any body type, so that tests can call it without a connection).

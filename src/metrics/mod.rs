@@ -377,6 +377,11 @@ impl Metrics {
         m
     }
 
+    /// Adds a collector kept elsewhere (the auth gate's counters) to the registry.
+    pub fn register<C: Collector + Clone + 'static>(&self, c: C) {
+        reg(&self.registry, c);
+    }
+
     /// One decision made through `api`.
     #[inline]
     pub fn decision(&self, api: Api, reason: Reason) {

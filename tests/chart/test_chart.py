@@ -38,7 +38,7 @@ RELEASE = "rel"
 
 # The newest Kubernetes version kubernetes-validate ships schemas for (1.37 with 1.37.0).
 K8S_VERSION = kv.latest_version()
-CRD_KINDS = {"ServiceMonitor", "PodMonitor"}
+CRD_KINDS = {"ServiceMonitor", "PodMonitor", "Certificate"}
 WORKLOAD_KINDS = {"Deployment", "DaemonSet", "StatefulSet"}
 
 MINIMAL = {"config": {"source": "https://control.example.com/base"}}
@@ -117,8 +117,22 @@ def validate_manifests(docs: list[dict[str, Any]]) -> None:
             )
 
 
+def check_certificate_shape(doc: dict[str, Any]) -> None:
+    """No schema for cert-manager's Certificate here: check what matters by hand."""
+    assert doc["apiVersion"] == "cert-manager.io/v1"
+    assert set(doc) <= {"apiVersion", "kind", "metadata", "spec"}
+    spec = doc["spec"]
+    assert set(spec) <= {"secretName", "duration", "dnsNames", "usages", "issuerRef"}
+    assert re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", spec["secretName"])
+    assert spec["dnsNames"] and spec["issuerRef"]["name"]
+    assert spec["issuerRef"]["kind"] in {"Issuer", "ClusterIssuer"}
+
+
 def check_monitor_shape(doc: dict[str, Any]) -> None:
     """No schema for the prometheus-operator CRDs here: check what matters by hand."""
+    if doc["kind"] == "Certificate":
+        check_certificate_shape(doc)
+        return
     assert doc["apiVersion"] == "monitoring.coreos.com/v1"
     assert set(doc) <= {"apiVersion", "kind", "metadata", "spec"}
     assert re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", doc["metadata"]["name"])
@@ -241,14 +255,18 @@ def test_common_content(ci_case: tuple[dict, list]) -> None:
 
     # The API key never shows in clear outside its Secret.
     key = values.get("apiKey", {}).get("value")
+    api_secrets = [d for d in of_kind(docs, "Secret") if d["metadata"]["name"] == f"{RELEASE}-permd-api-key"]
     if key:
         for doc in docs:
             if doc["kind"] != "Secret":
                 assert key not in json.dumps(doc), f"API key in clear in {doc['kind']}"
-        secret = one(docs, "Secret")
+        (secret,) = api_secrets
         assert base64.b64decode(secret["data"]["api-key"]).decode() == key
     else:
-        assert not of_kind(docs, "Secret")
+        assert not api_secrets
+    # A shared permd authenticates its clients; a NetworkPolicy guards its pods.
+    if values.get("mode", "sidecar") != "sidecar":
+        check_shared_auth(values, docs)
 
     for workload, template in pod_templates(docs):
         if workload["metadata"]["name"].endswith("-webhook"):
@@ -879,3 +897,138 @@ def test_control_and_shared_permd_do_not_select_each_other() -> None:
     assert not permd_sel.items() <= ctl_dep["spec"]["template"]["metadata"]["labels"].items()
     # Same image, same binary.
     assert control.server()["image"] == container(permd_dep["spec"]["template"]["spec"], "permd")["image"]
+
+
+# ----------------------------------------------------------------------------- who may ask
+
+
+def check_shared_auth(values: dict[str, Any], docs: list[dict[str, Any]]) -> None:
+    """The shared workload mounts its keys (and TLS) and is guarded by a NetworkPolicy."""
+    auth = merged({"keys": {"enabled": True, "existingSecret": "", "secretKey": "keys"},
+                   "tls": {"enabled": False, "secretName": "", "certManager": {"enabled": False},
+                           "clientCa": {"enabled": False, "secretName": "", "secretKey": "ca.crt"}}},
+                  values.get("auth", {}))
+    workload = one(docs, "Deployment" if values["mode"] == "deployment" else "DaemonSet", f"{RELEASE}-permd")
+    spec = workload["spec"]["template"]["spec"]
+    c = container(spec, "permd")
+    env = env_of(c)
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    mounts = {m["name"]: m for m in c["volumeMounts"]}
+    keys_secret = auth["keys"]["existingSecret"] or f"{RELEASE}-permd-auth-keys"
+    assert env["PERMD_AUTH_KEYS_FILE"] == f"/etc/permd-auth/{auth['keys']['secretKey']}"
+    assert volumes["permd-auth-keys"]["secret"]["secretName"] == keys_secret
+    assert mounts["permd-auth-keys"] == {"name": "permd-auth-keys", "mountPath": "/etc/permd-auth", "readOnly": True}
+    generated = [d for d in of_kind(docs, "Secret") if d["metadata"]["name"] == f"{RELEASE}-permd-auth-keys"]
+    assert len(generated) == (0 if auth["keys"]["existingSecret"] else 1)
+    for secret in generated:
+        text = base64.b64decode(secret["data"][auth["keys"]["secretKey"]]).decode()
+        (key,) = [line for line in text.splitlines() if line and not line.startswith("#")]
+        assert re.fullmatch(r"[A-Za-z0-9]{48}", key)
+        assert secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+        for doc in docs:
+            if doc is not secret:
+                assert key not in json.dumps(doc), f"generated key in clear in {doc['kind']}"
+    assert "PERMD_INSECURE_LISTEN" not in env
+    if auth["tls"]["enabled"]:
+        tls_secret = auth["tls"]["secretName"] or f"{RELEASE}-permd-tls"
+        assert env["PERMD_TLS_CERT"] == "/etc/permd-tls/tls.crt"
+        assert env["PERMD_TLS_KEY"] == "/etc/permd-tls/tls.key"
+        assert volumes["permd-tls"]["secret"]["secretName"] == tls_secret
+        assert mounts["permd-tls"]["readOnly"] is True
+        if auth["tls"]["clientCa"]["enabled"]:
+            assert env["PERMD_TLS_CLIENT_CA"] == "/etc/permd-tls/ca.crt"
+        else:
+            assert "PERMD_TLS_CLIENT_CA" not in env
+        if auth["tls"]["certManager"]["enabled"]:
+            cert = one(docs, "Certificate", f"{RELEASE}-permd-tls")
+            assert cert["spec"]["secretName"] == tls_secret
+            assert cert["spec"]["dnsNames"] == [
+                f"{RELEASE}-permd", f"{RELEASE}-permd.{NAMESPACE}", f"{RELEASE}-permd.{NAMESPACE}.svc",
+                f"{RELEASE}-permd.{NAMESPACE}.svc.cluster.local",
+            ]
+            ref = auth["tls"]["certManager"]["issuerRef"]
+            assert cert["spec"]["issuerRef"] == {"group": "cert-manager.io", **ref}
+        else:
+            assert not of_kind(docs, "Certificate")
+    else:
+        assert not {"PERMD_TLS_CERT", "PERMD_TLS_KEY", "PERMD_TLS_CLIENT_CA"} & set(env)
+
+    np = one(docs, "NetworkPolicy", f"{RELEASE}-permd")
+    assert np["spec"]["podSelector"]["matchLabels"] == workload["spec"]["selector"]["matchLabels"]
+    assert np["spec"]["policyTypes"] == ["Ingress"]
+    clients, scrape = np["spec"]["ingress"]
+    (peer,) = clients["from"]
+    assert peer["podSelector"]["matchLabels"] == {"permd.io/client": "true"}
+    ns_sel = values.get("networkPolicy", {}).get("clientNamespaceSelector")
+    assert peer.get("namespaceSelector") == (ns_sel or None)
+    assert [p["port"] for p in clients["ports"]] == ["permd-http", "permd-grpc"]
+    assert [p["port"] for p in scrape["ports"]] == ["permd-admin"]
+    assert scrape["from"][0]["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "prometheus"}
+    # The named ports exist on the container.
+    assert set(ports_of(c)) == {"permd-http", "permd-grpc", "permd-admin"}
+
+
+@pytest.mark.parametrize("mode", ["deployment", "daemonset"])
+def test_shared_modes_get_a_generated_key_and_a_network_policy(mode: str) -> None:
+    values = merged(MINIMAL, {"mode": mode})
+    docs = render(values)
+    validate_manifests(docs)
+    check_shared_auth(values, docs)
+    assert lint_errors(values) == []
+
+
+def test_sidecar_mode_needs_no_key() -> None:
+    for values in (load_values(CHART / "ci" / "sidecar-values.yaml"),
+                   merged(MINIMAL, {"webhook": {"enabled": True, "tlsSecretName": "t"}})):
+        docs = render(values)
+        assert not of_kind(docs, "NetworkPolicy") and not of_kind(docs, "Certificate")
+        assert not [d for d in of_kind(docs, "Secret") if "auth-keys" in d["metadata"]["name"]]
+        text = json.dumps(docs)
+        for name in ("PERMD_AUTH_KEYS_FILE", "PERMD_TLS_CERT", "PERMD_INSECURE_LISTEN", "permd-auth-keys"):
+            assert name not in text
+
+
+def test_daemonset_existing_secrets_and_listings_off() -> None:
+    values = load_values(CHART / "ci" / "daemonset-values.yaml")
+    docs = render(values)
+    cfg = yaml.safe_load(one(docs, "ConfigMap")["data"]["permd.yaml"])
+    assert cfg["queries"] is False and cfg["disabled_routes"] == ["/v1/enforce"]
+    # The default (true, no routes) leaves an empty list out of the file.
+    cfg = yaml.safe_load(one(render(merged(MINIMAL, {"mode": "deployment"})), "ConfigMap")["data"]["permd.yaml"])
+    assert cfg["queries"] is True and "disabled_routes" not in cfg
+
+
+def test_injected_sidecar_gets_list_settings_as_comma_separated_env() -> None:
+    values = merged(MINIMAL, {"webhook": {"enabled": True, "tlsSecretName": "t"},
+                              "config": {"disabled_routes": ["/authorized_users", "/v1/orgs"]}})
+    docs = render(values)
+    sidecar = json.loads(one(docs, "ConfigMap", f"{RELEASE}-permd-webhook-sidecar")["data"]["sidecar.json"])
+    env = env_of(sidecar["containers"][0])
+    assert env["PERMD_DISABLED_ROUTES"] == "/authorized_users,/v1/orgs"
+    assert env["PERMD_QUERIES"] == "true"
+
+
+def test_shared_mode_refuses_to_render_without_auth() -> None:
+    shared = merged(MINIMAL, {"mode": "deployment"})
+    with pytest.raises(helm.HelmError, match="auth.insecureListen"):
+        render(merged(shared, {"auth": {"keys": {"enabled": False}}}))
+    # mTLS alone is enough.
+    docs = render(merged(shared, {"auth": {"keys": {"enabled": False}, "tls": {
+        "enabled": True, "secretName": "tls", "clientCa": {"enabled": True, "secretName": "cas"}}}}))
+    spec = one(docs, "Deployment")["spec"]["template"]["spec"]
+    env = env_of(container(spec, "permd"))
+    assert env["PERMD_TLS_CLIENT_CA"] == "/etc/permd-client-ca/ca.crt"
+    assert "PERMD_AUTH_KEYS_FILE" not in env
+    assert {v["name"]: v for v in spec["volumes"]}["permd-client-ca"]["secret"]["secretName"] == "cas"
+    # Said in so many words.
+    docs = render(merged(shared, {"auth": {"keys": {"enabled": False}, "insecureListen": True}}))
+    env = env_of(container(one(docs, "Deployment")["spec"]["template"]["spec"], "permd"))
+    assert env["PERMD_INSECURE_LISTEN"] == "true"
+    with pytest.raises(helm.HelmError, match="clientCa.enabled needs auth.tls.enabled"):
+        render(merged(shared, {"auth": {"tls": {"clientCa": {"enabled": True}}}}))
+    with pytest.raises(helm.HelmError, match="secretName"):
+        render(merged(shared, {"auth": {"tls": {"enabled": True}}}))
+    with pytest.raises(helm.HelmError, match="issuerRef.name"):
+        render(merged(shared, {"auth": {"tls": {"enabled": True, "certManager": {"enabled": True}}}}))
+    assert lint_errors(merged(shared, {"auth": {"keys": {"bogus": 1}}}))
+    assert lint_errors(merged(shared, {"networkPolicy": {"clientLabels": {"permd.io/client": 1}}}))

@@ -109,7 +109,7 @@ app.kubernetes.io/managed-by: {{ .Release.Service | default "Helm" }}
 {{- $_ := required "config.source is required (e.g. https://control.example.com/base or file:///etc/permd/snapshot.yaml)" .Values.config.source -}}
 {{- $cfg := dict -}}
 {{- range $k, $v := .Values.config -}}
-{{- if and (ne $k "http_addr") (ne $k "grpc_addr") (not (kindIs "invalid" $v)) (ne (toString $v) "") -}}
+{{- if and (ne $k "http_addr") (ne $k "grpc_addr") (not (kindIs "invalid" $v)) (ne (toString $v) "") (not (and (kindIs "slice" $v) (empty $v))) -}}
 {{- if kindIs "float64" $v -}}
 {{- $_ := set $cfg $k (int64 $v) -}}
 {{- else -}}
@@ -159,8 +159,8 @@ a sidecar's decision API on the pod IP).
 {{- end -}}
 
 {{/*
-The admin listener (admin_addr): /healthz, /readyz, /v1/status (and /metrics), never a check
-endpoint. Always on the pod IP, in every mode, so kubelet probes and Prometheus reach it.
+The admin listener (admin_addr): /healthz, /readyz and /metrics, unauthenticated, never a
+check endpoint. Always on the pod IP, in every mode, so kubelet probes and Prometheus reach it.
 */}}
 {{- define "permd.adminAddr" -}}
 {{- printf "0.0.0.0:%v" (int64 .Values.admin.port) -}}
@@ -177,6 +177,39 @@ endpoint. Always on the pod IP, in every mode, so kubelet probes and Prometheus 
 {{- define "permd.addrExposed" -}}
 {{- if and (not (hasPrefix "unix:" .)) (not (regexMatch "^(127\\.|localhost:|\\[::1\\]:)" .)) (ne (include "permd.addrPort" .) "") -}}
 true
+{{- end -}}
+{{- end -}}
+
+{{/* The Secret holding the bearer keys file of a shared permd. */}}
+{{- define "permd.authKeysSecretName" -}}
+{{- .Values.auth.keys.existingSecret | default (printf "%s-auth-keys" (include "permd.fullname" .)) -}}
+{{- end -}}
+
+{{/* The kubernetes.io/tls Secret of a shared permd's HTTP and gRPC ports. */}}
+{{- define "permd.tlsSecretName" -}}
+{{- .Values.auth.tls.secretName | default (printf "%s-tls" (include "permd.fullname" .)) -}}
+{{- end -}}
+
+{{/*
+"true" when a shared permd authenticates its clients (keys or client certificates); fails the
+render when it would not and insecureListen does not say so (permd would refuse to start).
+*/}}
+{{- define "permd.sharedAuth" -}}
+{{- $a := .Values.auth -}}
+{{- $mtls := and $a.tls.enabled $a.tls.clientCa.enabled -}}
+{{- if and $a.tls.clientCa.enabled (not $a.tls.enabled) -}}
+{{- fail "auth.tls.clientCa.enabled needs auth.tls.enabled (client certificates are asked for in the TLS handshake)" -}}
+{{- end -}}
+{{- if and $a.tls.enabled (not $a.tls.secretName) (not $a.tls.certManager.enabled) -}}
+{{- fail "auth.tls.enabled needs auth.tls.secretName (a kubernetes.io/tls Secret) or auth.tls.certManager.enabled" -}}
+{{- end -}}
+{{- if and $a.tls.certManager.enabled (not $a.tls.certManager.issuerRef.name) -}}
+{{- fail "auth.tls.certManager.enabled needs auth.tls.certManager.issuerRef.name" -}}
+{{- end -}}
+{{- if or $a.keys.enabled $mtls -}}
+true
+{{- else if not $a.insecureListen -}}
+{{- fail "a shared permd (deployment/daemonset) listens on the pod IP: enable auth.keys or auth.tls.clientCa, or set auth.insecureListen: true to serve anyone who can connect" -}}
 {{- end -}}
 {{- end -}}
 
@@ -198,6 +231,26 @@ true
 {{- if and $ctx.Values.unixSocket.enabled (ne .role "shared") }}
 - name: permd-socket
   emptyDir: {}
+{{- end }}
+{{- if eq .role "shared" }}
+{{- $a := $ctx.Values.auth }}
+{{- if $a.keys.enabled }}
+- name: permd-auth-keys
+  secret:
+    secretName: {{ include "permd.authKeysSecretName" $ctx }}
+    defaultMode: 0400
+{{- end }}
+{{- if $a.tls.enabled }}
+- name: permd-tls
+  secret:
+    secretName: {{ include "permd.tlsSecretName" $ctx }}
+    defaultMode: 0400
+{{- if and $a.tls.clientCa.enabled $a.tls.clientCa.secretName }}
+- name: permd-client-ca
+  secret:
+    secretName: {{ $a.tls.clientCa.secretName }}
+{{- end }}
+{{- end }}
 {{- end }}
 {{- end -}}
 
@@ -259,7 +312,11 @@ env:
   {{- range $k := keys $cfg | sortAlpha }}
   {{- $val := index $cfg $k }}
   - name: {{ printf "PERMD_%s" (upper $k) }}
+    {{- if kindIs "slice" $val }}
+    value: {{ join "," $val | quote }}
+    {{- else }}
     value: {{ ternary (int64 $val) $val (kindIs "float64" $val) | toString | quote }}
+    {{- end }}
   {{- end }}
   {{- end }}
   {{- if $secret }}
@@ -271,6 +328,27 @@ env:
         {{- if and (eq .role "injected") $v.webhook.apiKeySecretOptional }}
         optional: true
         {{- end }}
+  {{- end }}
+  {{- if eq .role "shared" }}
+  {{- $_ := include "permd.sharedAuth" $ctx }}
+  {{- if $v.auth.keys.enabled }}
+  - name: PERMD_AUTH_KEYS_FILE
+    value: {{ printf "/etc/permd-auth/%s" $v.auth.keys.secretKey | quote }}
+  {{- end }}
+  {{- if $v.auth.tls.enabled }}
+  - name: PERMD_TLS_CERT
+    value: /etc/permd-tls/tls.crt
+  - name: PERMD_TLS_KEY
+    value: /etc/permd-tls/tls.key
+  {{- if $v.auth.tls.clientCa.enabled }}
+  - name: PERMD_TLS_CLIENT_CA
+    value: {{ printf "%s/%s" (ternary "/etc/permd-client-ca" "/etc/permd-tls" (not (empty $v.auth.tls.clientCa.secretName))) $v.auth.tls.clientCa.secretKey | quote }}
+  {{- end }}
+  {{- end }}
+  {{- if $v.auth.insecureListen }}
+  - name: PERMD_INSECURE_LISTEN
+    value: "true"
+  {{- end }}
   {{- end }}
   {{- with $v.env }}
   {{- toYaml . | nindent 2 }}
@@ -307,6 +385,23 @@ volumeMounts:
   {{- if and $v.unixSocket.enabled (ne .role "shared") }}
   - name: permd-socket
     mountPath: {{ $v.unixSocket.mountPath }}
+  {{- end }}
+  {{- if eq .role "shared" }}
+  {{- if $v.auth.keys.enabled }}
+  - name: permd-auth-keys
+    mountPath: /etc/permd-auth
+    readOnly: true
+  {{- end }}
+  {{- if $v.auth.tls.enabled }}
+  - name: permd-tls
+    mountPath: /etc/permd-tls
+    readOnly: true
+  {{- if and $v.auth.tls.clientCa.enabled $v.auth.tls.clientCa.secretName }}
+  - name: permd-client-ca
+    mountPath: /etc/permd-client-ca
+    readOnly: true
+  {{- end }}
+  {{- end }}
   {{- end }}
 {{- end -}}
 
