@@ -195,3 +195,53 @@ pub fn decide_url(ix: &Index, method: &str, target: &str, user: &str, tenant: Op
         check: Some(check),
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_merge_file_then_flags_and_name_bad_values() {
+        let d = ProxySettings::merge(None, &ProxyOverrides::default()).unwrap();
+        assert_eq!(d, ProxySettings::default());
+        let file: ProxyFile =
+            yaml_serde::from_str("user_header: X-Auth-User\ndefault_tenant: acme\njwt_claim: email\n").unwrap();
+        let over = ProxyOverrides {
+            proxy_jwt_claim: Some("preferred_username".into()),
+            ..ProxyOverrides::default()
+        };
+        let s = ProxySettings::merge(Some(file), &over).unwrap();
+        assert_eq!(s.user_header, "x-auth-user");
+        assert_eq!(s.default_tenant.as_deref(), Some("acme"));
+        assert_eq!(s.jwt_claim, "preferred_username");
+        assert_eq!(s.tenant_header, "x-tenant-id");
+        for (over, field) in [
+            (
+                ProxyOverrides {
+                    proxy_user_header: Some("bad header".into()),
+                    ..ProxyOverrides::default()
+                },
+                "proxy.user_header",
+            ),
+            (
+                ProxyOverrides {
+                    proxy_default_tenant: Some(String::new()),
+                    ..ProxyOverrides::default()
+                },
+                "proxy.default_tenant",
+            ),
+            (
+                ProxyOverrides {
+                    proxy_jwt_metadata_key: Some(String::new()),
+                    ..ProxyOverrides::default()
+                },
+                "proxy.jwt_metadata_key",
+            ),
+        ] {
+            let err = ProxySettings::merge(None, &over).unwrap_err().to_string();
+            assert!(err.contains(field), "{err}");
+        }
+        assert!(yaml_serde::from_str::<ProxyFile>("user_hedaer: x\n").is_err());
+    }
+}
