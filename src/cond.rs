@@ -171,8 +171,8 @@ impl Condition {
     /// a handful of conditions parses each once, for validation and for the index alike.
     pub fn compile_shared(source: &str) -> Result<Arc<Condition>, String> {
         const MAX_CACHED: usize = 4096;
-        static CACHE: LazyLock<Mutex<HashMap<Arc<str>, Result<Arc<Condition>, String>>>> =
-            LazyLock::new(Mutex::default);
+        type Compiled = Result<Arc<Condition>, String>;
+        static CACHE: LazyLock<Mutex<HashMap<Arc<str>, Compiled>>> = LazyLock::new(Mutex::default);
         if let Ok(cache) = CACHE.lock()
             && let Some(hit) = cache.get(source)
         {

@@ -32,6 +32,9 @@ use roaring::RoaringBitmap;
 use serde::Serialize;
 use std::sync::{Arc, OnceLock};
 
+/// Per (condition pointer, type id): the instances a resource-only condition holds for.
+type CondHolds = std::collections::HashMap<(usize, u32), Arc<RoaringBitmap>>;
+
 /// "No id" in dense id tables.
 pub const NONE: u32 = u32::MAX;
 
@@ -213,7 +216,7 @@ pub struct Index {
     query_aux: Arc<OnceLock<Arc<query::QueryAux>>>,
     /// Per (condition, type id): the instances of the type a resource-only condition holds
     /// for, with no request data; computed once per version on first use by a listing.
-    cond_holds: Arc<std::sync::Mutex<std::collections::HashMap<(usize, u32), Arc<RoaringBitmap>>>>,
+    cond_holds: Arc<std::sync::Mutex<CondHolds>>,
     /// Grants with a `when` (model.md §5): queries and `explain` take the conditional path
     /// only when some exist or the policy has conditions.
     cond_grants: u32,
