@@ -56,12 +56,6 @@ impl Uses {
     pub fn resource_only(&self) -> bool {
         self.resource && !(self.user || self.org || self.action || self.context || self.now)
     }
-
-    /// Whether the value can depend on anything the request carries beyond the subject,
-    /// resource and action it names (its attributes, its context, its time).
-    pub fn request_dependent(&self) -> bool {
-        self.context || self.now
-    }
 }
 
 /// One compiled condition.

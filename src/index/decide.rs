@@ -333,8 +333,6 @@ impl Index {
         // Step 4: org-wide roles, collected for step 6 too.
         let anc = p.org_anc(o);
         let mut held: SmallVec<[u32; 8]> = SmallVec::new();
-        // For conditional entries: where each held role came from (org id, role-name id).
-        let mut held_from: SmallVec<[(u32, u32); 8]> = SmallVec::new();
         match q.subject {
             Subject::User(_) => {
                 for &(org_a, role_name) in org_roles {
@@ -355,7 +353,6 @@ impl Index {
                         );
                     }
                     held.push(role);
-                    held_from.push((org_a, role_name));
                 }
             }
             Subject::Role(name) => {
@@ -364,7 +361,6 @@ impl Index {
                         return self.decision(Reason::OrgRole, Evidence::RoleSubject { role });
                     }
                     held.push(role);
-                    held_from.push((o, NONE));
                 }
             }
         }
@@ -377,18 +373,34 @@ impl Index {
             user,
             trace,
         };
+        // The conditional entries of the same roles, walked again only when some exist (the
+        // assignment behind each is the evidence).
         if conditional {
-            for (&role, &(org_a, role_name)) in held.iter().zip(&held_from) {
-                if let Some(site) = conds.role_permits(role, perm) {
-                    let evidence = match q.subject {
-                        Subject::User(_) => Evidence::OrgAssignment {
-                            org: org_a,
-                            role_name,
-                            role,
-                        },
-                        Subject::Role(_) => Evidence::RoleSubject { role },
-                    };
-                    return self.conditional(Reason::OrgRole, evidence, site);
+            match q.subject {
+                Subject::User(_) => {
+                    for &(org_a, role_name) in org_roles {
+                        if anc.binary_search(&org_a).is_err() {
+                            continue;
+                        }
+                        let Some(role) = p.resolve(org_a, role_name) else {
+                            continue;
+                        };
+                        if let Some(site) = conds.role_permits(role, perm) {
+                            let evidence = Evidence::OrgAssignment {
+                                org: org_a,
+                                role_name,
+                                role,
+                            };
+                            return self.conditional(Reason::OrgRole, evidence, site);
+                        }
+                    }
+                }
+                Subject::Role(_) => {
+                    if let Some(&role) = held.first()
+                        && let Some(site) = conds.role_permits(role, perm)
+                    {
+                        return self.conditional(Reason::OrgRole, Evidence::RoleSubject { role }, site);
+                    }
                 }
             }
         }
