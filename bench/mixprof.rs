@@ -21,7 +21,7 @@ fn main() {
     let secs: f64 = std::env::args().nth(2).and_then(|s| s.parse().ok()).unwrap_or(5.0);
     let which = std::env::args().nth(3).unwrap_or("mix".into());
     let n = sizes::assignments(&size).expect("size");
-    let s = generate(&sizes::params(n));
+    let s = generate(&sizes::params_of(&size, n));
     let t = Instant::now();
     let index = Index::build(&s);
     eprintln!("build {:?}", t.elapsed());

@@ -84,7 +84,7 @@ fn ensure_snapshot(data: &Path, name: &str, assignments: usize) -> PathBuf {
         eprintln!("[scale] using {}", path.display());
         return path;
     }
-    let p = sizes::params(assignments);
+    let p = sizes::params_of(name, assignments);
     eprintln!("[scale] generating {name}: {p:?}");
     let t = Instant::now();
     let snapshot = generate(&p);
@@ -109,6 +109,66 @@ fn ensure_snapshot(data: &Path, name: &str, assignments: usize) -> PathBuf {
         t.elapsed()
     );
     path
+}
+
+/// `permd serve`'s VmRSS in kB with FILE as its source, once ready and settled (jemalloc hands
+/// the dropped document back over a few seconds: sampled every 500 ms until two samples agree
+/// within 1%, at most 30 s). `None` without the permd binary (PERMD_BIN, else the one beside
+/// this example's directory).
+fn serve_rss_kb(file: &Path) -> Option<u64> {
+    use std::io::{Read, Write};
+    let bin = std::env::var_os("PERMD_BIN").map(PathBuf::from).or_else(|| {
+        let me = std::env::current_exe().ok()?;
+        Some(me.parent()?.parent()?.join("permd"))
+    })?;
+    if !bin.exists() {
+        eprintln!("[scale] no permd binary at {}: serve rows skipped", bin.display());
+        return None;
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0").ok()?.local_addr().ok()?.port();
+    let mut child = Command::new(&bin)
+        .args(["serve", "--source"])
+        .arg(format!("file://{}", file.display()))
+        .args(["--http-addr", &format!("127.0.0.1:{port}"), "--grpc-addr", "127.0.0.1:0"])
+        .args(["--log-level", "warn"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("permd serve starts");
+    let ready = || -> bool {
+        let Ok(mut c) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+            return false;
+        };
+        let _ = c.write_all(b"GET /readyz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
+        let mut out = String::new();
+        let _ = c.read_to_string(&mut out);
+        out.starts_with("HTTP/1.1 200")
+    };
+    let t = Instant::now();
+    while !ready() {
+        assert!(t.elapsed().as_secs() < 300, "permd serve not ready in 300 s");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let rss = || -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    };
+    let mut last = rss();
+    for _ in 0..60 {
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        let now = rss();
+        if now.abs_diff(last) * 100 <= last {
+            last = now;
+            break;
+        }
+        last = now;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    Some(last)
 }
 
 fn field<'a>(line: &'a str, key: &str) -> &'a str {
@@ -141,6 +201,12 @@ fn main() {
     let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/data");
     let me = std::env::current_exe().expect("the path of this binary");
 
+    // `permd serve` on an empty snapshot: what the serve rows subtract.
+    let empty = data.join("snapshot-empty.yaml");
+    std::fs::create_dir_all(&data).expect("bench/data can be created");
+    std::fs::write(&empty, "format: 1\nversion: 1\n").expect("the empty snapshot can be written");
+    let empty_kb = serve_rss_kb(&empty);
+    let mut serve_rows = Vec::new();
     let mut rows = Vec::new();
     for (name, n) in &sizes {
         let path = ensure_snapshot(&data, name, *n);
@@ -164,6 +230,10 @@ fn main() {
             .unwrap_or_else(|| panic!("no MEASURED line from the child: {stdout}"))
             .to_owned();
         eprintln!("[scale] {name}: {line} (child wall {wall:.1?})");
+        if let (Some(empty_kb), Some(kb)) = (empty_kb, serve_rss_kb(&path)) {
+            eprintln!("[scale] {name}: permd serve VmRSS {kb} kB, empty snapshot {empty_kb} kB");
+            serve_rows.push((name.clone(), num(&line, "assignments"), empty_kb, kb));
+        }
         rows.push((name.clone(), size_mb, line));
     }
 
@@ -239,6 +309,17 @@ fn main() {
         println!(
             "TABLE|scale {name}|peak resident (VmHWM) during the load|{:.0} MiB||",
             mib(num(l, "hwm_kb"))
+        );
+    }
+    for (name, n, empty_kb, kb) in &serve_rows {
+        let per = (*kb as f64 - *empty_kb as f64) * 1024.0 / n;
+        let goal = name == "10m" || name == "tail2m";
+        println!(
+            "TABLE|scale {name}|permd serve VmRSS over an empty snapshot, per role assignment|{per:.0} B ({:.0} − {:.0} MiB)|{}|{}",
+            *kb as f64 / 1024.0,
+            *empty_kb as f64 / 1024.0,
+            if goal { "≤ 48 B" } else { "" },
+            if goal { met(per <= 48.0) } else { "" }
         );
     }
 }

@@ -6,7 +6,7 @@
 // Each includer uses part of this module; what one leaves unused is not dead.
 #![allow(dead_code)]
 
-use permd::model::generate::Params;
+use permd::model::generate::{Params, Shape};
 
 /// A size name and its role-assignment count, or `None` for a name not in the list.
 pub fn assignments(name: &str) -> Option<usize> {
@@ -15,6 +15,7 @@ pub fn assignments(name: &str) -> Option<usize> {
         "100k" => Some(100_000),
         "1m" => Some(1_000_000),
         "10m" => Some(10_000_000),
+        "tail2m" => Some(2_000_000),
         _ => None,
     }
 }
@@ -36,6 +37,25 @@ pub fn params(assignments: usize) -> Params {
     }
 }
 
+/// The generator parameters of a named size: `tail2m` is the second shape (2M assignments
+/// over 600k user ids drawn with a long tail, most users holding one to three and a few
+/// holding thousands; 300 orgs, 200k resources, a fifth of assignments on instances, as in
+/// every size); any other name is `params(n)`.
+pub fn params_of(name: &str, n: usize) -> Params {
+    if name != "tail2m" {
+        return params(n);
+    }
+    Params {
+        users: 600_000,
+        assignments: n,
+        resources: 200_000,
+        orgs: 300,
+        grants: 2_000,
+        shape: Shape::Tail,
+        ..Params::default()
+    }
+}
+
 /// Parses a comma-separated list of size names.
 pub fn parse_list(list: &str) -> Result<Vec<(String, usize)>, String> {
     list.split(',')
@@ -45,7 +65,7 @@ pub fn parse_list(list: &str) -> Result<Vec<(String, usize)>, String> {
             let name = s.to_ascii_lowercase();
             assignments(&name)
                 .map(|n| (name, n))
-                .ok_or_else(|| format!("unknown size `{s}`: one of 1k, 100k, 1m, 10m"))
+                .ok_or_else(|| format!("unknown size `{s}`: one of 1k, 100k, 1m, 10m, tail2m"))
         })
         .collect()
 }

@@ -96,6 +96,10 @@ pub enum SnapshotCommand {
         grants: usize,
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// How assignments fall on users: `even` (about the same number each) or `tail`
+        /// (most users hold a few, a long tail of heavy users holds many).
+        #[arg(long, default_value = "even")]
+        shape: generate::Shape,
         /// Output file; the extension picks the encoding.
         #[arg(long)]
         out: PathBuf,
@@ -281,6 +285,7 @@ pub fn snapshot(cmd: &SnapshotCommand) -> ExitCode {
             depth,
             grants,
             seed,
+            shape,
             out,
         } => {
             let p = generate::Params {
@@ -291,6 +296,7 @@ pub fn snapshot(cmd: &SnapshotCommand) -> ExitCode {
                 depth: *depth,
                 grants: *grants,
                 seed: *seed,
+                shape: *shape,
             };
             let s = generate::generate(&p);
             let result = encoding(out).and_then(|enc| {

@@ -768,6 +768,7 @@ async fn wire_listings_equal_the_index_on_generated_snapshots() {
             depth: 4,
             grants: 40,
             seed,
+            shape: Default::default(),
         };
         let snapshot = generate(&params);
         let ix = Index::build(&snapshot);

@@ -186,7 +186,7 @@ struct Conds<'a, 'q> {
     q: &'a Query<'q>,
     o: u32,
     x: Option<u32>,
-    user: Option<&'a UserRec>,
+    user: Option<UserRec<'a>>,
     trace: Option<&'a mut Vec<Tried>>,
 }
 
@@ -197,7 +197,7 @@ impl Conds<'_, '_> {
         let request = q.request;
         let user = match q.subject {
             Subject::User(key) => {
-                let meta = self.user.and_then(|u| u.meta.as_deref());
+                let meta = self.user.and_then(|u| ix.user_meta(u.id));
                 UserView {
                     key,
                     email: meta.and_then(|m| m.email.as_deref()),
@@ -215,8 +215,8 @@ impl Conds<'_, '_> {
             key: q.resource_key.unwrap_or(""),
             org: ix.names.orgs.name(self.o),
             stored: instance
-                .and_then(|r| r.item.as_ref())
-                .and_then(|i| i.attributes.as_deref()),
+                .and_then(|r| r.item)
+                .and_then(|i| i.attributes),
             request: request.and_then(|r| r.resource.as_ref()),
         };
         Scope {
@@ -452,8 +452,7 @@ impl Index {
                 if !self.res_hot.get(y as usize).is_some_and(|h| h.grants) {
                     continue;
                 }
-                let Some(rec) = self.res(y) else { continue };
-                for g in &rec.grants {
+                for g in self.res_grants(y) {
                     if g.org != o
                         || !g
                             .patterns

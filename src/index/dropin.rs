@@ -74,7 +74,7 @@ impl Index {
     /// The tenants a user belongs to, in document order: every known org where the user holds
     /// a role org-wide (directly or through an ancestor org) or on an instance.
     pub fn user_tenants(&self, user: &str) -> Vec<TenantInfo<'_>> {
-        let Some(rec) = self.names.users.get(user).and_then(|uid| self.users.get(uid as usize)) else {
+        let Some(rec) = self.names.users.get(user).and_then(|uid| self.users.get(uid)) else {
             return Vec::new();
         };
         let p = &self.policy;

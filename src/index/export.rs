@@ -16,9 +16,8 @@ impl Index {
         let mut out = p.ignored.clone();
         let org_name = |o: u32| names.orgs.name(o).to_string();
         let role_name = |r: u32| names.roles.name(r).to_string();
-        for (id, rec) in self.resources.iter().enumerate() {
-            let Some(rec) = rec else { continue };
-            let id = id as u32;
+        for id in 0..self.res_count() {
+            let Some(rec) = self.res(id) else { continue };
             let who = || format!("resource={}", self.res_name(id));
             if let Some(item) = &rec.item {
                 if !p.type_known(rec.resource_type) {
@@ -49,7 +48,7 @@ impl Index {
                 }
             }
             let target = self.instance(id);
-            for g in &rec.grants {
+            for g in rec.grants {
                 let item = format!(
                     "org={} role={} resource={}",
                     org_name(g.org),
@@ -94,7 +93,7 @@ impl Index {
         }
         for (uid, rec) in self.users.iter().enumerate() {
             let user = names.users.name(uid as u32);
-            for &(org, role) in &rec.org_roles {
+            for &(org, role) in rec.org_roles {
                 let why = if !p.org_known(org) {
                     "org is not a known org"
                 } else if p.resolve(org, role).is_none() {
@@ -108,7 +107,7 @@ impl Index {
                     why.into(),
                 ));
             }
-            for &(res, org, role) in &rec.inst_roles {
+            for &(res, org, role) in rec.inst_roles {
                 let why = if !p.org_known(org) {
                     "org is not a known org"
                 } else if p.resolve(org, role).is_none() {
@@ -158,8 +157,8 @@ impl Index {
         for (uid, rec) in self.users.iter().enumerate() {
             let user = names.users.name(uid as u32);
             if rec.listed {
-                s.users.push(match &rec.meta {
-                    Some(meta) => (**meta).clone(),
+                s.users.push(match self.user_meta(uid as u32) {
+                    Some(meta) => meta.clone(),
                     None => User {
                         key: user.into(),
                         email: None,
@@ -169,7 +168,7 @@ impl Index {
                     },
                 });
             }
-            for &(org, role) in &rec.org_roles {
+            for &(org, role) in rec.org_roles {
                 s.role_assignments.push(RoleAssignment {
                     user: user.into(),
                     role: names.roles.name(role).into(),
@@ -177,7 +176,7 @@ impl Index {
                     resource: None,
                 });
             }
-            for &(res, org, role) in &rec.inst_roles {
+            for &(res, org, role) in rec.inst_roles {
                 s.role_assignments.push(RoleAssignment {
                     user: user.into(),
                     role: names.roles.name(role).into(),
@@ -186,22 +185,22 @@ impl Index {
                 });
             }
         }
-        for (id, rec) in self.resources.iter().enumerate() {
-            let Some(rec) = rec else { continue };
+        for id in 0..self.res_count() {
+            let Some(rec) = self.res(id) else { continue };
             if let Some(item) = &rec.item {
                 s.resources.push(model::Resource {
                     resource_type: names.types.name(rec.resource_type).into(),
                     key: rec.key.to_string(),
                     org: names.orgs.name(item.org).into(),
                     parents: item.parents.iter().map(|p| self.res_name(*p)).collect(),
-                    attributes: item.attributes.as_deref().cloned(),
+                    attributes: item.attributes.cloned(),
                 });
             }
-            for g in &rec.grants {
+            for g in rec.grants {
                 s.role_grants.push(RoleGrant {
                     org: names.orgs.name(g.org).into(),
                     role: names.roles.name(g.role).into(),
-                    resource: self.res_name(id as u32),
+                    resource: self.res_name(id),
                     actions: g.patterns.iter().map(|p| pattern(*p)).collect(),
                     when: g.when.as_ref().map(|c| c.source().to_owned()),
                 });

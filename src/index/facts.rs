@@ -6,9 +6,11 @@ use super::*;
 use crate::model;
 
 impl Index {
-    pub(super) fn user_mut(&mut self, key: &str) -> (u32, &mut UserRec) {
+    /// The id of user `key`, interned (and given an empty record) if new.
+    pub(super) fn user_id(&mut self, key: &str) -> u32 {
         let id = self.names.users.intern(key);
-        (id, self.users.slot(id as usize))
+        self.users.ensure(id);
+        id
     }
 
     /// The resource id of `type:key`, creating an empty record for a new one.
@@ -16,7 +18,8 @@ impl Index {
         ResIds {
             types: &mut self.names.types,
             res_keys: &mut self.res_keys,
-            resources: &mut self.resources,
+            res_names: &mut self.res_names,
+            res_hot: &mut self.res_hot,
         }
         .id(resource_type, key)
     }
@@ -25,31 +28,47 @@ impl Index {
         ResIds {
             types: &mut self.names.types,
             res_keys: &mut self.res_keys,
-            resources: &mut self.resources,
+            res_names: &mut self.res_names,
+            res_hot: &mut self.res_hot,
         }
         .reference(reference)
     }
 
-    pub(super) fn res_mut(&mut self, id: u32) -> Option<&mut ResRec> {
-        self.resources.get_mut(id as usize)?.as_mut().map(Arc::make_mut)
+    /// The `ResExtra` of resource `id`, made (empty) if it has none; `None` for an id never
+    /// handed out. Whoever empties one calls `tidy_extra`.
+    pub(super) fn res_mut(&mut self, id: u32) -> Option<&mut ResExtra> {
+        if id as usize >= self.res_hot.len() {
+            return None;
+        }
+        let slot = self.res_extra.slot(id as usize);
+        Some(Arc::make_mut(slot.get_or_insert_with(Arc::default)))
+    }
+
+    /// Drops resource `id`'s `ResExtra` when nothing is left in it.
+    pub(super) fn tidy_extra(&mut self, id: u32) {
+        if self.res_extra(id).is_some_and(ResExtra::is_empty)
+            && let Some(slot) = self.res_extra.get_mut(id as usize)
+        {
+            *slot = None;
+        }
     }
 
     pub(super) fn upsert_user(&mut self, u: &User) {
-        let (_, rec) = self.user_mut(&u.key);
-        let added = !rec.listed;
-        rec.listed = true;
+        let id = self.user_id(&u.key);
+        let added = !self.users.set_listed(id, true);
         let says_more = u.email.is_some() || u.first_name.is_some() || u.last_name.is_some() || u.attributes.is_some();
-        rec.meta = says_more.then(|| Box::new(u.clone()));
+        if says_more {
+            self.user_meta.insert(id, Arc::new(u.clone()));
+        } else if !self.user_meta.is_empty() {
+            self.user_meta.remove(&id);
+        }
         self.counts.users += usize::from(added);
     }
 
     pub(super) fn delete_user(&mut self, key: &str) {
         let Some(id) = self.names.users.get(key) else { return };
-        if let Some(rec) = self.users.get_mut(id as usize)
-            && rec.listed
-        {
-            rec.listed = false;
-            rec.meta = None;
+        if self.users.set_listed(id, false) {
+            self.user_meta.remove(&id);
             self.counts.users -= 1;
         }
     }
@@ -58,68 +77,73 @@ impl Index {
         let id = self.res_id(&r.resource_type, &r.key);
         let org = self.names.orgs.intern(&r.org);
         let parents: Box<[u32]> = r.parents.iter().map(|p| self.res_ref(p)).collect();
-        let Some(rec) = self.res_mut(id) else { return };
-        let t = rec.resource_type;
-        let old = rec.item.replace(ResItem {
-            org,
-            parents,
-            attributes: r.attributes.clone().map(Box::new),
-        });
-        match old {
-            Some(old) => bitmap_remove(&mut self.org_type_res, (old.org, t), id),
-            None => self.counts.resources += 1,
+        let Some(old) = self.res_hot.get(id as usize).copied() else {
+            return;
+        };
+        let t = old.resource_type;
+        let parent = match &parents[..] {
+            [] => NONE,
+            [one] => *one,
+            _ => ResHot::MANY,
+        };
+        let many = parents.len() > 1;
+        let attributes = r.attributes.clone().map(Box::new);
+        if many || attributes.is_some() || self.res_extra(id).is_some() {
+            if let Some(extra) = self.res_mut(id) {
+                extra.parents = if many { parents } else { Box::default() };
+                extra.attributes = attributes;
+            }
+            self.tidy_extra(id);
+        }
+        match old.org {
+            NONE => self.counts.resources += 1,
+            old_org => bitmap_remove(&mut self.org_type_res, (old_org, t), id),
         }
         bitmap_insert(&mut self.org_type_res, (org, t), id);
-        self.sync_hot(id);
+        self.set_hot(id, |h| (h.org, h.parent) = (org, parent));
     }
 
-    /// Recomputes resource `id`'s `ResHot` from its record, and its span when its link up
-    /// changed (`spans.rs`).
-    pub(super) fn sync_hot(&mut self, id: u32) {
-        let old = self.res_hot.get(id as usize).copied().unwrap_or_default();
-        let mut hot = match self.res(id) {
-            None => ResHot::default(),
-            Some(rec) => {
-                let (org, parent) = match &rec.item {
-                    None => (NONE, NONE),
-                    Some(item) => (
-                        item.org,
-                        match &item.parents[..] {
-                            [] => NONE,
-                            [one] => *one,
-                            _ => ResHot::MANY,
-                        },
-                    ),
-                };
-                ResHot {
-                    org,
-                    resource_type: rec.resource_type,
-                    parent,
-                    grants: !rec.grants.is_empty(),
-                    ..ResHot::default()
-                }
-            }
+    /// Changes resource `id`'s `ResHot` entry (the instance's org and only parent, whether it
+    /// has grants) and places its span again when its link up changed (`spans.rs`).
+    pub(super) fn set_hot(&mut self, id: u32, change: impl FnOnce(&mut ResHot)) {
+        let Some(old) = self.res_hot.get(id as usize).copied() else {
+            return;
         };
-        (hot.pre, hot.end, hot.kids) = (old.pre, old.end, old.kids);
+        let mut hot = old;
+        change(&mut hot);
         if hot.parent != old.parent || (hot.parent == NONE && old.pre == NONE) {
             self.place_moved(id, &old, &mut hot);
         }
-        if self.res_hot.get(id as usize) != Some(&hot) {
+        if hot != old {
             *self.res_hot.slot(id as usize) = hot;
         }
+    }
+
+    /// Marks in `ResHot` whether resource `id` has grants.
+    fn sync_grants_flag(&mut self, id: u32) {
+        let grants = !self.res_grants(id).is_empty();
+        self.set_hot(id, |h| h.grants = grants);
     }
 
     pub(super) fn delete_resource(&mut self, resource_type: &str, key: &str) {
         let Some(id) = self.lookup_res(resource_type, key) else {
             return;
         };
-        let Some(rec) = self.res_mut(id) else { return };
-        let t = rec.resource_type;
-        if let Some(old) = rec.item.take() {
+        let Some(old) = self.res_hot.get(id as usize).copied() else {
+            return;
+        };
+        if old.org != NONE {
             self.counts.resources -= 1;
-            bitmap_remove(&mut self.org_type_res, (old.org, t), id);
+            bitmap_remove(&mut self.org_type_res, (old.org, old.resource_type), id);
         }
-        self.sync_hot(id);
+        if self.res_extra(id).is_some() {
+            if let Some(extra) = self.res_mut(id) {
+                extra.parents = Box::default();
+                extra.attributes = None;
+            }
+            self.tidy_extra(id);
+        }
+        self.set_hot(id, |h| (h.org, h.parent) = (NONE, NONE));
     }
 
     pub(super) fn upsert_assignment(&mut self, a: &RoleAssignment) {
@@ -127,19 +151,16 @@ impl Index {
         let role = self.names.roles.intern(&a.role);
         match &a.resource {
             None => {
-                let (uid, rec) = self.user_mut(&a.user);
-                if let Err(at) = rec.org_roles.binary_search(&(org, role)) {
-                    rec.org_roles.insert(at, (org, role));
+                let uid = self.user_id(&a.user);
+                if self.users.insert_org_role(uid, (org, role)) {
                     self.counts.role_assignments += 1;
                     bitmap_insert(&mut self.org_role_users, (org, role), uid);
                 }
             }
             Some(reference) => {
                 let res = self.res_ref(reference);
-                let (uid, rec) = self.user_mut(&a.user);
-                if let Err(at) = rec.inst_roles.binary_search(&(res, org, role)) {
-                    rec.inst_roles.insert(at, (res, org, role));
-                    rec.sync_inst_orgs();
+                let uid = self.user_id(&a.user);
+                if self.users.insert_inst_role(uid, (res, org, role)) {
                     self.counts.role_assignments += 1;
                     if let Some(r) = self.res_mut(res)
                         && let Err(at) = r.holders.binary_search(&(uid, org, role))
@@ -162,7 +183,8 @@ impl Index {
         let Index {
             names,
             res_keys,
-            resources,
+            res_names,
+            res_hot,
             ..
         } = self;
         let Names {
@@ -176,7 +198,8 @@ impl Index {
         let mut res = ResIds {
             types,
             res_keys,
-            resources,
+            res_names,
+            res_hot,
         };
         let mut others = |res: &mut ResIds<'_>| {
             list.iter()
@@ -208,9 +231,9 @@ impl Index {
             }
         }
         drop((uids, rest));
-        // Every user an assignment names has a record, as `user_mut` would have made it.
+        // Every user an assignment names has a record, as `user_id` would have made it.
         if let Some(last) = self.names.users.len().checked_sub(1) {
-            self.users.slot(last);
+            self.users.ensure(last as u32);
         }
         org_wide.sort_unstable();
         org_wide.dedup();
@@ -218,19 +241,7 @@ impl Index {
         on_instance.dedup();
         self.counts.role_assignments += org_wide.len() + on_instance.len();
 
-        for run in org_wide.chunk_by(|a, b| a.0 == b.0) {
-            let Some(&(uid, ..)) = run.first() else { continue };
-            if let Some(rec) = self.users.get_mut(uid as usize) {
-                rec.org_roles = run.iter().map(|&(_, org, role)| (org, role)).collect();
-            }
-        }
-        for run in on_instance.chunk_by(|a, b| a.0 == b.0) {
-            let Some(&(uid, ..)) = run.first() else { continue };
-            if let Some(rec) = self.users.get_mut(uid as usize) {
-                rec.inst_roles = run.iter().map(|&(_, res, org, role)| (res, org, role)).collect();
-                rec.sync_inst_orgs();
-            }
-        }
+        self.users.fill(&org_wide, &on_instance);
 
         org_wide.sort_unstable_by_key(|&(uid, org, role)| (org, role, uid));
         for run in org_wide.chunk_by(|a, b| (a.1, a.2) == (b.1, b.2)) {
@@ -273,27 +284,22 @@ impl Index {
                 }
             }
         };
-        let Some(rec) = self.users.get_mut(uid as usize) else {
-            return;
-        };
         match res {
             None => {
-                if let Ok(at) = rec.org_roles.binary_search(&(org, role)) {
-                    rec.org_roles.remove(at);
+                if self.users.remove_org_role(uid, (org, role)) {
                     self.counts.role_assignments -= 1;
                     bitmap_remove(&mut self.org_role_users, (org, role), uid);
                 }
             }
             Some(res) => {
-                if let Ok(at) = rec.inst_roles.binary_search(&(res, org, role)) {
-                    rec.inst_roles.remove(at);
-                    rec.sync_inst_orgs();
+                if self.users.remove_inst_role(uid, (res, org, role)) {
                     self.counts.role_assignments -= 1;
                     if let Some(r) = self.res_mut(res)
                         && let Ok(at) = r.holders.binary_search(&(uid, org, role))
                     {
                         r.holders.remove(at);
                     }
+                    self.tidy_extra(res);
                 }
             }
         }
@@ -313,9 +319,6 @@ impl Index {
             })
             .collect();
         let res = self.res_ref(&g.resource);
-        if self.res(res).is_none() {
-            return;
-        }
         let when = g.when.as_deref().map(Condition::compile_or_never);
         let grant = GrantRec {
             org,
@@ -342,7 +345,7 @@ impl Index {
                 self.cond_grants -= 1;
             }
         }
-        self.sync_hot(res);
+        self.sync_grants_flag(res);
     }
 
     /// Adds (`by` = 1) or removes (-1) a grant's kinds in its org's `org_grants`.
@@ -395,7 +398,8 @@ impl Index {
         if old.when.is_some() {
             self.cond_grants -= 1;
         }
-        self.sync_hot(res);
+        self.tidy_extra(res);
+        self.sync_grants_flag(res);
     }
 }
 
@@ -407,11 +411,13 @@ pub(super) const PARALLEL_BUILD: usize = 50_000;
 pub(super) struct ResIds<'a> {
     types: &'a mut Interner,
     res_keys: &'a mut Vec<KeyMap>,
-    resources: &'a mut PagedVec<Option<Arc<ResRec>>>,
+    res_names: &'a mut NameList,
+    res_hot: &'a mut PagedVec<ResHot>,
 }
 
 impl ResIds<'_> {
-    /// The resource id of `type:key`, creating an empty record for a new one.
+    /// The resource id of `type:key`, handing out the next one (with a `ResHot` entry of its
+    /// type and nothing else) for a new one.
     fn id(&mut self, resource_type: &str, key: &str) -> u32 {
         let t = self.types.intern(resource_type);
         if self.res_keys.len() <= t as usize {
@@ -420,15 +426,15 @@ impl ResIds<'_> {
         if let Some(id) = self.res_keys.get(t as usize).and_then(|m| m.get(key)) {
             return id;
         }
-        let id = self.resources.len() as u32;
+        let id = self.res_hot.len() as u32;
         if let Some(m) = self.res_keys.get_mut(t as usize) {
             m.insert(key, id);
         }
-        self.resources.push(Some(Arc::new(ResRec {
+        self.res_names.push(key);
+        self.res_hot.push(ResHot {
             resource_type: t,
-            key: Arc::from(key),
-            ..ResRec::default()
-        })));
+            ..ResHot::default()
+        });
         id
     }
 

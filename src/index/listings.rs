@@ -29,7 +29,7 @@ impl Index {
         let (Some(o), Some(rec)) = (self.names.orgs.get(org).filter(|o| p.org_known(*o)), self.user(u)) else {
             return Vec::new();
         };
-        for &(org_a, name) in &rec.org_roles {
+        for &(org_a, name) in rec.org_roles {
             let inside = if effective {
                 p.org_anc(o).binary_search(&org_a).is_ok()
             } else {
@@ -161,11 +161,11 @@ impl Index {
             true
         };
         for uid in uids {
-            let Some(rec) = self.users.get(uid as usize) else {
+            let Some(rec) = self.users.get(uid) else {
                 continue;
             };
             let user = names.users.name(uid);
-            for &(org, role) in &rec.org_roles {
+            for &(org, role) in rec.org_roles {
                 let (org, role) = (names.orgs.name(org), names.roles.name(role));
                 if ok(&f.roles, role)
                     && ok(&f.tenants, org)
@@ -181,7 +181,7 @@ impl Index {
                     return (out, true);
                 }
             }
-            for &(res, org, role) in &rec.inst_roles {
+            for &(res, org, role) in rec.inst_roles {
                 let (org, role) = (names.orgs.name(org), names.roles.name(role));
                 let Some(r) = self.res(res) else { continue };
                 let rtype = names.types.name(r.resource_type);
@@ -211,7 +211,7 @@ impl Index {
         match subject {
             Subject::User(u) => {
                 if let Some(rec) = self.user(u) {
-                    for &(org_a, name) in &rec.org_roles {
+                    for &(org_a, name) in rec.org_roles {
                         if p.org_anc(o).binary_search(&org_a).is_ok()
                             && let Some(r) = p.resolve(org_a, name)
                         {

@@ -16,12 +16,14 @@ mod query;
 mod spans;
 #[cfg(test)]
 mod tests;
+mod users;
 
 pub use decide::{CondSite, Decision, Evidence, Query, Reason, Subject, Tried};
 pub use dropin::{TenantInfo, UrlRules};
 pub use explain::Explanation;
-pub use paged::{Interner, KeyMap, PagedVec};
+pub use paged::{Interner, KeyMap, NameList, PagedVec};
 pub use policy::{Names, Policy, PolicyItems, STAR};
+pub use users::{UserRec, UserTable};
 pub use query::{
     AssignmentFilter, AssignmentRow, DEFAULT_LIMIT, GroupNode, MAX_LIMIT, MAX_TREE_NODES, MenuNode, PermEntry,
     QueryError, RoleInfo, UserPermissions, UserPermissionsFilter, decode_cursor, encode_cursor, page_bitmap,
@@ -62,44 +64,14 @@ pub enum ApplyError {
     VersionGap { from: u64, active: u64 },
 }
 
-/// Facts about one user: metadata and their role assignments. 64 bytes, aligned to a cache
-/// line, so reading a record loads one line and never two.
-#[derive(Clone, Debug, Default)]
-#[repr(align(64))]
-pub struct UserRec {
-    /// The document has a user item for this key.
-    pub listed: bool,
-    /// That item, when it says more than its key (most users are a key and nothing else, and
-    /// the key is already interned: at 1M users that is ~150 MB not spent on copies).
-    pub meta: Option<Box<User>>,
-    /// Org-wide assignments as (org id, role-name id), sorted and unique.
-    pub org_roles: Vec<(u32, u32)>,
-    /// Instance assignments as (resource id, org id, role-name id), sorted and unique.
-    pub inst_roles: Vec<(u32, u32, u32)>,
-    /// Bit `o % 32` is set for every org `o` of `inst_roles`: `decide` reads the vector (a
-    /// cache line of its own) only when the user may hold an instance role in the org.
-    pub inst_orgs: u32,
-}
-
-impl UserRec {
-    fn sync_inst_orgs(&mut self) {
-        self.inst_orgs = self.inst_roles.iter().fold(0, |m, &(_, o, _)| m | 1 << (o % 32));
-    }
-
-    /// Whether the user may hold an instance role in org `o` (no false negatives).
-    #[inline]
-    pub fn may_hold_in(&self, o: u32) -> bool {
-        self.inst_orgs & 1 << (o % 32) != 0
-    }
-}
-
-/// A resource instance as the document has it.
-#[derive(Clone, Debug)]
-pub struct ResItem {
+/// A resource instance as the document has it: a view put together from the resource's
+/// `ResHot` entry (its org and only parent) and its `ResExtra` (several parents, attributes).
+#[derive(Clone, Copy, Debug)]
+pub struct ResItem<'a> {
     pub org: u32,
     /// Parent resource ids in document order.
-    pub parents: Box<[u32]>,
-    pub attributes: Option<Box<Attributes>>,
+    pub parents: &'a [u32],
+    pub attributes: Option<&'a Attributes>,
 }
 
 /// What `decide` reads of a resource on every step up a tree, kept apart from `ResRec` in a
@@ -152,16 +124,36 @@ pub struct GrantRec {
     pub when: Option<Arc<Condition>>,
 }
 
-/// Everything known under one `type:key`: the instance (if the document has it), the grants
-/// on it and the instance assignments on it.
-#[derive(Clone, Debug, Default)]
-pub struct ResRec {
+/// Everything known under one `type:key`, viewed together: the instance (if the document has
+/// it), the grants on it and the instance assignments on it. Put together on demand from the
+/// three places a resource lives in (`ResHot`, its key in `res_names`, its `ResExtra`).
+#[derive(Clone, Copy, Debug)]
+pub struct ResRec<'a> {
     pub resource_type: u32,
-    pub key: Arc<str>,
-    pub item: Option<ResItem>,
-    pub grants: Vec<GrantRec>,
+    pub key: &'a str,
+    pub item: Option<ResItem<'a>>,
+    pub grants: &'a [GrantRec],
     /// Instance assignments on this resource as (user id, org id, role-name id), sorted.
-    pub holders: Vec<(u32, u32, u32)>,
+    pub holders: &'a [(u32, u32, u32)],
+}
+
+/// What only some resources have: several parents, attributes, grants, instance
+/// assignments. Kept per resource id only for those that have any (most resources are a key,
+/// a type, an org and at most one parent, all of which `ResHot` and `res_names` hold).
+#[derive(Clone, Debug, Default)]
+pub struct ResExtra {
+    /// Parent ids in document order when there are several (`ResHot::parent` is `MANY`).
+    parents: Box<[u32]>,
+    attributes: Option<Box<Attributes>>,
+    grants: Vec<GrantRec>,
+    /// Instance assignments on this resource as (user id, org id, role-name id), sorted.
+    holders: Vec<(u32, u32, u32)>,
+}
+
+impl ResExtra {
+    fn is_empty(&self) -> bool {
+        self.parents.is_empty() && self.attributes.is_none() && self.grants.is_empty() && self.holders.is_empty()
+    }
 }
 
 /// One kind of grant in an org: its role-name id and one action pattern, with the number of
@@ -195,12 +187,18 @@ pub struct Index {
     pub(crate) names: Names,
     items: Arc<PolicyItems>,
     pub(crate) policy: Arc<Policy>,
-    /// Per user id, the record inline in its page: a lookup is one load less than through an
-    /// `Arc` (a page copied for a delta clones its records' vectors).
-    pub(crate) users: PagedVec<UserRec>,
-    pub(crate) resources: PagedVec<Option<Arc<ResRec>>>,
-    /// Per resource id: what the tree walk reads (see `ResHot`); kept in step with `resources`.
+    /// Per user id, their assignments (`users.rs`).
+    pub(crate) users: UserTable,
+    /// The user items that say more than their key (most users are a key and nothing else,
+    /// and the key is already interned: at 1M users that is ~150 MB not spent on copies).
+    user_meta: imbl::HashMap<u32, Arc<User>>,
+    /// Per resource id: its type, org, only parent, span (see `ResHot`). Every resource id has
+    /// an entry, so its length is the number of resource ids.
     res_hot: PagedVec<ResHot>,
+    /// Per resource id: its key.
+    res_names: NameList,
+    /// Per resource id: what only some resources have (`ResExtra`), `None` for the rest.
+    res_extra: PagedVec<Option<Arc<ResExtra>>>,
     /// Per type id: instance key → resource id.
     res_keys: Vec<KeyMap>,
     /// Users with an org-wide assignment, per (org id, role-name id).
@@ -252,9 +250,11 @@ impl Index {
                 rules: snapshot.rules.clone(),
             }),
             policy: Arc::default(),
-            users: PagedVec::default(),
-            resources: PagedVec::default(),
+            users: UserTable::default(),
+            user_meta: imbl::HashMap::new(),
             res_hot: PagedVec::default(),
+            res_names: NameList::default(),
+            res_extra: PagedVec::default(),
             res_keys: Vec::new(),
             org_role_users: imbl::HashMap::new(),
             org_type_res: imbl::HashMap::new(),
@@ -294,14 +294,10 @@ impl Index {
         for m in &mut self.res_keys {
             m.shrink();
         }
-        for i in 0..self.users.len() {
-            if let Some(rec) = self.users.get_mut(i) {
-                rec.org_roles.shrink_to_fit();
-                rec.inst_roles.shrink_to_fit();
-            }
-        }
-        for i in 0..self.resources.len() {
-            if let Some(Some(rec)) = self.resources.get_mut(i) {
+        self.users.shrink();
+        self.res_names.shrink();
+        for i in 0..self.res_extra.len() {
+            if let Some(Some(rec)) = self.res_extra.get_mut(i) {
                 let rec = Arc::make_mut(rec);
                 rec.grants.shrink_to_fit();
                 rec.holders.shrink_to_fit();
@@ -462,23 +458,74 @@ impl Index {
         self.res_keys.get(t as usize)?.get(key)
     }
 
+    /// Everything known of resource `id`, `None` for an id never handed out.
     #[inline]
-    pub(crate) fn res(&self, id: u32) -> Option<&ResRec> {
-        self.resources.get(id as usize)?.as_deref()
+    pub(crate) fn res(&self, id: u32) -> Option<ResRec<'_>> {
+        let hot = self.res_hot.get(id as usize)?;
+        let extra = self.res_extra(id);
+        Some(ResRec {
+            resource_type: hot.resource_type,
+            key: self.res_names.name(id),
+            item: self.item_of(hot, extra),
+            grants: extra.map_or(&[], |e| &e.grants),
+            holders: extra.map_or(&[], |e| &e.holders),
+        })
     }
 
     #[inline]
-    pub(crate) fn user(&self, key: &str) -> Option<&UserRec> {
-        let id = self.names.users.get(key)?;
-        self.users.get(id as usize)
+    fn res_extra(&self, id: u32) -> Option<&ResExtra> {
+        self.res_extra.get(id as usize)?.as_deref()
+    }
+
+    /// The grants on resource `id`.
+    #[inline]
+    pub(crate) fn res_grants(&self, id: u32) -> &[GrantRec] {
+        self.res_extra(id).map_or(&[], |e| &e.grants)
+    }
+
+    /// The instance assignments on resource `id`, as (user id, org id, role-name id), sorted.
+    #[inline]
+    pub(crate) fn res_holders(&self, id: u32) -> &[(u32, u32, u32)] {
+        self.res_extra(id).map_or(&[], |e| &e.holders)
+    }
+
+    /// Resource ids handed out (whether or not their instances exist).
+    #[inline]
+    pub(crate) fn res_count(&self) -> u32 {
+        self.res_hot.len() as u32
+    }
+
+    fn item_of<'a>(&'a self, hot: &'a ResHot, extra: Option<&'a ResExtra>) -> Option<ResItem<'a>> {
+        if hot.org == NONE {
+            return None;
+        }
+        let parents = match hot.parent {
+            NONE => &[][..],
+            ResHot::MANY => extra.map_or(&[][..], |e| &e.parents),
+            _ => std::slice::from_ref(&hot.parent),
+        };
+        Some(ResItem {
+            org: hot.org,
+            parents,
+            attributes: extra.and_then(|e| e.attributes.as_deref()),
+        })
+    }
+
+    #[inline]
+    pub(crate) fn user(&self, key: &str) -> Option<UserRec<'_>> {
+        self.users.get(self.names.users.get(key)?)
+    }
+
+    /// The user item of user `id` when it says more than the key.
+    pub(crate) fn user_meta(&self, id: u32) -> Option<&User> {
+        self.user_meta.get(&id).map(|u| &**u)
     }
 
     /// An instance that exists for decisions: in the document, of a known type, in a known org.
     #[inline]
-    pub(crate) fn instance(&self, id: u32) -> Option<&ResItem> {
-        let rec = self.res(id)?;
-        let item = rec.item.as_ref()?;
-        (self.policy.type_known(rec.resource_type) && self.policy.org_known(item.org)).then_some(item)
+    pub(crate) fn instance(&self, id: u32) -> Option<ResItem<'_>> {
+        let hot = self.instance_hot(id)?;
+        self.item_of(hot, self.res_extra(id))
     }
 
     /// The flat entry of instance `id`, when the instance exists for decisions (as `instance`).
@@ -490,8 +537,8 @@ impl Index {
 
     /// `type:key` of a resource id.
     pub fn res_name(&self, id: u32) -> String {
-        match self.res(id) {
-            Some(r) => format!("{}:{}", self.names.types.name(r.resource_type), r.key),
+        match self.res_hot.get(id as usize) {
+            Some(h) => format!("{}:{}", self.names.types.name(h.resource_type), self.res_names.name(id)),
             None => String::new(),
         }
     }

@@ -238,7 +238,7 @@ impl Index {
             Subject::User(u) => {
                 if let Some(rec) = self.user(u) {
                     let anc = p.org_anc(o);
-                    for &(org_a, name) in &rec.org_roles {
+                    for &(org_a, name) in rec.org_roles {
                         if anc.binary_search(&org_a).is_err() {
                             continue;
                         }
@@ -277,7 +277,7 @@ impl Index {
         if let Subject::User(u) = subject
             && let Some(rec) = self.user(u)
         {
-            for &(res, org_a, name) in &rec.inst_roles {
+            for &(res, org_a, name) in rec.inst_roles {
                 if org_a == o
                     && self.instance(res).is_some_and(|i| i.org == o)
                     && p.resolve(org_a, name).is_some_and(|r| p.permits(r, perm))
@@ -430,13 +430,12 @@ impl Index {
         let p = &*self.policy;
         let ancestors = self.res_ancestors(x_id, o);
         for &y in &ancestors.list {
-            let Some(rec) = self.res(y) else { continue };
-            for &(uid, org_a, _) in &rec.holders {
+            for &(uid, org_a, _) in self.res_holders(y) {
                 if org_a == o {
                     candidates.insert(uid);
                 }
             }
-            for g in &rec.grants {
+            for g in self.res_grants(y) {
                 if g.org != o
                     || !g
                         .patterns
@@ -634,15 +633,14 @@ pub struct QueryAux {
 impl QueryAux {
     fn build(ix: &Index) -> QueryAux {
         let mut aux = QueryAux::default();
-        for (id, rec) in ix.resources.iter().enumerate() {
-            let Some(rec) = rec else { continue };
-            let id = id as u32;
+        for id in 0..ix.res_count() {
+            let Some(rec) = ix.res(id) else { continue };
             if let Some(item) = &rec.item {
                 for &p in item.parents.iter() {
                     aux.children.entry(p).or_default().push(id);
                 }
             }
-            for g in &rec.grants {
+            for g in rec.grants {
                 let sites = aux.grant_sites.entry(g.org).or_default();
                 if sites.last() != Some(&id) {
                     sites.push(id);

@@ -332,15 +332,14 @@ fn assignment_view(ix: &Index) -> Vec<String> {
         who.sort();
         out.push(format!("bitmap {} {}: {who:?}", n.orgs.name(o), n.roles.name(r)));
     }
-    for (id, rec) in ix.resources.iter().enumerate() {
-        let Some(rec) = rec else { continue };
-        let mut holders: Vec<String> = rec
-            .holders
+    for id in 0..ix.res_count() {
+        let mut holders: Vec<String> = ix
+            .res_holders(id)
             .iter()
             .map(|&(u, o, r)| format!("{} {} {}", n.users.name(u), n.orgs.name(o), n.roles.name(r)))
             .collect();
         holders.sort();
-        out.push(format!("holders {}: {holders:?}", ix.res_name(id as u32)));
+        out.push(format!("holders {}: {holders:?}", ix.res_name(id)));
     }
     out.sort();
     out
@@ -358,6 +357,7 @@ fn bulk_build_equals_one_assignment_at_a_time() {
         depth: 4,
         grants: 10,
         seed: 3,
+        shape: Default::default(),
     });
     // What only an unvalidated document has: repeats, and references to nothing.
     let repeats: Vec<RoleAssignment> = doc.role_assignments.iter().step_by(7).cloned().collect();
@@ -403,7 +403,7 @@ fn users_keep_their_items_whether_or_not_they_say_more_than_the_key() {
     .unwrap();
     let ix = Index::build(&doc);
     assert_eq!(ix.counts().users, 2);
-    assert!(ix.user("bare").unwrap().meta.is_none());
+    assert!(ix.user_meta(ix.user("bare").unwrap().id).is_none());
     let back = ix.to_snapshot();
     assert_eq!(back.users, doc.users);
     let mut del = DeltaBatch {

@@ -17,6 +17,31 @@ pub struct Params {
     pub depth: usize,
     pub grants: usize,
     pub seed: u64,
+    /// How assignments fall on users.
+    pub shape: Shape,
+}
+
+/// How the generator spreads role assignments over users.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Shape {
+    /// Every user equally likely: about `assignments / users` each (10 by default).
+    #[default]
+    Even,
+    /// User `u` drawn as `users × r²` for a uniform `r`: most users hold one to three
+    /// assignments, a long tail of heavy users holds hundreds to thousands, and some ids draw
+    /// none (fewer users than `users` end up in the document).
+    Tail,
+}
+
+impl std::str::FromStr for Shape {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Shape, String> {
+        match s {
+            "even" => Ok(Shape::Even),
+            "tail" => Ok(Shape::Tail),
+            _ => Err(format!("unknown shape `{s}` (even, tail)")),
+        }
+    }
 }
 
 impl Default for Params {
@@ -29,6 +54,7 @@ impl Default for Params {
             depth: 8,
             grants: 1_000,
             seed: 1,
+            shape: Shape::Even,
         }
     }
 }
@@ -149,7 +175,10 @@ pub fn generate(p: &Params) -> Snapshot {
     let mut tries = 0usize;
     while s.role_assignments.len() < p.assignments && tries < p.assignments * 4 {
         tries += 1;
-        let u = rng.random_range(0..users);
+        let u = match p.shape {
+            Shape::Even => rng.random_range(0..users),
+            Shape::Tail => ((users as f64) * rng.random::<f64>().powi(2)) as usize % users,
+        };
         let o = rng.random_range(0..n_orgs);
         let (r, resource) = if rng.random_range(0..5) == 0 {
             let Some(folders) = folders_by_org.get(o).filter(|f| !f.is_empty()) else {
@@ -210,6 +239,7 @@ mod tests {
             depth: 4,
             grants: 10,
             seed: 9,
+            shape: Shape::Even,
         };
         let a = generate(&p);
         super::super::validate(&a).unwrap();
