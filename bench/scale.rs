@@ -125,11 +125,20 @@ fn serve_rss_kb(file: &Path) -> Option<u64> {
         eprintln!("[scale] no permd binary at {}: serve rows skipped", bin.display());
         return None;
     }
-    let port = std::net::TcpListener::bind("127.0.0.1:0").ok()?.local_addr().ok()?.port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .ok()?
+        .local_addr()
+        .ok()?
+        .port();
     let mut child = Command::new(&bin)
         .args(["serve", "--source"])
         .arg(format!("file://{}", file.display()))
-        .args(["--http-addr", &format!("127.0.0.1:{port}"), "--grpc-addr", "127.0.0.1:0"])
+        .args([
+            "--http-addr",
+            &format!("127.0.0.1:{port}"),
+            "--grpc-addr",
+            "127.0.0.1:0",
+        ])
         .args(["--log-level", "warn"])
         .stdout(std::process::Stdio::null())
         .spawn()

@@ -214,9 +214,7 @@ impl Conds<'_, '_> {
             }),
             key: q.resource_key.unwrap_or(""),
             org: ix.names.orgs.name(self.o),
-            stored: instance
-                .and_then(|r| r.item)
-                .and_then(|i| i.attributes),
+            stored: instance.and_then(|r| r.item).and_then(|i| i.attributes),
             request: request.and_then(|r| r.resource.as_ref()),
         };
         Scope {

@@ -423,12 +423,12 @@ impl ResIds<'_> {
         if self.res_keys.len() <= t as usize {
             self.res_keys.resize_with(t as usize + 1, KeyMap::default);
         }
-        if let Some(id) = self.res_keys.get(t as usize).and_then(|m| m.get(key)) {
+        if let Some(id) = self.res_keys.get(t as usize).and_then(|m| m.get(key, self.res_names)) {
             return id;
         }
         let id = self.res_hot.len() as u32;
         if let Some(m) = self.res_keys.get_mut(t as usize) {
-            m.insert(key, id);
+            m.insert(key, id, self.res_names);
         }
         self.res_names.push(key);
         self.res_hot.push(ResHot {

@@ -23,11 +23,11 @@ pub use dropin::{TenantInfo, UrlRules};
 pub use explain::Explanation;
 pub use paged::{Interner, KeyMap, NameList, PagedVec};
 pub use policy::{Names, Policy, PolicyItems, STAR};
-pub use users::{UserRec, UserTable};
 pub use query::{
     AssignmentFilter, AssignmentRow, DEFAULT_LIMIT, GroupNode, MAX_LIMIT, MAX_TREE_NODES, MenuNode, PermEntry,
     QueryError, RoleInfo, UserPermissions, UserPermissionsFilter, decode_cursor, encode_cursor, page_bitmap,
 };
+pub use users::{UserRec, UserTable};
 
 use crate::cond::Condition;
 use crate::model::{
@@ -292,7 +292,7 @@ impl Index {
             i.shrink();
         }
         for m in &mut self.res_keys {
-            m.shrink();
+            m.shrink(&self.res_names);
         }
         self.users.shrink();
         self.res_names.shrink();
@@ -455,7 +455,7 @@ impl Index {
     /// `lookup_res` with the type's id already known.
     #[inline]
     pub(crate) fn lookup_res_in(&self, t: u32, key: &str) -> Option<u32> {
-        self.res_keys.get(t as usize)?.get(key)
+        self.res_keys.get(t as usize)?.get(key, &self.res_names)
     }
 
     /// Everything known of resource `id`, `None` for an id never handed out.

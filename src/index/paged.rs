@@ -92,7 +92,10 @@ impl<T: Clone + Default> PagedVec<T> {
 }
 
 /// A map from strings to ids: a table built once for a whole snapshot (`KeyTable`), and a
-/// persistent overlay for the keys deltas add afterwards.
+/// persistent overlay for the keys deltas add afterwards. The keys themselves are kept by the
+/// caller in a `NameList` indexed by the ids the map hands back (an interner's names, the
+/// resources' keys), which every call passes in: the table holds a key only when it fits in
+/// its slot.
 #[derive(Clone, Debug, Default)]
 pub struct KeyMap {
     base: Arc<KeyTable>,
@@ -100,9 +103,10 @@ pub struct KeyMap {
 }
 
 impl KeyMap {
+    /// The id of `key`; `names` gives the key of every id the map holds.
     #[inline]
-    pub fn get(&self, key: &str) -> Option<u32> {
-        match self.base.get(key) {
+    pub fn get(&self, key: &str, names: &NameList) -> Option<u32> {
+        match self.base.get(key, names) {
             Some(id) => Some(id),
             None if self.overlay.is_empty() => None,
             None => self.overlay_get(key),
@@ -115,45 +119,43 @@ impl KeyMap {
         self.overlay.get(key).copied()
     }
 
-    /// Adds a key; during a bulk build (the base not yet shared) it goes straight into the base.
-    pub fn insert(&mut self, key: &str, id: u32) {
+    /// Adds a key; during a bulk build (the base not yet shared) it goes straight into the
+    /// base. `names` gives the key of every id already in the map (not yet this one's).
+    pub fn insert(&mut self, key: &str, id: u32, names: &NameList) {
         if self.overlay.is_empty()
             && let Some(base) = Arc::get_mut(&mut self.base)
-            && base.insert(key, id)
+            && base.insert(key, id, names)
         {
             return;
         }
         self.overlay.insert(Arc::from(key), id);
     }
 
-    /// Gives back the spare capacity of the slots and key bytes once a build is done.
-    pub fn shrink(&mut self) {
+    /// Gives back the spare capacity of the slots once a build is done.
+    pub fn shrink(&mut self, names: &NameList) {
         if let Some(base) = Arc::get_mut(&mut self.base) {
-            base.settle();
+            base.settle(names);
         }
     }
 }
 
-/// An open-addressing hash table (linear probing, at most three quarters full) of 32-byte
-/// slots, two to a cache line. A slot holds a hash tag, the id, and the key itself when it is
-/// at most `INLINE` bytes (else where its bytes are in an arena): a lookup of a short key reads
-/// one line of the table and nothing else, and the id it finds is not waiting behind a second
-/// dependent miss as it is with a map that keeps the key, or a pointer to it, in a bucket the
-/// control bytes point to.
+/// An open-addressing hash table (linear probing) of 16-byte slots, four to a cache line. A
+/// slot holds a hash tag, the id, and the key itself when it is at most `INLINE` bytes: a
+/// lookup of a short key reads one line of the table and nothing else. A longer key is
+/// compared with the caller's name of the slot's id, once its tag (24 bits of the hash and
+/// the length) matched, so such keys are stored once, in the name list, not twice.
 #[derive(Clone, Debug, Default)]
 struct KeyTable {
     slots: Box<[Slot]>,
-    /// The bytes of the keys longer than `INLINE`, one after the other.
-    arena: Vec<u8>,
     len: usize,
     state: foldhash::fast::RandomState,
 }
 
 /// Keys of up to this many bytes live in their slot.
-const INLINE: usize = 24;
+const INLINE: usize = 8;
 
 /// The share of slots in use once a build settles a table (`KeyTable::settle`), as a
-/// fraction: seven in ten. Linear probing then reads about 2.2 slots for a key it finds (two
+/// fraction: seven in ten. Linear probing then reads about 2.2 slots for a key it finds (four
 /// slots to a cache line) and 6 for one it does not.
 const SETTLED_LOAD: (usize, usize) = (7, 10);
 
@@ -166,14 +168,13 @@ fn home(h: u64, cap: usize) -> usize {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(C, align(32))]
+#[repr(C, align(16))]
 struct Slot {
     /// High 24 bits: of the key's hash. Low 8: the key's length, or `LONG`.
     tag: u32,
     id: u32,
-    /// A short key: its bytes as words (`Slot::words`). A long one: its offset in the arena
-    /// and its length.
-    key: [u64; 3],
+    /// A short key: its bytes as a word (`Slot::word`). A long one: 0.
+    key: u64,
 }
 
 impl Slot {
@@ -182,20 +183,14 @@ impl Slot {
     const VACANT: Slot = Slot {
         tag: 0,
         id: Slot::VACANT_ID,
-        key: [0; 3],
+        key: 0,
     };
     const LONG: u32 = 0xff;
 
-    /// A short key as three words, loaded whole (overlapping where the length is not a
-    /// multiple of 8), never through a byte buffer: with the length, it gives the key back.
+    /// A short key as one word, loaded whole (two overlapping halves when the length is 4 to
+    /// 7), never through a byte buffer: with the length, it gives the key back.
     #[inline]
-    fn words(key: &[u8]) -> Option<[u64; 3]> {
-        #[inline]
-        fn w8(b: &[u8], at: usize) -> u64 {
-            b.get(at..at + 8)
-                .and_then(|s| <[u8; 8]>::try_from(s).ok())
-                .map_or(0, u64::from_le_bytes)
-        }
+    fn word(key: &[u8]) -> Option<u64> {
         #[inline]
         fn w4(b: &[u8], at: usize) -> u64 {
             b.get(at..at + 4)
@@ -204,10 +199,9 @@ impl Slot {
         }
         let n = key.len();
         Some(match n {
-            0..=3 => [key.iter().rev().fold(0, |w, &b| w << 8 | b as u64), 0, 0],
-            4..=7 => [w4(key, 0) | w4(key, n - 4) << 32, 0, 0],
-            8..=15 => [w8(key, 0), w8(key, n - 8), 0],
-            16..=INLINE => [w8(key, 0), w8(key, 8), w8(key, n - 8)],
+            0..=3 => key.iter().rev().fold(0, |w, &b| w << 8 | b as u64),
+            4..=7 => w4(key, 0) | w4(key, n - 4) << 32,
+            8 => <[u8; 8]>::try_from(key).map_or(0, u64::from_le_bytes),
             _ => return None,
         })
     }
@@ -221,52 +215,41 @@ impl Slot {
 }
 
 impl KeyTable {
-    /// Short keys are hashed in their slot form, so growing the table needs no arena.
+    /// Short keys are hashed in their slot form, so placing them again needs no names.
     #[inline]
-    fn hash(&self, key: &[u8], words: Option<&[u64; 3]>) -> u64 {
+    fn hash(&self, key: &[u8], word: Option<u64>) -> u64 {
         use std::hash::BuildHasher;
-        match words {
-            Some(w) => self.hash_words(w, key.len()),
+        match word {
+            Some(w) => self.hash_word(w, key.len()),
             None => self.state.hash_one(key),
         }
     }
 
     #[inline]
-    fn hash_words(&self, w: &[u64; 3], len: usize) -> u64 {
+    fn hash_word(&self, w: u64, len: usize) -> u64 {
         use std::hash::{BuildHasher, Hasher};
         let mut h = self.state.build_hasher();
-        h.write_u64(w[0]);
-        h.write_u64(w[1]);
-        h.write_u64(w[2] ^ (len as u64) << 59);
+        h.write_u64(w);
+        h.write_u64(len as u64);
         h.finish()
     }
 
     /// The hash of the key in slot `s`.
-    fn slot_hash(&self, s: &Slot) -> u64 {
+    fn slot_hash(&self, s: &Slot, names: &NameList) -> u64 {
         use std::hash::BuildHasher;
         match s.tag & 0xff {
-            Slot::LONG => self.state.hash_one(self.long_key(s)),
-            len => self.hash_words(&s.key, len as usize),
+            Slot::LONG => self.state.hash_one(names.name(s.id).as_bytes()),
+            len => self.hash_word(s.key, len as usize),
         }
-    }
-
-    fn long_key(&self, s: &Slot) -> &[u8] {
-        let (off, len) = (s.key[0] as usize, s.key[1] as usize);
-        self.arena.get(off..off + len).unwrap_or_default()
     }
 
     /// Where `key` is, or the vacant slot where it would go.
     #[inline]
-    fn find(&self, key: &[u8], words: Option<&[u64; 3]>, h: u64) -> Result<usize, usize> {
+    fn find(&self, key: &[u8], word: Option<u64>, h: u64, names: &NameList) -> Result<usize, usize> {
         let tag = Slot::tag(h, key.len());
-        match words {
-            // The words are compared one by one from registers: comparing the arrays whole
-            // reloads them as one vector from where they were just stored, which the CPU
-            // cannot forward and waits for.
-            Some(&[w0, w1, w2]) => self.probe(h, |s| {
-                s.tag == tag && s.key[0] == w0 && s.key[1] == w1 && s.key[2] == w2
-            }),
-            None => self.probe(h, |s| s.tag == tag && self.long_key(s) == key),
+        match word {
+            Some(w) => self.probe(h, |s| s.tag == tag && s.key == w),
+            None => self.probe(h, |s| s.tag == tag && names.name(s.id).as_bytes() == key),
         }
     }
 
@@ -290,62 +273,54 @@ impl KeyTable {
     }
 
     #[inline]
-    fn get(&self, key: &str) -> Option<u32> {
+    fn get(&self, key: &str, names: &NameList) -> Option<u32> {
         if self.len == 0 {
             return None;
         }
         let key = key.as_bytes();
-        let words = Slot::words(key);
-        let i = self.find(key, words.as_ref(), self.hash(key, words.as_ref())).ok()?;
+        let word = Slot::word(key);
+        let i = self.find(key, word, self.hash(key, word), names).ok()?;
         self.slots.get(i).map(|s| s.id)
     }
 
-    /// Adds `key` (or sets its id); false when it cannot hold it (an id it uses as a marker,
-    /// or past 4 GiB of key bytes), and the caller keeps it elsewhere.
-    fn insert(&mut self, key: &str, id: u32) -> bool {
+    /// Adds `key` (or sets its id); false when it cannot hold it (an id it uses as a marker),
+    /// and the caller keeps it elsewhere.
+    fn insert(&mut self, key: &str, id: u32, names: &NameList) -> bool {
         let key = key.as_bytes();
-        if id == Slot::VACANT_ID || self.arena.len() + key.len() > u32::MAX as usize {
+        if id == Slot::VACANT_ID {
             return false;
         }
         if (self.len + 1) * 4 > self.slots.len() * 3 {
-            self.grow();
+            self.grow(names);
         }
-        let words = Slot::words(key);
-        let h = self.hash(key, words.as_ref());
-        let i = match self.find(key, words.as_ref(), h) {
+        let word = Slot::word(key);
+        let h = self.hash(key, word);
+        let i = match self.find(key, word, h, names) {
             Ok(i) => {
                 self.slots[i].id = id;
                 return true;
             }
             Err(i) => i,
         };
-        let stored = match words {
-            Some(w) => w,
-            None => {
-                let off = self.arena.len() as u64;
-                self.arena.extend_from_slice(key);
-                [off, key.len() as u64, 0]
-            }
-        };
         self.slots[i] = Slot {
             tag: Slot::tag(h, key.len()),
             id,
-            key: stored,
+            key: word.unwrap_or(0),
         };
         self.len += 1;
         true
     }
 
     /// Doubles the slots (16 to start) and places every key again.
-    fn grow(&mut self) {
-        self.resize((self.slots.len() * 2).max(16));
+    fn grow(&mut self, names: &NameList) {
+        self.resize((self.slots.len() * 2).max(16), names);
     }
 
     /// Places every key again in `cap` slots (more than `len`).
-    fn resize(&mut self, cap: usize) {
+    fn resize(&mut self, cap: usize, names: &NameList) {
         let old = std::mem::replace(&mut self.slots, vec![Slot::VACANT; cap].into_boxed_slice());
         for s in old.iter().filter(|s| s.id != Slot::VACANT_ID) {
-            let mut i = home(self.slot_hash(s), cap);
+            let mut i = home(self.slot_hash(s, names), cap);
             while self.slots[i].id != Slot::VACANT_ID {
                 i += 1;
                 if i == cap {
@@ -357,13 +332,12 @@ impl KeyTable {
     }
 
     /// Once a build is done: the slots cut down to `len / SETTLED_LOAD`, from the up to twice
-    /// that doubling leaves (at a million keys, 2^21 slots of 32 bytes: 64 MiB where 46 do).
-    fn settle(&mut self) {
+    /// that doubling leaves (at a million keys, 2^21 slots: 32 MiB where 23 do).
+    fn settle(&mut self, names: &NameList) {
         let cap = (self.len * SETTLED_LOAD.1 / SETTLED_LOAD.0 + 1).max(16);
         if cap < self.slots.len() {
-            self.resize(cap);
+            self.resize(cap, names);
         }
-        self.arena.shrink_to_fit();
     }
 }
 
@@ -438,22 +412,22 @@ impl NameList {
 impl Interner {
     #[inline]
     pub fn get(&self, key: &str) -> Option<u32> {
-        self.ids.get(key)
+        self.ids.get(key, &self.names)
     }
 
     pub fn intern(&mut self, key: &str) -> u32 {
-        if let Some(id) = self.ids.get(key) {
+        if let Some(id) = self.get(key) {
             return id;
         }
         let id = self.len() as u32;
-        self.ids.insert(key, id);
+        self.ids.insert(key, id, &self.names);
         self.names.push(key);
         id
     }
 
     /// Gives back spare capacity once a build is done.
     pub fn shrink(&mut self) {
-        self.ids.shrink();
+        self.ids.shrink(&self.names);
         self.names.shrink();
     }
 
@@ -513,36 +487,30 @@ mod tests {
 
     #[test]
     fn key_table_finds_every_key_and_no_other() {
-        let mut m = KeyMap::default();
-        for i in 0..10_000u32 {
-            m.insert(&format!("user-{i}"), i);
-        }
-        m.insert("", 10_000);
-        m.insert("user-5", 55);
         let long = |i: u32| format!("{i:08}-aaaa-bbbb-cccc-{i:012}");
-        for i in 0..1_000u32 {
-            m.insert(&long(i), 20_000 + i);
+        let mut keys: Vec<String> = (0..10_000).map(|i| format!("user-{i}")).collect();
+        keys.push(String::new());
+        keys.extend((0..1_000).map(long));
+        keys.push("x".repeat(INLINE));
+        keys.push("x".repeat(INLINE + 1));
+        let mut ix = Interner::default();
+        for (i, k) in keys.iter().enumerate() {
+            assert_eq!(ix.intern(k), i as u32, "{k}");
         }
-        m.insert(&"x".repeat(INLINE), 30_000);
-        m.insert(&"x".repeat(INLINE + 1), 30_001);
-        m.shrink();
-        assert_eq!(m.base.len, 11_003);
-        assert_eq!(m.overlay.len(), 0, "a bulk build fills the base");
-        for i in 0..10_000u32 {
-            let want = if i == 5 { 55 } else { i };
-            assert_eq!(m.get(&format!("user-{i}")), Some(want), "user-{i}");
-        }
-        assert_eq!(m.get(""), Some(10_000));
-        for i in 0..1_000u32 {
-            assert_eq!(m.get(&long(i)), Some(20_000 + i));
-        }
-        assert_eq!(m.get(&"x".repeat(INLINE)), Some(30_000));
-        assert_eq!(m.get(&"x".repeat(INLINE + 1)), Some(30_001));
+        assert_eq!(ix.intern("user-5"), 5);
+        ix.shrink();
+        assert_eq!(ix.ids.base.len, 11_003);
+        assert_eq!(ix.ids.overlay.len(), 0, "a bulk build fills the base");
+        assert_eq!(ix.ids.base.slots.len(), 11_003 * 10 / 7 + 1);
+        assert_eq!(std::mem::size_of::<Slot>(), 16);
         assert_eq!(
-            m.base.arena.len(),
-            1_000 * 36 + INLINE + 1,
-            "only long keys are in the arena"
+            ix.ids.base.slots.iter().filter(|s| s.tag & 0xff == Slot::LONG).count(),
+            9_000 + 1_000 + 1,
+            "keys over INLINE bytes are compared through the names"
         );
+        for (i, k) in keys.iter().enumerate() {
+            assert_eq!(ix.get(k), Some(i as u32), "{k}");
+        }
         for miss in [
             "user-10000",
             "user-",
@@ -552,31 +520,31 @@ mod tests {
             &long(1_000),
             &"x".repeat(INLINE + 2),
         ] {
-            assert_eq!(m.get(miss), None, "{miss}");
+            assert_eq!(ix.get(miss), None, "{miss}");
         }
         // The marker id cannot live in a slot: it goes to the overlay, and is still found.
-        m.insert("marker", u32::MAX);
-        assert_eq!(m.get("marker"), Some(u32::MAX));
+        let mut m = ix.ids.clone();
+        m.insert("marker", u32::MAX, &ix.names);
+        assert_eq!(m.get("marker", &ix.names), Some(u32::MAX));
         // Once shared, new keys go to the overlay and the other version does not see them.
-        let before = m.clone();
-        m.insert("late", 7);
-        assert_eq!((m.get("late"), before.get("late")), (Some(7), None));
-        assert_eq!(m.base.slots.len(), 11_003 * 10 / 7 + 1);
-        assert_eq!(std::mem::size_of::<Slot>(), 32);
+        let before = ix.clone();
+        assert_eq!(ix.intern("late"), 11_003);
+        assert_eq!((ix.get("late"), before.get("late")), (Some(11_003), None));
+        assert_eq!(ix.ids.overlay.len(), 1);
         // Every length from 0 to past `INLINE`, keys that differ in one byte anywhere.
-        let mut m = KeyMap::default();
+        let mut ix = Interner::default();
         let key = |n: usize, at: usize| -> String { (0..n).map(|i| if i == at { 'b' } else { 'a' }).collect() };
+        let mut want = Vec::new();
         for n in 0..=INLINE + 2 {
             for at in 0..=n {
-                m.insert(&key(n, at), (n * 100 + at) as u32);
+                want.push((key(n, at), ix.intern(&key(n, at))));
             }
         }
-        for n in 0..=INLINE + 2 {
-            for at in 0..=n {
-                assert_eq!(m.get(&key(n, at)), Some((n * 100 + at) as u32), "{n} {at}");
-            }
+        assert_eq!(ix.len(), want.len(), "every key is new");
+        for (k, id) in &want {
+            assert_eq!(ix.get(k), Some(*id), "{k}");
         }
-        assert_eq!(m.get(&key(INLINE + 3, 0)), None);
+        assert_eq!(ix.get(&key(INLINE + 3, 0)), None);
     }
 
     #[test]

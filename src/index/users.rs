@@ -73,7 +73,12 @@ impl Page {
 
     fn sync_inst_orgs(&mut self, i: usize) {
         let (_, _, i0, i1) = self.bounds(i);
-        let mask = self.inst.get(i0..i1).unwrap_or_default().iter().fold(0, |m, &(_, o, _)| m | 1 << (o % 32));
+        let mask = self
+            .inst
+            .get(i0..i1)
+            .unwrap_or_default()
+            .iter()
+            .fold(0, |m, &(_, o, _)| m | 1 << (o % 32));
         if let Some(s) = self.slots.get_mut(i) {
             s.inst_orgs = mask;
         }
@@ -354,7 +359,12 @@ mod tests {
         assert_eq!(roles(&before, 4), roles(&one, 4));
         assert!(!Arc::ptr_eq(&bulk.pages[0], &before.pages[0]));
         assert!(!Arc::ptr_eq(&bulk.pages[1], &before.pages[1]));
-        assert!(bulk.pages[2..].iter().zip(&before.pages[2..]).all(|(a, b)| Arc::ptr_eq(a, b)));
+        assert!(
+            bulk.pages[2..]
+                .iter()
+                .zip(&before.pages[2..])
+                .all(|(a, b)| Arc::ptr_eq(a, b))
+        );
         assert!(!bulk.set_listed(8, false) && bulk.set_listed(7, false) && !bulk.get(7).unwrap().listed);
         assert_eq!(bulk.iter().count(), 2100);
     }
