@@ -7,40 +7,44 @@
 #     (bench/floor.rs: bare hyper, a fixed {"allow":true}) over the same two;
 # on the 1M snapshot of bench/http.sh, with PICKS checks of its 1,024-check mix
 # (bench/data/bodies.txt, bench/picks.rs): the same picks, in the same order, for every target.
-# h2load sends one body per run, so every figure is PICKS runs, one per check, with the requests
-# split evenly among them: requests/s = all requests / the sum of the runs' times.
+# h2load sends one body per run, so every figure is PICKS runs, one per check, each timed by
+# h2load (-D) after a warm-up on its connections (--warm-up-time): the connections' setup and
+# first requests are outside the measured window. requests/s = all requests / all windows.
 #
-# 1. Throughput: CONNS connections × STREAMS concurrent streams over HTTP/2 (CONNS × 1 over
-#    HTTP/1.1, no pipelining), N requests per target per round, ROUNDS rounds with the targets
-#    in turn (permd and its floor back to back, which goes first alternating by round).
-# 2. Light load: one connection, one request at a time (-c1 -m1), LIGHT_N requests per target
-#    per round, every request's duration from h2load's --log-file; p50 and p99 per round,
-#    LIGHT_ROUNDS rounds interleaved the same way; medians over the rounds.
+# 1. Throughput: CONNS connections × STREAMS concurrent streams over HTTP/2 (H1_CONNS × 1 over
+#    HTTP/1.1, no pipelining), PICK_MS per pick, ROUNDS rounds with the targets in turn (permd
+#    and its floor back to back, which goes first alternating by round).
+# 2. Light load: one connection, one request at a time (-c1 -m1), LIGHT_PICK_MS per pick, every
+#    request's duration from h2load's --log-file; p50 and p99 per round, LIGHT_ROUNDS rounds
+#    interleaved the same way; medians over the rounds.
 # Servers on CPU 0, the generator on CPU 1 (taskset). Before timing, every pick is sent once to
-# /allowed over HTTP/1.1 and h2c and to Enforce, and the answers must agree; after the run,
-# permd's permd_grpc_requests_total must show no Enforce answered with another grpc-status than
-# OK (h2load sees only the HTTP status, and gRPC errors travel in trailers).
+# /allowed over HTTP/1.1 and h2c and to Enforce, and the answers must agree. h2load sees only the
+# HTTP status (gRPC errors travel in trailers), so around every Enforce run permd's
+# permd_grpc_requests_total must show no error answer, at least as many OK as h2load counted,
+# and no more calls CANCELLED or UNKNOWN (cut when h2load closes its connections at the end of
+# its window) than were in flight.
 # Lines `TABLE|h2|figure|measured|goal|met?` on stdout are for bench/run.sh (piece `h2`).
 #
 #   bash bench/h2load.sh
-#   N=32000 LIGHT_N=1600 ROUNDS=1 LIGHT_ROUNDS=2 bash bench/h2load.sh    # a quick check
+#   PICK_MS=100 LIGHT_PICK_MS=50 ROUNDS=1 LIGHT_ROUNDS=2 bash bench/h2load.sh    # a quick check
 #
-# Knobs: N (320000), CONNS (16), STREAMS (8), H1_CONNS (CONNS), PICKS (16, of the 1,024),
-# ROUNDS (3), WARMUP_N (N/10, per target before the first round), LIGHT_N (16000),
-# LIGHT_ROUNDS (5), BUILD (1: cargo build --release the binaries first; 0: use them as they are).
+# Knobs: PICKS (16, of the 1,024), CONNS (16), STREAMS (8), H1_CONNS (CONNS), PICK_MS (400: the
+# measured window per pick, so 6.4 s per target per round), ROUNDS (3), LIGHT_PICK_MS (200),
+# LIGHT_ROUNDS (5), WARMUP_MS (100, before every window), BUILD (1: cargo build --release the
+# binaries first; 0: use them as they are). About 5 minutes with the defaults.
 set -euo pipefail
 shopt -s inherit_errexit
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$PWD
 DATA=$ROOT/bench/data
-N=${N:-320000}
 CONNS=${CONNS:-16}
 STREAMS=${STREAMS:-8}
 H1_CONNS=${H1_CONNS:-$CONNS}
 PICKS=${PICKS:-16}
 ROUNDS=${ROUNDS:-3}
-WARMUP_N=${WARMUP_N:-$((N / 10))}
-LIGHT_N=${LIGHT_N:-16000}
+PICK_MS=${PICK_MS:-400}
+LIGHT_PICK_MS=${LIGHT_PICK_MS:-200}
+WARMUP_MS=${WARMUP_MS:-100}
 LIGHT_ROUNDS=${LIGHT_ROUNDS:-5}
 BUILD=${BUILD:-1}
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
@@ -57,7 +61,7 @@ die() { log "$*"; exit 1; }
 
 command -v h2load >/dev/null || die "h2load missing: apt-get install nghttp2-client"
 ((PICKS >= 1 && PICKS <= 1024)) || die "PICKS must be 1..1024, not $PICKS"
-((N >= PICKS && LIGHT_N >= PICKS)) || die "N ($N) and LIGHT_N ($LIGHT_N) must be at least PICKS ($PICKS)"
+((PICK_MS >= 10 && LIGHT_PICK_MS >= 10 && WARMUP_MS >= 10)) || die "PICK_MS, LIGHT_PICK_MS and WARMUP_MS are milliseconds, at least 10"
 if [[ $BUILD == 1 ]]; then
   log "building release permd and the grpc_floor, floor and bodies examples"
   cargo build --release --quiet --bin permd --example grpc_floor --example floor --example bodies
@@ -225,54 +229,99 @@ target_args() {
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; } # utime + stime
 HZ=$(getconf CLK_TCK)
 
-# h2load TARGET PICK REQUESTS CONNS STREAMS [LOGFILE]: one pinned, timed run; checks that every
-# request succeeded with a 2xx and prints "REQUESTS SECONDS GEN_CPU_S GEN_WALL_S".
+# permd's Enforce calls so far by grpc-status, from /metrics: "OK CUT OTHER", where CUT are
+# CANCELLED and UNKNOWN: what a call becomes when h2load closes its connection with the call in
+# flight (h2load -D ends a window so: its request body cut, or its answer unread).
+enforce_counts() {
+  curl -sf "$PERMD_HTTP/metrics" >"$WORK/metrics" || die "permd /metrics did not answer"
+  awk '/^permd_grpc_requests_total\{/ && /method="\/perm\.v1\.PermService\/Enforce"/ && match($0, /code="[A-Z_]*"/) {
+      c = substr($0, RSTART + 6, RLENGTH - 7)
+      if (c == "OK") ok += $NF; else if (c == "CANCELLED" || c == "UNKNOWN") cut += $NF; else other += $NF }
+    END { printf "%.0f %.0f %.0f\n", ok, cut, other }' "$WORK/metrics"
+}
+
+# h2run TARGET PICK MS CONNS STREAMS [LOGFILE]: one pinned h2load run, WARMUP_MS then a window
+# of MS; checks that every request of the window succeeded with a 2xx and prints
+# "REQUESTS WINDOW_S GEN_CPU_S GEN_WALL_S" (the generator's CPU and wall time over the whole run).
 h2run() {
-  local t=$1 pick=$2 n=$3 c=$4 m=$5 logf=${6:-} extra=()
+  local t=$1 pick=$2 ms=$3 c=$4 m=$5 logf=${6:-} extra=() ARGS
   [[ -n $logf ]] && extra=(--log-file="$logf")
-  local ARGS
   target_args "$t" "$pick"
+  local before=""
+  [[ $t == enforce ]] && before=$(enforce_counts)
   local TIMEFORMAT='%3R %3U %3S' times
-  times=$( { time taskset -c 1 h2load -t1 -n "$n" -c "$c" -m "$m" "${extra[@]}" "${ARGS[@]}" >"$WORK/h2load.out" 2>&1; } 2>&1 ) ||
+  times=$( { time taskset -c 1 h2load -t1 -c "$c" -m "$m" -D "${ms}ms" --warm-up-time="${WARMUP_MS}ms" \
+    "${extra[@]}" "${ARGS[@]}" >"$WORK/h2load.out" 2>&1; } 2>&1 ) ||
     { cat "$WORK/h2load.out" >&2; die "${LABEL[$t]}: h2load failed"; }
-  local done ok2xx rps
-  done=$(sed -n 's/^requests: .* \([0-9]*\) succeeded.*/\1/p' "$WORK/h2load.out")
+  local n bad ok2xx
+  n=$(sed -n 's/^requests: .* \([0-9]*\) succeeded.*/\1/p' "$WORK/h2load.out")
+  bad=$(sed -n 's/^requests: .* \([0-9]*\) failed, \([0-9]*\) errored, \([0-9]*\) timeout.*/\1 \2 \3/p' "$WORK/h2load.out")
   ok2xx=$(sed -n 's/^status codes: \([0-9]*\) 2xx.*/\1/p' "$WORK/h2load.out")
-  rps=$(sed -n 's/^finished in [^,]*, \([0-9.]*\) req\/s.*/\1/p' "$WORK/h2load.out")
-  [[ $done == "$n" && $ok2xx == "$n" && -n $rps ]] ||
-    { cat "$WORK/h2load.out" >&2; die "${LABEL[$t]}, pick $pick: $n requests sent, ${done:-?} succeeded, ${ok2xx:-?} 2xx"; }
-  awk -v n="$n" -v r="$rps" -v t="$times" 'BEGIN { split(t, x, " "); printf "%d %.6f %.3f %.3f\n", n, n / r, x[2] + x[3], x[1] }'
+  [[ -n $n && $n -gt 0 && $bad == "0 0 0" && $ok2xx == "$n" ]] ||
+    { cat "$WORK/h2load.out" >&2; die "${LABEL[$t]}, pick $pick: ${n:-?} succeeded, ${ok2xx:-?} 2xx, failed/errored/timeout ${bad:-?}"; }
+  if [[ -n $before ]]; then
+    # No error answers, and no more calls cut than were in flight at the end.
+    local ok0 cut0 other0 ok1 cut1 other1 after
+    after=$(enforce_counts)
+    read -r ok0 cut0 other0 <<<"$before"
+    read -r ok1 cut1 other1 <<<"$after"
+    ((other1 == other0)) || { grep '^permd_grpc_requests_total{' "$WORK/metrics" >&2; die "${LABEL[$t]}, pick $pick: permd answered $((other1 - other0)) calls with an error"; }
+    ((cut1 - cut0 <= c * m)) || die "${LABEL[$t]}, pick $pick: $((cut1 - cut0)) calls cancelled or cut, more than the $((c * m)) in flight at the end"
+    ((ok1 - ok0 >= n)) || die "${LABEL[$t]}, pick $pick: h2load counted $n answers, permd $((ok1 - ok0)) OK"
+  fi
+  awk -v n="$n" -v ms="$ms" -v t="$times" 'BEGIN { split(t, x, " "); printf "%d %.3f %.3f %.3f\n", n, ms / 1000, x[2] + x[3], x[1] }'
 }
 
-# Throughput of target $1 over all picks: "requests seconds server_cpu_s gen_cpu_s gen_wall_s".
+# Machine-wide busy and steal ticks (all CPUs), to tell what else used the machine meanwhile.
+busy_steal() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8, $9 }' /proc/stat; }
+now() { date +%s.%N; }
+# other_pct B0 S0 T0 SERVER_S GEN_S: "other steal", the CPU used by anything but the server and
+# h2load, and the hypervisor's steal, as % of the whole machine since busy_steal gave B0 S0 at T0.
+other_pct() {
+  local b1 s1
+  read -r b1 s1 < <(busy_steal)
+  awk -v b=$((b1 - $1)) -v st=$((s1 - $2)) -v t0="$3" -v t1="$(now)" -v srv="$4" -v gen="$5" -v hz="$HZ" -v n="$(nproc)" \
+    'BEGIN { t = (t1 - t0) * n; o = 100 * (b / hz - srv - gen) / t; printf "%.0f %.0f", (o < 0 ? 0 : o), 100 * st / hz / t }'
+}
+
+# Throughput of target $1 over all picks: "requests window_s gen_cpu_s gen_wall_s server_cpu_s
+# other_pct steal_pct" (server CPU over all the runs, warm-ups included, as the generator's).
 throughput() {
-  local t=$1 total=$2 pid per tk0 tk1 line sums
+  local t=$1 pid tk0 tk1 sums c=$CONNS m=$STREAMS b0 s0 t0 srv
   pid=$(server_pid "$t")
-  per=$((total / PICKS))
-  ((per >= 1)) || per=1
-  local c=$CONNS m=$STREAMS
   [[ $t == *-h1 ]] && c=$H1_CONNS m=1
+  read -r b0 s0 < <(busy_steal)
+  t0=$(now)
   tk0=$(ticks "$pid")
-  sums=$(for ((i = 0; i < PICKS; i++)); do h2run "$t" "$i" "$per" "$c" "$m"; done |
-    awk '{ n += $1; s += $2; g += $3; w += $4 } END { printf "%d %.6f %.3f %.3f", n, s, g, w }')
+  sums=$(for ((i = 0; i < PICKS; i++)); do h2run "$t" "$i" "$PICK_MS" "$c" "$m"; done |
+    awk '{ n += $1; s += $2; g += $3; w += $4 } END { printf "%d %.3f %.3f %.3f", n, s, g, w }')
   tk1=$(ticks "$pid")
-  echo "$sums $(awk -v d=$((tk1 - tk0)) -v hz="$HZ" 'BEGIN { printf "%.3f", d / hz }')"
+  srv=$(awk -v d=$((tk1 - tk0)) -v hz="$HZ" 'BEGIN { printf "%.3f", d / hz }')
+  echo "$sums $srv $(other_pct "$b0" "$s0" "$t0" "$srv" "$(cut -d' ' -f3 <<<"$sums")")"
 }
 
-# Light load of target $1: every request's duration (µs) of one connection, one at a time.
+# Light load of target $1 in round $2: every request's duration (µs) on one connection, one at
+# a time; prints "p50_us p99_us samples other_pct steal_pct".
 light() {
-  local t=$1 r=$2 per=$((LIGHT_N / PICKS))
+  local t=$1 r=$2 pid tk0 tk1 b0 s0 t0 gen=0 g
+  pid=$(server_pid "$t")
   : >"$WORK/light-$t-$r.us"
+  read -r b0 s0 < <(busy_steal)
+  t0=$(now)
+  tk0=$(ticks "$pid")
   for ((i = 0; i < PICKS; i++)); do
-    h2run "$t" "$i" "$per" 1 1 "$WORK/light.log" >/dev/null
+    rm -f "$WORK/light.log" # h2load appends to its log file
+    g=$(h2run "$t" "$i" "$LIGHT_PICK_MS" 1 1 "$WORK/light.log")
+    gen=$(awk -v a="$gen" -v b="$(cut -d' ' -f3 <<<"$g")" 'BEGIN { print a + b }')
     awk -F'\t' -v t="$t" '$2 < 200 || $2 > 299 { print "bad status " $2 " from " t > "/dev/stderr"; exit 1 } { print $3 }' \
       "$WORK/light.log" >>"$WORK/light-$t-$r.us"
   done
+  tk1=$(ticks "$pid")
   # p50 and p99, nearest rank.
-  sort -n "$WORK/light-$t-$r.us" | awk '{ v[NR] = $1 } END {
+  echo "$(sort -n "$WORK/light-$t-$r.us" | awk '{ v[NR] = $1 } END {
     i50 = int(NR * 0.50); if (i50 < NR * 0.50) i50++
     i99 = int(NR * 0.99); if (i99 < NR * 0.99) i99++
-    printf "%d %d %d\n", v[i50], v[i99], NR }'
+    printf "%d %d %d\n", v[i50], v[i99], NR }') $(other_pct "$b0" "$s0" "$t0" "$(awk -v d=$((tk1 - tk0)) -v hz="$HZ" 'BEGIN { print d / hz }')" "$gen")"
 }
 
 median() { sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
@@ -286,71 +335,84 @@ round_order() {
 }
 
 # --- 1. throughput -----------------------------------------------------------------------------
-log "warm-up: $WARMUP_N requests per target"
-for t in "${TARGETS[@]}"; do throughput "$t" "$WARMUP_N" >/dev/null; done
-log "throughput: $N requests per target per round over the $PICKS picks; HTTP/2 $CONNS connections x $STREAMS streams, HTTP/1.1 $H1_CONNS connections; $ROUNDS rounds"
-declare -A TP # [target,round] = "requests seconds gen_cpu_s gen_wall_s server_cpu_s"
+log "throughput: $PICKS picks x ${PICK_MS} ms per target per round (after ${WARMUP_MS} ms each); HTTP/2 $CONNS connections x $STREAMS streams, HTTP/1.1 $H1_CONNS connections; $ROUNDS rounds"
+declare -A TP # [target,round] = "requests window_s gen_cpu_s gen_wall_s server_cpu_s other_pct steal_pct"
 for ((r = 1; r <= ROUNDS; r++)); do
   for t in $(round_order "$r"); do
-    TP[$t,$r]=$(throughput "$t" "$N")
-    read -r n s g w sc <<<"${TP[$t,$r]}"
+    TP[$t,$r]=$(throughput "$t")
+    read -r n s g w sc o st <<<"${TP[$t,$r]}"
     log "round $r ${LABEL[$t]}: $(awk -v n="$n" -v s="$s" -v g="$g" -v w="$w" -v sc="$sc" \
-      'BEGIN { printf "%.0f requests/s, server %.0f%%, generator %.0f%%", n / s, 100 * sc / w, 100 * g / w }')"
+      'BEGIN { printf "%.0f requests/s, server %.0f%%, generator %.0f%%", n / s, 100 * sc / w, 100 * g / w }'), other ${o}%, steal ${st}%"
   done
 done
 
 # --- 2. light load -----------------------------------------------------------------------------
-log "light load: one connection, one request at a time; $LIGHT_N requests per target per round over the $PICKS picks; $LIGHT_ROUNDS rounds"
-declare -A LL # [target,round] = "p50_us p99_us samples"
+log "light load: one connection, one request at a time; $PICKS picks x ${LIGHT_PICK_MS} ms per target per round; $LIGHT_ROUNDS rounds"
+declare -A LL # [target,round] = "p50_us p99_us samples other_pct steal_pct"
 for ((r = 1; r <= LIGHT_ROUNDS; r++)); do
   for t in $(round_order "$r"); do
     LL[$t,$r]=$(light "$t" "$r")
-    read -r p50 p99 _ <<<"${LL[$t,$r]}"
-    log "light round $r ${LABEL[$t]}: p50 ${p50} µs, p99 ${p99} µs"
+    read -r p50 p99 k o st <<<"${LL[$t,$r]}"
+    log "light round $r ${LABEL[$t]}: p50 ${p50} µs, p99 ${p99} µs ($k requests), other ${o}%, steal ${st}%"
   done
 done
 
-# Every Enforce permd answered, by grpc-status: all must be OK.
-curl -s "$PERMD_HTTP/metrics" >"$WORK/metrics" || die "permd /metrics did not answer"
-enforce_calls() { # enforce_calls ok|other: the sum of permd_grpc_requests_total for Enforce
-  awk -v want="$1" '/^permd_grpc_requests_total\{/ && /method="\/perm\.v1\.PermService\/Enforce"/ {
-    if ((want == "ok") == ($0 ~ /code="OK"/)) s += $NF } END { printf "%.0f", s }' "$WORK/metrics"
-}
-GRPC_OK=$(enforce_calls ok)
-GRPC_BAD=$(enforce_calls other)
+# Every Enforce permd answered, by grpc-status: OK, or cut by h2load's end of a window (each
+# run checked in h2run); any other code fails.
+COUNTS=$(enforce_counts)
+read -r GRPC_OK GRPC_CUT GRPC_BAD <<<"$COUNTS"
 ((GRPC_OK > 0)) || die "permd /metrics counts no Enforce answered OK"
-((GRPC_BAD == 0)) || die "permd answered $GRPC_BAD Enforce calls with a grpc-status other than OK"
+((GRPC_BAD == 0)) || { grep '^permd_grpc_requests_total{' "$WORK/metrics" >&2; die "permd answered $GRPC_BAD Enforce calls with an error"; }
 
 # --- table -------------------------------------------------------------------------------------
-tp_field() { # tp_field TARGET ROUND rps|srv_pct|gen_pct|cpu_per_k
-  read -r n s g w sc <<<"${TP[$1,$2]}"
+tp_field() { # tp_field TARGET ROUND rps|srv_pct|gen_pct|cpu_per_k|noisy
+  local n s g w sc o st
+  read -r n s g w sc o st <<<"${TP[$1,$2]}"
   case $3 in
+    noisy) ((o + st > 10)) && echo " !" || true ;;
     rps) awk -v n="$n" -v s="$s" 'BEGIN { printf "%.0f", n / s }' ;;
     srv_pct) awk -v sc="$sc" -v w="$w" 'BEGIN { printf "%.0f", 100 * sc / w }' ;;
     gen_pct) awk -v g="$g" -v w="$w" 'BEGIN { printf "%.0f", 100 * g / w }' ;;
-    cpu_per_k) awk -v sc="$sc" -v n="$n" 'BEGIN { printf "%.4f", 1000 * sc / n }' ;;
+    # The server's CPU per second over the runs / requests per second of the windows.
+    cpu_per_k) awk -v sc="$sc" -v w="$w" -v n="$n" -v s="$s" 'BEGIN { printf "%.4f", 1000 * (sc / w) / (n / s) }' ;;
   esac
 }
-tp_median() { for ((r = 1; r <= ROUNDS; r++)); do tp_field "$1" "$r" "$2"; done | median; }
+tp_median() { for ((r = 1; r <= ROUNDS; r++)); do tp_field "$1" "$r" "$2"; echo; done | median; }
 ll_median() { # ll_median TARGET 1|2 (p50|p99)
   for ((r = 1; r <= LIGHT_ROUNDS; r++)); do cut -d' ' -f"$2" <<<"${LL[$1,$r]}"; done | median
 }
 yes_no() { awk "BEGIN { print ($1) ? \"yes\" : \"no\" }"; } # yes_no 'AWK EXPRESSION'
+ll_noisy() { local o st; read -r _ _ _ o st <<<"${LL[$1,$2]}"; ((o + st > 10)) && echo " !" || true; }
+# noisy_note KIND TARGET...: how many of the rounds of these targets shared the machine.
+noisy_note() {
+  local kind=$1 k=0 all=0 t r
+  shift
+  for t in "$@"; do
+    if [[ $kind == tp ]]; then
+      for ((r = 1; r <= ROUNDS; r++)); do all=$((all + 1)); [[ -n $(tp_field "$t" "$r" noisy) ]] && k=$((k + 1)); done
+    else
+      for ((r = 1; r <= LIGHT_ROUNDS; r++)); do all=$((all + 1)); [[ -n $(ll_noisy "$t" "$r") ]] && k=$((k + 1)); done
+    fi
+  done
+  ((k == 0)) || echo "; $k of $all runs shared the machine (!)"
+}
 
 echo
 echo "machine: $(nproc) cores, $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n1); load average $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "h2load $(h2load --version | sed -n 's/^h2load nghttp2\///p'); servers on CPU 0, h2load on CPU 1; permd on the 1M snapshot"
 echo "checks: $PICK_DESC; each figure is one h2load run per pick, the requests split evenly"
-echo "permd answered $GRPC_OK Enforce calls, all with grpc-status OK"
+echo "permd answered $GRPC_OK Enforce calls with grpc-status OK and none with an error; $GRPC_CUT were cut by h2load closing its connections at the end of a window (each run: no more than were in flight)"
 echo
-echo "throughput: $N requests per target per round; HTTP/2: $CONNS connections x $STREAMS streams; HTTP/1.1: $H1_CONNS connections, no pipelining"
-echo "server, generator = CPU used as % of one core over the generator's running time; CPU-s/1k = server CPU seconds per 1000 requests"
-printf '%-26s %s\n' target "$(for ((r = 1; r <= ROUNDS; r++)); do printf '  round %-28s' "$r"; done)"
+echo "throughput: $PICKS picks x ${PICK_MS} ms per target per round, each after ${WARMUP_MS} ms of warm-up; HTTP/2: $CONNS connections x $STREAMS streams; HTTP/1.1: $H1_CONNS connections, no pipelining"
+echo "s(erver), g(enerator) = CPU used as % of one core over the generator's running time; CPU-s/1k = server CPU seconds per 1000"
+echo "requests (the server's CPU per second over the runs / the windows' requests per second); ! = anything but the server"
+echo "and h2load (other) plus the hypervisor's steal took more than 10% of the machine meanwhile: not to be trusted"
+printf '%-26s%s\n' target "$(for ((r = 1; r <= ROUNDS; r++)); do printf '  %-38s' "round $r"; done)"
 for t in "${TARGETS[@]}"; do
   printf '%-26s' "${LABEL[$t]}"
   for ((r = 1; r <= ROUNDS; r++)); do
-    printf '  %7s/s s %3s%% g %3s%% %s' "$(tp_field "$t" "$r" rps)" "$(tp_field "$t" "$r" srv_pct)" \
-      "$(tp_field "$t" "$r" gen_pct)" "$(tp_field "$t" "$r" cpu_per_k)"
+    printf '  %-38s' "$(printf '%s/s s %s%% g %s%% %s%s' "$(tp_field "$t" "$r" rps)" "$(tp_field "$t" "$r" srv_pct)" \
+      "$(tp_field "$t" "$r" gen_pct)" "$(tp_field "$t" "$r" cpu_per_k)" "$(tp_field "$t" "$r" noisy)")"
   done
   echo
 done
@@ -362,7 +424,7 @@ for t in "${TARGETS[@]}"; do
   c="$CONNS x $STREAMS"
   [[ $t == *-h1 ]] && c="$H1_CONNS x 1"
   echo "${LABEL[$t]}: median $rps requests/s, server ${srv}%, generator ${gen}%, $cpk CPU-s/1k$bound"
-  echo "TABLE|h2|${LABEL[$t]} ($c, h2load): requests/s, server / generator CPU, server CPU-s per 1000 (median of $ROUNDS rounds)|$rps, $srv% / $gen%, $cpk$bound||"
+  echo "TABLE|h2|${LABEL[$t]} ($c, h2load): requests/s, server / generator CPU, server CPU-s per 1000 (median of $ROUNDS rounds)|$rps, $srv% / $gen%, $cpk$bound$(noisy_note tp "$t")||"
 done
 ratio() { # ratio A B GOAL_MIN GOAL_TEXT: A / B requests/s by round and the median
   local rs=() med met=""
@@ -372,7 +434,7 @@ ratio() { # ratio A B GOAL_MIN GOAL_TEXT: A / B requests/s by round and the medi
   med=$(printf '%s\n' "${rs[@]}" | median)
   [[ -n $3 ]] && met=$(yes_no "$med >= $3")
   echo "${LABEL[$1]} / ${LABEL[$2]} requests/s by round: ${rs[*]} (%); median $med%"
-  echo "TABLE|h2|${LABEL[$1]} / ${LABEL[$2]} requests/s (median of per-round ratios)|$med% (rounds ${rs[*]})|$4|$met"
+  echo "TABLE|h2|${LABEL[$1]} / ${LABEL[$2]} requests/s (median of per-round ratios)|$med% (rounds ${rs[*]})$(noisy_note tp "$1" "$2")|$4|$met"
 }
 ratio enforce tonic-floor 90 "≥ 90%"
 ratio allowed-h2c http-floor-h2c "" ""
@@ -380,14 +442,13 @@ ratio allowed-h1 http-floor-h1 "" ""
 ratio enforce allowed-h2c "" ""
 
 echo
-echo "light load: one connection, one request at a time (h2load -c1 -m1, HTTP/1.1 with --h1); $LIGHT_N requests per target per round; µs from h2load's per-request log"
-printf '%-26s %s\n' target "$(for ((r = 1; r <= LIGHT_ROUNDS; r++)); do printf '  round %-12s' "$r p50/p99"; done)"
+echo "light load: one connection, one request at a time (h2load -c1 -m1, HTTP/1.1 with --h1); $PICKS picks x ${LIGHT_PICK_MS} ms per target per round; µs from h2load's per-request log"
+printf '%-26s%s\n' target "$(for ((r = 1; r <= LIGHT_ROUNDS; r++)); do printf '  %-24s' "round $r p50/p99 (n)"; done)"
 for t in "${TARGETS[@]}"; do
   printf '%-26s' "${LABEL[$t]}"
   for ((r = 1; r <= LIGHT_ROUNDS; r++)); do
-    read -r p50 p99 _ <<<"${LL[$t,$r]}"
-    printf '  %8s' "$p50/$p99"
-    printf '%10s' ""
+    read -r p50 p99 k _ <<<"${LL[$t,$r]}"
+    printf '  %-24s' "$p50/$p99 µs ($k)$(ll_noisy "$t" "$r")"
   done
   echo
 done
@@ -401,5 +462,5 @@ for p in "${PAIRS[@]}"; do
   med=$(printf '%s\n' "${rs[@]}" | median)
   a50=$(ll_median "$a" 1) a99=$(ll_median "$a" 2) b50=$(ll_median "$b" 1) b99=$(ll_median "$b" 2)
   echo "${LABEL[$a]}: p50 $a50 µs, p99 $a99 µs; ${LABEL[$b]}: p50 $b50 µs, p99 $b99 µs (medians of $LIGHT_ROUNDS rounds); p99 ratio by round ${rs[*]}, median ${med}x"
-  echo "TABLE|h2|light load, one request at a time: ${LABEL[$a]} p99 / ${LABEL[$b]} p99 (median of per-round ratios)|${med}x (p50 $a50 / $b50 µs, p99 $a99 / $b99 µs; rounds ${rs[*]})|≤ 1.2x|$(yes_no "$med <= 1.2")"
+  echo "TABLE|h2|light load, one request at a time: ${LABEL[$a]} p99 / ${LABEL[$b]} p99 (median of per-round ratios)|${med}x (p50 $a50 / $b50 µs, p99 $a99 / $b99 µs; rounds ${rs[*]})$(noisy_note ll "$a" "$b")|≤ 1.2x|$(yes_no "$med <= 1.2")"
 done
