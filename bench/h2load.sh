@@ -1,22 +1,25 @@
 #!/usr/bin/env bash
-# Servers measured by a generator that is not the bottleneck: h2load (apt `nghttp2-client`,
-# written in C; its own CPU is printed beside the server's on every row) against
+# Servers measured by generators that are not the bottleneck — h2load (apt `nghttp2-client`,
+# written in C) and, for HTTP/1.1 throughput, wrk; the generator's CPU is printed beside the
+# server's on every row — against
 #   - permd perm/v1 `Enforce`, a gRPC-framed protobuf body on permd's gRPC port, and the gRPC
 #     floor (bench/grpc_floor.rs: bare tonic, same protos and runtime, a fixed answer);
-#   - permd `POST /allowed` over h2c and over HTTP/1.1 (`h2load --h1`), and the HTTP floor
-#     (bench/floor.rs: bare hyper, a fixed {"allow":true}) over the same two;
+#   - permd `POST /allowed` over h2c and over HTTP/1.1, and the HTTP floor (bench/floor.rs: bare
+#     hyper, a fixed {"allow":true}) over the same two;
 # on the 1M snapshot of bench/http.sh, with PICKS checks of its 1,024-check mix
-# (bench/data/bodies.txt, bench/picks.rs): the same picks, in the same order, for every target.
-# h2load sends one body per run, so every figure is PICKS runs, one per check, each timed by
+# (bench/data/bodies.txt, bench/picks.rs): the same picks for every target.
+# h2load sends one body per run, so its figures are PICKS runs, one per check, each timed by
 # h2load (-D) after a warm-up on its connections (--warm-up-time): the connections' setup and
 # first requests are outside the measured window. requests/s = all requests / all windows.
 #
-# 1. Throughput: CONNS connections × STREAMS concurrent streams over HTTP/2 (H1_CONNS × 1 over
-#    HTTP/1.1, no pipelining), PICK_MS per pick, ROUNDS rounds with the targets in turn (permd
-#    and its floor back to back, which goes first alternating by round).
-# 2. Light load: one connection, one request at a time (-c1 -m1), LIGHT_PICK_MS per pick, every
-#    request's duration from h2load's --log-file; p50 and p99 per round, LIGHT_ROUNDS rounds
-#    interleaved the same way; medians over the rounds.
+# 1. Throughput: HTTP/2 with CONNS connections × STREAMS concurrent streams, PICK_MS per pick;
+#    HTTP/1.1 with wrk -t1 -cH1_CONNS (keep-alive, bench/allowed.lua rotating the picks) for
+#    PICKS × PICK_MS rounded to seconds, after 1 s of warm-up: over HTTP/1.1 h2load --h1 spent
+#    about a third more CPU per request than wrk here. ROUNDS rounds with the targets in turn
+#    (permd and its floor back to back, which goes first alternating by round).
+# 2. Light load: one connection, one request at a time (h2load -c1 -m1, --h1 for HTTP/1.1),
+#    LIGHT_PICK_MS per pick, every request's duration from h2load's --log-file; p50 and p99 per
+#    round, LIGHT_ROUNDS rounds interleaved the same way; medians over the rounds.
 # Servers on CPU 0, the generator on CPU 1 (taskset). Before timing, every pick is sent once to
 # /allowed over HTTP/1.1 and h2c and to Enforce, and the answers must agree. h2load sees only the
 # HTTP status (gRPC errors travel in trailers), so around every Enforce run permd's
@@ -286,15 +289,41 @@ other_pct() {
 
 # Throughput of target $1 over all picks: "requests window_s gen_cpu_s gen_wall_s server_cpu_s
 # other_pct steal_pct" (server CPU over all the runs, warm-ups included, as the generator's).
+# The HTTP/1.1 targets are driven by wrk instead (bench/allowed.lua rotating the picks on every
+# connection, WRK_S seconds after a second of warm-up): h2load --h1 spent about a third more CPU
+# per request here than wrk, and over HTTP/1.1 either costs about what the server does.
+WRK_S=$(((PICKS * PICK_MS + 500) / 1000))
+((WRK_S >= 1)) || WRK_S=1
+wrk_run() { # wrk_run TARGET: "REQUESTS SECONDS GEN_CPU_S GEN_WALL_S", every answer a 2xx
+  local t=$1 url=$PERMD_HTTP times
+  [[ $t == http-floor-h1 ]] && url=$HTTP_FLOOR_URL
+  local TIMEFORMAT='%3R %3U %3S'
+  times=$( { time taskset -c 1 wrk -t1 -c"$H1_CONNS" -d"${WRK_S}s" -s bench/allowed.lua "$url" -- "$WORK/picks.txt" >"$WORK/wrk.out" 2>&1; } 2>&1 ) ||
+    { cat "$WORK/wrk.out" >&2; die "${LABEL[$t]}: wrk failed"; }
+  local res
+  res=$(grep '^RESULT' "$WORK/wrk.out") || { cat "$WORK/wrk.out" >&2; die "${LABEL[$t]}: wrk gave no result"; }
+  [[ $res == *" non2xx=0 connect_err=0 read_err=0 write_err=0 timeouts=0"* ]] || die "${LABEL[$t]}: $res"
+  awk -v r="$res" -v t="$times" 'BEGIN { split(t, x, " "); match(r, /requests=[0-9]+/); n = substr(r, RSTART + 9, RLENGTH - 9)
+    match(r, /seconds=[0-9.]+/); s = substr(r, RSTART + 8, RLENGTH - 8); printf "%d %.3f %.3f %.3f\n", n, s, x[2] + x[3], x[1] }'
+}
+
 throughput() {
-  local t=$1 pid tk0 tk1 sums c=$CONNS m=$STREAMS b0 s0 t0 srv
+  local t=$1 pid tk0 tk1 sums b0 s0 t0 srv
   pid=$(server_pid "$t")
-  [[ $t == *-h1 ]] && c=$H1_CONNS m=1
+  if [[ $t == *-h1 ]]; then
+    local url=$PERMD_HTTP
+    [[ $t == http-floor-h1 ]] && url=$HTTP_FLOOR_URL
+    taskset -c 1 wrk -t1 -c"$H1_CONNS" -d1s -s bench/allowed.lua "$url" -- "$WORK/picks.txt" >/dev/null 2>&1
+  fi
   read -r b0 s0 < <(busy_steal)
   t0=$(now)
   tk0=$(ticks "$pid")
-  sums=$(for ((i = 0; i < PICKS; i++)); do h2run "$t" "$i" "$PICK_MS" "$c" "$m"; done |
-    awk '{ n += $1; s += $2; g += $3; w += $4 } END { printf "%d %.3f %.3f %.3f", n, s, g, w }')
+  if [[ $t == *-h1 ]]; then
+    sums=$(wrk_run "$t")
+  else
+    sums=$(for ((i = 0; i < PICKS; i++)); do h2run "$t" "$i" "$PICK_MS" "$CONNS" "$STREAMS"; done |
+      awk '{ n += $1; s += $2; g += $3; w += $4 } END { printf "%d %.3f %.3f %.3f", n, s, g, w }')
+  fi
   tk1=$(ticks "$pid")
   srv=$(awk -v d=$((tk1 - tk0)) -v hz="$HZ" 'BEGIN { printf "%.3f", d / hz }')
   echo "$sums $srv $(other_pct "$b0" "$s0" "$t0" "$srv" "$(cut -d' ' -f3 <<<"$sums")")"
@@ -335,7 +364,7 @@ round_order() {
 }
 
 # --- 1. throughput -----------------------------------------------------------------------------
-log "throughput: $PICKS picks x ${PICK_MS} ms per target per round (after ${WARMUP_MS} ms each); HTTP/2 $CONNS connections x $STREAMS streams, HTTP/1.1 $H1_CONNS connections; $ROUNDS rounds"
+log "throughput: $PICKS picks x ${PICK_MS} ms per target per round (after ${WARMUP_MS} ms each), HTTP/2 $CONNS connections x $STREAMS streams; HTTP/1.1 wrk -c$H1_CONNS ${WRK_S} s; $ROUNDS rounds"
 declare -A TP # [target,round] = "requests window_s gen_cpu_s gen_wall_s server_cpu_s other_pct steal_pct"
 for ((r = 1; r <= ROUNDS; r++)); do
   for t in $(round_order "$r"); do
@@ -403,10 +432,11 @@ echo "h2load $(h2load --version | sed -n 's/^h2load nghttp2\///p'); servers on C
 echo "checks: $PICK_DESC; each figure is one h2load run per pick, the requests split evenly"
 echo "permd answered $GRPC_OK Enforce calls with grpc-status OK and none with an error; $GRPC_CUT were cut by h2load closing its connections at the end of a window (each run: no more than were in flight)"
 echo
-echo "throughput: $PICKS picks x ${PICK_MS} ms per target per round, each after ${WARMUP_MS} ms of warm-up; HTTP/2: $CONNS connections x $STREAMS streams; HTTP/1.1: $H1_CONNS connections, no pipelining"
+echo "throughput: HTTP/2 with h2load, $CONNS connections x $STREAMS streams, $PICKS picks x ${PICK_MS} ms per target per round, each after ${WARMUP_MS} ms"
+echo "of warm-up; HTTP/1.1 with wrk -t1 -c$H1_CONNS, ${WRK_S} s rotating the picks after 1 s of warm-up"
 echo "s(erver), g(enerator) = CPU used as % of one core over the generator's running time; CPU-s/1k = server CPU seconds per 1000"
 echo "requests (the server's CPU per second over the runs / the windows' requests per second); ! = anything but the server"
-echo "and h2load (other) plus the hypervisor's steal took more than 10% of the machine meanwhile: not to be trusted"
+echo "and the generator (other) plus the hypervisor's steal took more than 10% of the machine meanwhile: not to be trusted"
 printf '%-26s%s\n' target "$(for ((r = 1; r <= ROUNDS; r++)); do printf '  %-38s' "round $r"; done)"
 for t in "${TARGETS[@]}"; do
   printf '%-26s' "${LABEL[$t]}"
@@ -418,23 +448,28 @@ for t in "${TARGETS[@]}"; do
 done
 echo
 for t in "${TARGETS[@]}"; do
-  rps=$(tp_median "$t" rps) gen=$(tp_median "$t" gen_pct) srv=$(tp_median "$t" srv_pct) cpk=$(tp_median "$t" cpu_per_k)
+  rps=$(printf '%.0f' "$(tp_median "$t" rps)") gen=$(printf '%.0f' "$(tp_median "$t" gen_pct)")
+  srv=$(printf '%.0f' "$(tp_median "$t" srv_pct)") cpk=$(printf '%.4f' "$(tp_median "$t" cpu_per_k)")
   bound=""
-  ((${gen%.*} >= 90)) && bound="; generator-bound (the generator at ${gen}% of its core): the client's figure, not the server's"
-  c="$CONNS x $STREAMS"
-  [[ $t == *-h1 ]] && c="$H1_CONNS x 1"
+  ((gen >= 90)) && bound="; generator-bound (the generator at ${gen}% of its core): the client's figure, not the server's"
+  c="$CONNS x $STREAMS, h2load"
+  [[ $t == *-h1 ]] && c="$H1_CONNS connections, wrk"
   echo "${LABEL[$t]}: median $rps requests/s, server ${srv}%, generator ${gen}%, $cpk CPU-s/1k$bound"
-  echo "TABLE|h2|${LABEL[$t]} ($c, h2load): requests/s, server / generator CPU, server CPU-s per 1000 (median of $ROUNDS rounds)|$rps, $srv% / $gen%, $cpk$bound$(noisy_note tp "$t")||"
+  echo "TABLE|h2|${LABEL[$t]} ($c): requests/s, server / generator CPU, server CPU-s per 1000 (median of $ROUNDS rounds)|$rps, $srv% / $gen%, $cpk$bound$(noisy_note tp "$t")||"
 done
 ratio() { # ratio A B GOAL_MIN GOAL_TEXT: A / B requests/s by round and the median
   local rs=() med met=""
   for ((r = 1; r <= ROUNDS; r++)); do
     rs+=("$(awk -v a="$(tp_field "$1" "$r" rps)" -v b="$(tp_field "$2" "$r" rps)" 'BEGIN { printf "%.1f", 100 * a / b }')")
   done
-  med=$(printf '%s\n' "${rs[@]}" | median)
+  med=$(printf '%.1f' "$(printf '%s\n' "${rs[@]}" | median)")
   [[ -n $3 ]] && met=$(yes_no "$med >= $3")
+  local gb="" x
+  for x in "$1" "$2"; do
+    (($(printf '%.0f' "$(tp_median "$x" gen_pct)") >= 90)) && gb="$gb; ${LABEL[$x]} generator-bound"
+  done
   echo "${LABEL[$1]} / ${LABEL[$2]} requests/s by round: ${rs[*]} (%); median $med%"
-  echo "TABLE|h2|${LABEL[$1]} / ${LABEL[$2]} requests/s (median of per-round ratios)|$med% (rounds ${rs[*]})$(noisy_note tp "$1" "$2")|$4|$met"
+  echo "TABLE|h2|${LABEL[$1]} / ${LABEL[$2]} requests/s (median of per-round ratios)|$med% (rounds ${rs[*]})$gb$(noisy_note tp "$1" "$2")|$4|$met"
 }
 ratio enforce tonic-floor 90 "≥ 90%"
 ratio allowed-h2c http-floor-h2c "" ""
@@ -459,8 +494,9 @@ for p in "${PAIRS[@]}"; do
   for ((r = 1; r <= LIGHT_ROUNDS; r++)); do
     rs+=("$(awk -v a="$(cut -d' ' -f2 <<<"${LL[$a,$r]}")" -v b="$(cut -d' ' -f2 <<<"${LL[$b,$r]}")" 'BEGIN { printf "%.2f", a / b }')")
   done
-  med=$(printf '%s\n' "${rs[@]}" | median)
-  a50=$(ll_median "$a" 1) a99=$(ll_median "$a" 2) b50=$(ll_median "$b" 1) b99=$(ll_median "$b" 2)
+  med=$(printf '%.2f' "$(printf '%s\n' "${rs[@]}" | median)")
+  a50=$(printf '%.0f' "$(ll_median "$a" 1)") a99=$(printf '%.0f' "$(ll_median "$a" 2)")
+  b50=$(printf '%.0f' "$(ll_median "$b" 1)") b99=$(printf '%.0f' "$(ll_median "$b" 2)")
   echo "${LABEL[$a]}: p50 $a50 µs, p99 $a99 µs; ${LABEL[$b]}: p50 $b50 µs, p99 $b99 µs (medians of $LIGHT_ROUNDS rounds); p99 ratio by round ${rs[*]}, median ${med}x"
   echo "TABLE|h2|light load, one request at a time: ${LABEL[$a]} p99 / ${LABEL[$b]} p99 (median of per-round ratios)|${med}x (p50 $a50 / $b50 µs, p99 $a99 / $b99 µs; rounds ${rs[*]})$(noisy_note ll "$a" "$b")|≤ 1.2x|$(yes_no "$med <= 1.2")"
 done
