@@ -19,7 +19,7 @@
 # default), SCALE_SIZES (1m,10m), CASBIN_SIZES (1k,100k,1m), per-piece time limits in seconds
 # HTTP_TIMEOUT (900), H2_TIMEOUT (900), SCALE_TIMEOUT (1200), CASBIN_TIMEOUT (900), SYNC_TIMEOUT
 # (600), RECORDED (bench/recorded.tsv); the knobs of http.sh (DURATION, ROUNDS, ...), h2load.sh
-# (N, LIGHT_N, LIGHT_ROUNDS, PICKS, ...; its ROUNDS is H2_ROUNDS here, as http.sh has ROUNDS),
+# (PICK_MS, LIGHT_PICK_MS, LIGHT_ROUNDS, PICKS, ...; its ROUNDS is H2_ROUNDS here, as http.sh has ROUNDS),
 # casbin (BATCHES, CASBIN_MAX) and sync_bench (SAMPLES, SECONDS, CLIENTS) go through the
 # environment as they are.
 set -euo pipefail
