@@ -63,6 +63,7 @@ log() { printf '[h2load.sh] %s\n' "$*" >&2; }
 die() { log "$*"; exit 1; }
 
 command -v h2load >/dev/null || die "h2load missing: apt-get install nghttp2-client"
+command -v wrk >/dev/null || die "wrk missing: apt-get install wrk"
 ((PICKS >= 1 && PICKS <= 1024)) || die "PICKS must be 1..1024, not $PICKS"
 ((PICK_MS >= 10 && LIGHT_PICK_MS >= 10 && WARMUP_MS >= 10)) || die "PICK_MS, LIGHT_PICK_MS and WARMUP_MS are milliseconds, at least 10"
 if [[ $BUILD == 1 ]]; then
@@ -88,7 +89,8 @@ cleanup() {
   for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
   rm -rf "$WORK"
 }
-trap cleanup EXIT INT TERM
+trap cleanup EXIT
+trap 'exit 143' INT TERM
 
 # PICKS evenly spaced lines of the mix (line 1, 1 + 1024/PICKS, ...), each as the /allowed JSON
 # body (pick-I.json) and as the perm/v1 EnforceRequest of the same check, protobuf-encoded and
@@ -429,7 +431,7 @@ noisy_note() {
 echo
 echo "machine: $(nproc) cores, $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n1); load average $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "h2load $(h2load --version | sed -n 's/^h2load nghttp2\///p'); servers on CPU 0, h2load on CPU 1; permd on the 1M snapshot"
-echo "checks: $PICK_DESC; each figure is one h2load run per pick, the requests split evenly"
+echo "checks: $PICK_DESC; each h2load figure is one run per pick, a window of the same length each"
 echo "permd answered $GRPC_OK Enforce calls with grpc-status OK and none with an error; $GRPC_CUT were cut by h2load closing its connections at the end of a window (each run: no more than were in flight)"
 echo
 echo "throughput: HTTP/2 with h2load, $CONNS connections x $STREAMS streams, $PICKS picks x ${PICK_MS} ms per target per round, each after ${WARMUP_MS} ms"
