@@ -89,6 +89,18 @@ impl<T: Clone + Default> PagedVec<T> {
     pub fn iter(&self) -> impl Iterator<Item = &T> {
         self.pages.iter().flat_map(|p| p.iter()).take(self.len)
     }
+
+    /// How many of this vector's pages are the very ones of `other` (for tests of sharing).
+    #[cfg(test)]
+    pub fn pages_shared_with(&self, other: &PagedVec<T>) -> (usize, usize) {
+        let shared = self
+            .pages
+            .iter()
+            .zip(&other.pages)
+            .filter(|(a, b)| Arc::ptr_eq(a, b))
+            .count();
+        (shared, self.pages.len())
+    }
 }
 
 /// A map from strings to ids: a table built once for a whole snapshot (`KeyTable`), and a

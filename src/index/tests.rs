@@ -539,3 +539,54 @@ fn instance_roles_are_found_in_orgs_that_share_a_mask_bit() {
     let allowed: Vec<usize> = (0..40).filter(|&i| read(&next, i) == Reason::ResourceRole).collect();
     assert_eq!(allowed, [35]);
 }
+
+/// A batch copies only the pages it touches: one assignment, one resource moved, one grant
+/// leave every other page of the users, the hot resource table and the resource extras shared
+/// with the version before.
+#[test]
+fn apply_shares_the_pages_a_batch_does_not_touch() {
+    use crate::model::generate::{Params, generate};
+    let doc = generate(&Params {
+        users: 3_000,
+        assignments: 30_000,
+        resources: 3_000,
+        orgs: 10,
+        depth: 4,
+        grants: 30,
+        seed: 5,
+        shape: Default::default(),
+    });
+    let old = Index::build(&doc);
+    let a = &doc.role_assignments[17];
+    let r = doc.resources.iter().find(|r| r.parents.is_empty()).unwrap();
+    let line = format!(
+        r#"{{"from_version": 1, "to_version": 2, "ops": [
+        {{"op": "upsert", "kind": "role_assignment", "value": {{"user": "{}", "role": "auditor", "org": "{}"}}}},
+        {{"op": "upsert", "kind": "resource", "value": {{"type": "{}", "key": "{}", "org": "{}", "attributes": {{"x": 1}}}}}}]}}"#,
+        a.user, a.org, r.resource_type, r.key, r.org
+    );
+    let new = old.apply(&DeltaBatch::from_json(line.as_bytes()).unwrap()).unwrap();
+    let (shared, pages) = new.users.pages_shared_with(&old.users);
+    assert!(
+        pages >= 12 && shared == pages - 1,
+        "users: {shared} of {pages} pages shared"
+    );
+    let (shared, pages) = new.res_extra.pages_shared_with(&old.res_extra);
+    assert!(
+        pages >= 10 && shared >= pages - 1,
+        "extras: {shared} of {pages} pages shared"
+    );
+    let (shared, pages) = new.res_hot.pages_shared_with(&old.res_hot);
+    assert!(
+        pages >= 10 && shared >= pages - 2,
+        "hot: {shared} of {pages} pages shared"
+    );
+    let (o, role) = (
+        new.names.orgs.get(&a.org).unwrap(),
+        new.names.roles.get("auditor").unwrap(),
+    );
+    assert!(new.user(&a.user).unwrap().org_roles.contains(&(o, role)));
+    let id = new.lookup_res(&r.resource_type, &r.key).unwrap();
+    assert!(new.res(id).unwrap().item.unwrap().attributes.is_some());
+    assert!(old.res(id).unwrap().item.unwrap().attributes.is_none());
+}

@@ -280,6 +280,18 @@ impl UserTable {
         }
     }
 
+    /// How many of this table's pages are the very ones of `other` (for tests of sharing).
+    #[cfg(test)]
+    pub fn pages_shared_with(&self, other: &UserTable) -> (usize, usize) {
+        let shared = self
+            .pages
+            .iter()
+            .zip(&other.pages)
+            .filter(|(a, b)| Arc::ptr_eq(a, b))
+            .count();
+        (shared, self.pages.len())
+    }
+
     /// Gives back the spare capacity of pages no other version shares.
     pub fn shrink(&mut self) {
         for page in &mut self.pages {
