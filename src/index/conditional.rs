@@ -88,9 +88,9 @@ impl Index {
                 let scope = Scope {
                     resource: ResourceView {
                         resource_type: self.names.types.name(t),
-                        key: &rec.key,
+                        key: rec.key,
                         org,
-                        stored: rec.item.as_ref().and_then(|i| i.attributes.as_deref()),
+                        stored: rec.item.as_ref().and_then(|i| i.attributes),
                         request: None,
                     },
                     ..Scope::default()
@@ -152,7 +152,7 @@ impl Index {
                 subject,
                 action: a,
                 resource_type: self.names.types.name(rec.resource_type),
-                resource_key: Some(&rec.key),
+                resource_key: Some(rec.key),
                 org: Some(org),
                 group_type: None,
                 request,

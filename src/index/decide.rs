@@ -291,7 +291,7 @@ impl Index {
             Subject::User(u) => self.user(u),
             Subject::Role(_) => None,
         };
-        let org_roles = user.map_or(&[][..], |u| &u.org_roles[..]);
+        let org_roles = user.map_or(&[][..], |u| u.org_roles);
         let x = q
             .resource_key
             .zip(node_type)
@@ -408,7 +408,7 @@ impl Index {
             return self.rules(&mut conds, anc, perm);
         };
         let inst_roles = match user {
-            Some(u) if u.may_hold_in(o) => &u.inst_roles[..],
+            Some(u) if u.may_hold_in(o) => u.inst_roles,
             _ => &[],
         };
         // Step 5 can only succeed through a role on a resource whose span covers x's

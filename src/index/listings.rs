@@ -406,7 +406,7 @@ impl Index {
                             subject: s,
                             action: a,
                             resource_type: t,
-                            resource_key: Some(&rec.key),
+                            resource_key: Some(rec.key),
                             org: Some(org),
                             group_type: None,
                             request: None,

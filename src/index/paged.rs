@@ -176,7 +176,7 @@ const SETTLED_LOAD: (usize, usize) = (7, 10);
 /// takes the high half.
 #[inline]
 fn home(h: u64, cap: usize) -> usize {
-    ((h & 0xffff_ffff) * cap as u64 >> 32) as usize
+    (((h & 0xffff_ffff) * cap as u64) >> 32) as usize
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -171,7 +171,7 @@ impl Index {
         let item = self.instance(id)?;
         Some((
             self.names.types.name(rec.resource_type),
-            &rec.key,
+            rec.key,
             self.names.orgs.name(item.org),
         ))
     }
