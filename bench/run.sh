@@ -4,7 +4,7 @@
 #   1. bash bench/http.sh           HTTP /allowed beside the floor and Cerbos (and whatever TARGETS names)
 #   2. bash bench/h2load.sh         gRPC Enforce and /allowed (h2c, HTTP/1.1) beside their floors
 #                                   under h2load: throughput and light-load p99
-#   3. examples/scale               build, load, RSS, bytes per assignment at SCALE_SIZES
+#   3. examples/scale               build, load, RSS, bytes per assignment at SCALE_SIZES (and permd serve's)
 #   4. examples/casbin_sizes        casbin-rs enforce vs decide, decide flatness at CASBIN_SIZES
 #   5. examples/sync_bench          delta visibility, absorption, warm start
 # and prints one table at the end from the `TABLE|section|figure|measured|goal|met` lines each
@@ -16,7 +16,7 @@
 #   PIECES="scale casbin" bash bench/run.sh
 #
 # Knobs: PIECES ("http h2 scale casbin sync"), TARGETS (passed through to http.sh; unset = its
-# default), SCALE_SIZES (1m,10m), CASBIN_SIZES (1k,100k,1m), per-piece time limits in seconds
+# default), SCALE_SIZES (1m,tail2m,10m), CASBIN_SIZES (1k,100k,1m), per-piece time limits in seconds
 # HTTP_TIMEOUT (900), H2_TIMEOUT (900), SCALE_TIMEOUT (1200), CASBIN_TIMEOUT (900), SYNC_TIMEOUT
 # (600), RECORDED (bench/recorded.tsv); the knobs of http.sh (DURATION, ROUNDS, ...), h2load.sh
 # (PICK_MS, LIGHT_PICK_MS, LIGHT_ROUNDS, PICKS, ...; its ROUNDS is H2_ROUNDS here, as http.sh has ROUNDS),
@@ -60,7 +60,7 @@ for p in "${PIECES[@]}"; do
   case $p in
     http) piece http "${HTTP_TIMEOUT:-900}" bash bench/http.sh ;;
     h2) piece h2 "${H2_TIMEOUT:-900}" env BUILD=0 ROUNDS="${H2_ROUNDS:-3}" bash bench/h2load.sh ;;
-    scale) piece scale "${SCALE_TIMEOUT:-1200}" "$EX/scale" "${SCALE_SIZES:-1m,10m}" ;;
+    scale) piece scale "${SCALE_TIMEOUT:-1200}" env PERMD_BIN="$TARGET_DIR/release/permd" "$EX/scale" "${SCALE_SIZES:-1m,tail2m,10m}" ;;
     casbin) piece casbin "${CASBIN_TIMEOUT:-900}" "$EX/casbin_sizes" "${CASBIN_SIZES:-1k,100k,1m}" ;;
     sync) piece sync "${SYNC_TIMEOUT:-600}" env PERMD_BIN="$TARGET_DIR/release/permd" "$EX/sync_bench" ;;
     *) log "unknown piece $p (http h2 scale casbin sync)"; exit 64 ;;
