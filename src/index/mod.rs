@@ -294,7 +294,6 @@ impl Index {
         for m in &mut self.res_keys {
             m.shrink(&self.res_names);
         }
-        self.users.shrink();
         self.res_names.shrink();
         for i in 0..self.res_extra.len() {
             if let Some(Some(rec)) = self.res_extra.get_mut(i) {

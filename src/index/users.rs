@@ -1,23 +1,26 @@
-//! Users' role assignments, packed by page: a page of `PER` users holds one fixed 16-byte slot
-//! per user and the page's assignments in two arrays, each user's run after the one before
-//! it. Nothing is allocated per user, so a user costs their slot and their assignments' own
-//! bytes (8 for an org-wide one, 12 on an instance), not a record, two vector headers and the
-//! allocator's rounding of two small allocations. Pages are shared between versions; a
-//! change copies its page once per batch (about 4 KiB and the page's assignments) and then
-//! moves the rest of the page's run along.
+//! Users' role assignments, packed by page: a page of `PER` users is one array of fixed
+//! 16-byte slots and two arrays of the page's assignments, each user's run after the one
+//! before it. Nothing is allocated per user, so a user costs their slot and their
+//! assignments' own bytes (8 for an org-wide one, 12 on an instance), not a record, two vector
+//! headers and the allocator's rounding of two small allocations. The three arrays of a page
+//! are separate `Arc<[_]>`s whose pointers sit in three small vectors of the table: finding a
+//! user's runs reads their slot's line and then the run's, as many dependent loads as a
+//! record per user did. Pages are shared between versions; a change copies its page's slots
+//! and the array it changes.
 
 use std::sync::Arc;
 
-/// Users per page: as many 16-byte slots as fit, with the page's two vectors and the `Arc`
-/// counts, in 4 KiB (one allocator size class; one slot more would need the next, 5 KiB).
-const PER: usize = 252;
+/// Users per page: as many 16-byte slots as fit with the `Arc` counts in 4 KiB (one
+/// allocator size class).
+const PER: usize = 255;
 
 /// One user in a page: where their runs end in the page's arrays, and two flags.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 struct Slot {
-    /// End of this user's org-wide run in `Page::org` (its start is the previous slot's end).
+    /// End of this user's org-wide run in the page's org array (its start is the previous
+    /// slot's end).
     org_end: u32,
-    /// End of this user's instance run in `Page::inst`.
+    /// End of this user's instance run in the page's instance array.
     inst_end: u32,
     /// Bit `o % 32` is set for every org `o` of the instance run: `decide` reads the run only
     /// when the user may hold an instance role in the org.
@@ -26,63 +29,41 @@ struct Slot {
     listed: bool,
 }
 
-#[derive(Clone, Debug)]
-struct Page {
-    /// Org-wide assignments as (org id, role-name id), each user's run sorted and unique.
-    org: Vec<(u32, u32)>,
-    /// Instance assignments as (resource id, org id, role-name id), each run sorted and unique.
-    inst: Vec<(u32, u32, u32)>,
-    slots: [Slot; PER],
+/// Where user `at` of a page has their runs: (org start, org end, inst start, inst end).
+#[inline]
+fn bounds(slots: &[Slot], at: usize) -> (usize, usize, usize, usize) {
+    let end = slots.get(at).copied().unwrap_or_default();
+    let start = at
+        .checked_sub(1)
+        .and_then(|p| slots.get(p))
+        .copied()
+        .unwrap_or_default();
+    (
+        start.org_end as usize,
+        end.org_end as usize,
+        start.inst_end as usize,
+        end.inst_end as usize,
+    )
 }
 
-impl Default for Page {
-    fn default() -> Page {
-        Page {
-            org: Vec::new(),
-            inst: Vec::new(),
-            slots: [Slot::default(); PER],
-        }
+/// Moves the ends of users `at..` by `by` in the org (`inst` false) or instance array.
+fn shift(slots: &mut [Slot], at: usize, inst: bool, by: i64) {
+    for s in slots.iter_mut().skip(at) {
+        let end = if inst { &mut s.inst_end } else { &mut s.org_end };
+        *end = (i64::from(*end) + by) as u32;
     }
 }
 
-impl Page {
-    /// Where user `i` of the page has their runs: (org start, org end, inst start, inst end).
-    #[inline]
-    fn bounds(&self, i: usize) -> (usize, usize, usize, usize) {
-        let end = self.slots.get(i).copied().unwrap_or_default();
-        let start = i
-            .checked_sub(1)
-            .and_then(|p| self.slots.get(p))
-            .copied()
-            .unwrap_or_default();
-        (
-            start.org_end as usize,
-            end.org_end as usize,
-            start.inst_end as usize,
-            end.inst_end as usize,
-        )
-    }
-
-    /// Moves the ends of users `i..` by `by` in the org (`inst` false) or instance array.
-    fn shift(&mut self, i: usize, inst: bool, by: i64) {
-        for s in self.slots.iter_mut().skip(i) {
-            let end = if inst { &mut s.inst_end } else { &mut s.org_end };
-            *end = (i64::from(*end) + by) as u32;
-        }
-    }
-
-    fn sync_inst_orgs(&mut self, i: usize) {
-        let (_, _, i0, i1) = self.bounds(i);
-        let mask = self
-            .inst
-            .get(i0..i1)
-            .unwrap_or_default()
-            .iter()
-            .fold(0, |m, &(_, o, _)| m | 1 << (o % 32));
-        if let Some(s) = self.slots.get_mut(i) {
-            s.inst_orgs = mask;
-        }
-    }
+/// `run` with `entry` put at place `at`, or (`None`) with place `at` taken out, as a new
+/// array.
+fn spliced<T: Copy>(run: &[T], at: usize, entry: Option<T>) -> Arc<[T]> {
+    let (head, tail) = run.split_at(at.min(run.len()));
+    let tail = if entry.is_some() {
+        tail
+    } else {
+        tail.get(1..).unwrap_or_default()
+    };
+    head.iter().copied().chain(entry).chain(tail.iter().copied()).collect()
 }
 
 /// What the index knows of one user's assignments, read from their page.
@@ -106,10 +87,15 @@ impl UserRec<'_> {
     }
 }
 
-/// Every user id's assignments (see the module's comment).
+/// Every user id's assignments (see the module's comment). The three vectors have one entry
+/// per page.
 #[derive(Clone, Debug, Default)]
 pub struct UserTable {
-    pages: Vec<Arc<Page>>,
+    slots: Vec<Arc<[Slot]>>,
+    /// Per page, org-wide assignments as (org id, role-name id), each user's run sorted.
+    org: Vec<Arc<[(u32, u32)]>>,
+    /// Per page, instance assignments as (resource id, org id, role-name id), each run sorted.
+    inst: Vec<Arc<[(u32, u32, u32)]>>,
     len: usize,
 }
 
@@ -128,15 +114,15 @@ impl UserTable {
         if i >= self.len {
             return None;
         }
-        let page = self.pages.get(i / PER)?;
-        let at = i % PER;
-        let (o0, o1, i0, i1) = page.bounds(at);
-        let slot = page.slots.get(at)?;
+        let (p, at) = (i / PER, i % PER);
+        let slots = self.slots.get(p)?;
+        let (o0, o1, i0, i1) = bounds(slots, at);
+        let slot = slots.get(at)?;
         Some(UserRec {
             id,
             listed: slot.listed,
-            org_roles: page.org.get(o0..o1).unwrap_or_default(),
-            inst_roles: page.inst.get(i0..i1).unwrap_or_default(),
+            org_roles: self.org.get(p).and_then(|r| r.get(o0..o1)).unwrap_or_default(),
+            inst_roles: self.inst.get(p).and_then(|r| r.get(i0..i1)).unwrap_or_default(),
             inst_orgs: slot.inst_orgs,
         })
     }
@@ -148,18 +134,20 @@ impl UserTable {
     /// Makes ids up to `id` exist (with no assignments, not listed).
     pub fn ensure(&mut self, id: u32) {
         let i = id as usize;
-        while self.pages.len() <= i / PER {
-            self.pages.push(Arc::default());
+        while self.slots.len() <= i / PER {
+            self.slots.push(Arc::from(vec![Slot::default(); PER]));
+            self.org.push(Arc::from(Vec::new()));
+            self.inst.push(Arc::from(Vec::new()));
         }
         self.len = self.len.max(i + 1);
     }
 
-    /// The page of user `id` and the user's place in it, made and copied if shared.
-    fn page_mut(&mut self, id: u32) -> (&mut Page, usize) {
+    /// The slots of user `id`'s page, copied if shared, and the user's place in them.
+    fn slots_mut(&mut self, id: u32) -> (&mut [Slot], usize) {
         self.ensure(id);
         let i = id as usize;
         // `ensure` made the page exist.
-        (Arc::make_mut(&mut self.pages[i / PER]), i % PER)
+        (Arc::make_mut(&mut self.slots[i / PER]), i % PER)
     }
 
     /// Sets whether the document lists user `id`; gives what it was.
@@ -167,8 +155,8 @@ impl UserTable {
         if !listed && self.get(id).is_none_or(|u| !u.listed) {
             return false;
         }
-        let (page, at) = self.page_mut(id);
-        match page.slots.get_mut(at) {
+        let (slots, at) = self.slots_mut(id);
+        match slots.get_mut(at) {
             Some(s) => std::mem::replace(&mut s.listed, listed),
             None => false,
         }
@@ -176,65 +164,74 @@ impl UserTable {
 
     /// Adds an org-wide assignment; false when the user already has it.
     pub fn insert_org_role(&mut self, id: u32, entry: (u32, u32)) -> bool {
-        let (page, at) = self.page_mut(id);
-        let (o0, o1, ..) = page.bounds(at);
-        match page.org.get(o0..o1).unwrap_or_default().binary_search(&entry) {
-            Ok(_) => false,
-            Err(k) => {
-                page.org.insert(o0 + k, entry);
-                page.shift(at, false, 1);
-                true
-            }
-        }
+        self.ensure(id);
+        let Some(Err(k)) = self.get(id).map(|u| u.org_roles.binary_search(&entry)) else {
+            return false;
+        };
+        self.change_org(id, k, Some(entry));
+        true
     }
 
     /// Removes an org-wide assignment; false when the user does not have it.
     pub fn remove_org_role(&mut self, id: u32, entry: (u32, u32)) -> bool {
-        if self.get(id).is_none_or(|u| u.org_roles.binary_search(&entry).is_err()) {
+        let Some(Ok(k)) = self.get(id).map(|u| u.org_roles.binary_search(&entry)) else {
             return false;
-        }
-        let (page, at) = self.page_mut(id);
-        let (o0, o1, ..) = page.bounds(at);
-        match page.org.get(o0..o1).unwrap_or_default().binary_search(&entry) {
-            Ok(k) => {
-                page.org.remove(o0 + k);
-                page.shift(at, false, -1);
-                true
-            }
-            Err(_) => false,
+        };
+        self.change_org(id, k, None);
+        true
+    }
+
+    /// Puts `entry` at place `k` of user `id`'s org-wide run, or takes place `k` out.
+    fn change_org(&mut self, id: u32, k: usize, entry: Option<(u32, u32)>) {
+        let (slots, at) = self.slots_mut(id);
+        let (o0, ..) = bounds(slots, at);
+        shift(slots, at, false, if entry.is_some() { 1 } else { -1 });
+        if let Some(run) = self.org.get_mut(id as usize / PER) {
+            *run = spliced(run, o0 + k, entry);
         }
     }
 
     /// Adds an instance assignment; false when the user already has it.
     pub fn insert_inst_role(&mut self, id: u32, entry: (u32, u32, u32)) -> bool {
-        let (page, at) = self.page_mut(id);
-        let (_, _, i0, i1) = page.bounds(at);
-        match page.inst.get(i0..i1).unwrap_or_default().binary_search(&entry) {
-            Ok(_) => false,
-            Err(k) => {
-                page.inst.insert(i0 + k, entry);
-                page.shift(at, true, 1);
-                page.sync_inst_orgs(at);
-                true
-            }
-        }
+        self.ensure(id);
+        let Some(Err(k)) = self.get(id).map(|u| u.inst_roles.binary_search(&entry)) else {
+            return false;
+        };
+        self.change_inst(id, k, Some(entry));
+        true
     }
 
     /// Removes an instance assignment; false when the user does not have it.
     pub fn remove_inst_role(&mut self, id: u32, entry: (u32, u32, u32)) -> bool {
-        if self.get(id).is_none_or(|u| u.inst_roles.binary_search(&entry).is_err()) {
+        let Some(Ok(k)) = self.get(id).map(|u| u.inst_roles.binary_search(&entry)) else {
             return false;
+        };
+        self.change_inst(id, k, None);
+        true
+    }
+
+    /// Puts `entry` at place `k` of user `id`'s instance run, or takes place `k` out, and
+    /// keeps the user's org mask right.
+    fn change_inst(&mut self, id: u32, k: usize, entry: Option<(u32, u32, u32)>) {
+        let p = id as usize / PER;
+        let Some(mut run) = self.inst.get(p).cloned() else {
+            return;
+        };
+        let (slots, at) = self.slots_mut(id);
+        let (_, _, i0, _) = bounds(slots, at);
+        run = spliced(&run, i0 + k, entry);
+        shift(slots, at, true, if entry.is_some() { 1 } else { -1 });
+        let (_, _, i0, i1) = bounds(slots, at);
+        let mask = run
+            .get(i0..i1)
+            .unwrap_or_default()
+            .iter()
+            .fold(0, |m, &(_, o, _)| m | 1 << (o % 32));
+        if let Some(s) = slots.get_mut(at) {
+            s.inst_orgs = mask;
         }
-        let (page, at) = self.page_mut(id);
-        let (_, _, i0, i1) = page.bounds(at);
-        match page.inst.get(i0..i1).unwrap_or_default().binary_search(&entry) {
-            Ok(k) => {
-                page.inst.remove(i0 + k);
-                page.shift(at, true, -1);
-                page.sync_inst_orgs(at);
-                true
-            }
-            Err(_) => false,
+        if let Some(slot) = self.inst.get_mut(p) {
+            *slot = run;
         }
     }
 
@@ -246,7 +243,7 @@ impl UserTable {
             self.ensure(last);
         }
         let (mut org_wide, mut on_instance) = (org_wide, on_instance);
-        for (p, page) in self.pages.iter_mut().enumerate() {
+        for p in 0..self.slots.len() {
             let end = ((p + 1) * PER) as u32;
             let (o, rest) = org_wide.split_at(org_wide.partition_point(|a| a.0 < end));
             let (n, rest_i) = on_instance.split_at(on_instance.partition_point(|a| a.0 < end));
@@ -254,12 +251,18 @@ impl UserTable {
             if o.is_empty() && n.is_empty() {
                 continue;
             }
-            let page = Arc::make_mut(page);
-            page.org = o.iter().map(|&(_, org, role)| (org, role)).collect();
-            page.inst = n.iter().map(|&(_, res, org, role)| (res, org, role)).collect();
+            if let Some(run) = self.org.get_mut(p) {
+                *run = o.iter().map(|&(_, org, role)| (org, role)).collect();
+            }
+            if let Some(run) = self.inst.get_mut(p) {
+                *run = n.iter().map(|&(_, res, org, role)| (res, org, role)).collect();
+            }
+            let Some(slots) = self.slots.get_mut(p).map(Arc::make_mut) else {
+                continue;
+            };
             let base = (p * PER) as u32;
             let (mut oi, mut ni) = (0, 0);
-            for at in 0..PER {
+            for (at, s) in slots.iter_mut().enumerate() {
                 let uid = base + at as u32;
                 while o.get(oi).is_some_and(|a| a.0 == uid) {
                     oi += 1;
@@ -273,33 +276,26 @@ impl UserTable {
                     .unwrap_or_default()
                     .iter()
                     .fold(0, |m, &(_, _, org, _)| m | 1 << (org % 32));
-                if let Some(s) = page.slots.get_mut(at) {
-                    (s.org_end, s.inst_end, s.inst_orgs) = (oi as u32, ni as u32, mask);
-                }
+                (s.org_end, s.inst_end, s.inst_orgs) = (oi as u32, ni as u32, mask);
             }
         }
     }
 
-    /// How many of this table's pages are the very ones of `other` (for tests of sharing).
+    /// How many of this table's pages are the very ones of `other` (for tests of sharing): a
+    /// page is shared when its slots and both its arrays are.
     #[cfg(test)]
     pub fn pages_shared_with(&self, other: &UserTable) -> (usize, usize) {
-        let shared = self
-            .pages
-            .iter()
-            .zip(&other.pages)
-            .filter(|(a, b)| Arc::ptr_eq(a, b))
-            .count();
-        (shared, self.pages.len())
-    }
-
-    /// Gives back the spare capacity of pages no other version shares.
-    pub fn shrink(&mut self) {
-        for page in &mut self.pages {
-            if let Some(page) = Arc::get_mut(page) {
-                page.org.shrink_to_fit();
-                page.inst.shrink_to_fit();
-            }
+        fn same<T: ?Sized>(a: Option<&Arc<T>>, b: Option<&Arc<T>>) -> bool {
+            a.zip(b).is_some_and(|(a, b)| Arc::ptr_eq(a, b))
         }
+        let shared = (0..self.slots.len())
+            .filter(|&p| {
+                same(self.slots.get(p), other.slots.get(p))
+                    && same(self.org.get(p), other.org.get(p))
+                    && same(self.inst.get(p), other.inst.get(p))
+            })
+            .count();
+        (shared, self.slots.len())
     }
 }
 
@@ -316,10 +312,9 @@ mod tests {
     }
 
     #[test]
-    fn a_page_is_one_allocator_size_class() {
+    fn a_page_of_slots_is_one_allocator_size_class() {
         assert_eq!(std::mem::size_of::<Slot>(), 16);
-        assert!(std::mem::size_of::<Page>() + 16 <= 4096);
-        assert!(std::mem::size_of::<Page>() + 16 + 16 > 4096);
+        assert_eq!(16 + PER * std::mem::size_of::<Slot>(), 4096);
     }
 
     #[test]
@@ -371,13 +366,11 @@ mod tests {
             }
         }
         assert_eq!(roles(&before, 4), roles(&one, 4));
-        assert!(!Arc::ptr_eq(&bulk.pages[0], &before.pages[0]));
-        assert!(!Arc::ptr_eq(&bulk.pages[1], &before.pages[1]));
-        assert!(
-            bulk.pages[2..]
-                .iter()
-                .zip(&before.pages[2..])
-                .all(|(a, b)| Arc::ptr_eq(a, b))
+        assert!(!Arc::ptr_eq(&bulk.slots[0], &before.slots[0]));
+        assert!(!Arc::ptr_eq(&bulk.slots[1], &before.slots[1]));
+        assert_eq!(
+            bulk.pages_shared_with(&before),
+            (bulk.slots.len() - 2, bulk.slots.len())
         );
         assert!(!bulk.set_listed(8, false) && bulk.set_listed(7, false) && !bulk.get(7).unwrap().listed);
         assert_eq!(bulk.iter().count(), 2100);
