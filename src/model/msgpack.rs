@@ -43,6 +43,9 @@ const DEPTH: usize = 1024;
 pub(crate) struct Plan {
     pub chunk: usize,
     pub threads: usize,
+    /// The depth of the snapshot's map in what rmp-serde decodes: 0 for a document, 1 inside
+    /// the cache's `{source, current_at_ms, snapshot}`.
+    pub depth: usize,
 }
 
 impl Plan {
@@ -54,7 +57,11 @@ impl Plan {
                 .map_or(1, |n| n.get())
                 .clamp(1, MAX_THREADS)
         };
-        Plan { chunk: CHUNK, threads }
+        Plan {
+            chunk: CHUNK,
+            threads,
+            depth: 0,
+        }
     }
 }
 
@@ -66,6 +73,11 @@ pub(crate) fn reference(bytes: &[u8]) -> Result<Snapshot, String> {
 /// The fast path; `None` when it does not take the document (the caller then decodes it with
 /// [`reference`]). When it gives a snapshot, [`reference`] gives the same one.
 pub(crate) fn decode(bytes: &[u8], plan: Plan) -> Option<Snapshot> {
+    decode_at(bytes, plan).map(|(s, _)| s)
+}
+
+/// [`decode`] of the snapshot at the start of `bytes`, and the length of its encoding.
+pub(crate) fn decode_at(bytes: &[u8], plan: Plan) -> Option<(Snapshot, usize)> {
     let mut r = Reader { buf: bytes, pos: 0 };
     let entries = r.map_len()?;
     let mut s = Snapshot::default();
@@ -90,7 +102,7 @@ pub(crate) fn decode(bytes: &[u8], plan: Plan) -> Option<Snapshot> {
             name => {
                 r.skip()?;
                 let value = bytes.get(start..r.pos)?;
-                small(&mut s, name, value)?;
+                small(&mut s, name, value, plan.depth + 1)?;
             }
         }
     }
@@ -128,7 +140,32 @@ pub(crate) fn decode(bytes: &[u8], plan: Plan) -> Option<Snapshot> {
         Task::Assignments,
         &mut tasks,
     )?;
-    run(tasks, plan.threads).then_some(s)
+    let depth = plan.depth + 2;
+    run(tasks, plan.threads, depth).then_some((s, r.pos))
+}
+
+/// Walks a map of string keys: `value` gets each key and the bytes from its value on, and
+/// answers how many of them the value took. `None` when the map is not such a map or
+/// `value` gives up; else the length of the map's encoding.
+pub(crate) fn walk_map<'a>(
+    bytes: &'a [u8],
+    mut value: impl FnMut(&'a str, &'a [u8]) -> Option<usize>,
+) -> Option<usize> {
+    let mut r = Reader { buf: bytes, pos: 0 };
+    for _ in 0..r.map_len()? {
+        let key = r.str()?;
+        let took = value(key, bytes.get(r.pos..)?)?;
+        r.take(took)?;
+    }
+    Some(r.pos)
+}
+
+/// One value of type `T` at the start of `bytes`, found at `depth`, and its encoding's length.
+pub(crate) fn one<'a, T: Deserialize<'a>>(bytes: &'a [u8], depth: usize) -> Option<(T, usize)> {
+    let mut r = Reader { buf: bytes, pos: 0 };
+    r.skip()?;
+    let value = T::deserialize(&mut at_depth(bytes.get(..r.pos)?, depth)).ok()?;
+    Some((value, r.pos))
 }
 
 /// The fields of [`Snapshot`], `format` and `version` first.
@@ -148,21 +185,18 @@ const FIELDS: [&str; 12] = [
 ];
 
 /// Decodes one small field of the top-level map from its value's bytes, as the derive would.
-fn small(s: &mut Snapshot, name: &str, value: &[u8]) -> Option<()> {
-    fn list<'a, T: Deserialize<'a>>(value: &'a [u8]) -> Option<Vec<T>> {
-        let mut de = at_depth(value, 1);
-        super::nullable(&mut de).ok()
-    }
+fn small(s: &mut Snapshot, name: &str, value: &[u8], depth: usize) -> Option<()> {
+    let list = || at_depth(value, depth);
     match name {
-        "format" => s.format = u32::deserialize(&mut at_depth(value, 1)).ok()?,
-        "version" => s.version = u64::deserialize(&mut at_depth(value, 1)).ok()?,
-        "orgs" => s.orgs = list(value)?,
-        "resource_types" => s.resource_types = list(value)?,
-        "roles" => s.roles = list(value)?,
-        "role_grants" => s.role_grants = list(value)?,
-        "menus" => s.menus = list(value)?,
-        "rules" => s.rules = list(value)?,
-        "url_mappings" => s.url_mappings = list(value)?,
+        "format" => s.format = u32::deserialize(&mut at_depth(value, depth)).ok()?,
+        "version" => s.version = u64::deserialize(&mut at_depth(value, depth)).ok()?,
+        "orgs" => s.orgs = super::nullable(&mut list()).ok()?,
+        "resource_types" => s.resource_types = super::nullable(&mut list()).ok()?,
+        "roles" => s.roles = super::nullable(&mut list()).ok()?,
+        "role_grants" => s.role_grants = super::nullable(&mut list()).ok()?,
+        "menus" => s.menus = super::nullable(&mut list()).ok()?,
+        "rules" => s.rules = super::nullable(&mut list()).ok()?,
+        "url_mappings" => s.url_mappings = super::nullable(&mut list()).ok()?,
         _ => return None,
     }
     Some(())
@@ -170,7 +204,7 @@ fn small(s: &mut Snapshot, name: &str, value: &[u8]) -> Option<()> {
 
 type De<'a> = rmp_serde::Deserializer<rmp_serde::decode::ReadRefReader<'a, [u8]>>;
 
-/// A deserializer for a value found at `depth` (the top-level map is depth 1).
+/// A deserializer for a value found at `depth` (a document's top-level map is at depth 1).
 fn at_depth(value: &[u8], depth: usize) -> De<'_> {
     let mut de = rmp_serde::Deserializer::from_read_ref(value);
     de.set_max_depth(DEPTH - depth);
@@ -218,19 +252,19 @@ enum Task<'s, 'b> {
 }
 
 impl Task<'_, '_> {
-    fn run(self) -> bool {
+    fn run(self, depth: usize) -> bool {
         match self {
-            Task::Users(slots, bytes) => fill(slots, bytes),
-            Task::Resources(slots, bytes) => fill(slots, bytes),
-            Task::Assignments(slots, bytes) => fill(slots, bytes),
+            Task::Users(slots, bytes) => fill(slots, bytes, depth),
+            Task::Resources(slots, bytes) => fill(slots, bytes, depth),
+            Task::Assignments(slots, bytes) => fill(slots, bytes, depth),
         }
     }
 }
 
-/// Decodes `slots.len()` elements (depth 3: the top map, the list, the element) from
-/// `bytes`, which must hold exactly those.
-fn fill<'b, T: Deserialize<'b>>(slots: &mut [T], bytes: &'b [u8]) -> bool {
-    let mut de = at_depth(bytes, 2);
+/// Decodes `slots.len()` elements, found at `depth`, from `bytes`, which must hold exactly
+/// those.
+fn fill<'b, T: Deserialize<'b>>(slots: &mut [T], bytes: &'b [u8], depth: usize) -> bool {
+    let mut de = at_depth(bytes, depth);
     for slot in slots.iter_mut() {
         match T::deserialize(&mut de) {
             Ok(v) => *slot = v,
@@ -245,9 +279,9 @@ fn fill<'b, T: Deserialize<'b>>(slots: &mut [T], bytes: &'b [u8]) -> bool {
 }
 
 /// Runs the tasks on `threads` threads (the calling one among them); false if any failed.
-fn run(tasks: Vec<Task<'_, '_>>, threads: usize) -> bool {
+fn run(tasks: Vec<Task<'_, '_>>, threads: usize, depth: usize) -> bool {
     if threads <= 1 || tasks.len() <= 1 {
-        return tasks.into_iter().all(Task::run);
+        return tasks.into_iter().all(|t| t.run(depth));
     }
     let (tx, rx) = mpsc::channel();
     for t in tasks {
@@ -262,7 +296,7 @@ fn run(tasks: Vec<Task<'_, '_>>, threads: usize) -> bool {
             let next = rx.lock().map(|rx| rx.recv());
             match next {
                 Ok(Ok(task)) => {
-                    if !task.run() {
+                    if !task.run(depth) {
                         failed.store(true, Ordering::Relaxed);
                     }
                 }
@@ -483,9 +517,21 @@ mod tests {
         let s = small_doc();
         let bytes = s.encode(Encoding::MessagePack).unwrap();
         for plan in [
-            Plan { chunk: 1, threads: 1 },
-            Plan { chunk: 7, threads: 2 },
-            Plan { chunk: 64, threads: 4 },
+            Plan {
+                chunk: 1,
+                threads: 1,
+                depth: 0,
+            },
+            Plan {
+                chunk: 7,
+                threads: 2,
+                depth: 0,
+            },
+            Plan {
+                chunk: 64,
+                threads: 4,
+                depth: 0,
+            },
             Plan::for_len(bytes.len()),
         ] {
             let fast = decode(&bytes, plan).unwrap_or_else(|| panic!("{plan:?} gave up"));
@@ -507,9 +553,13 @@ mod tests {
             ..Snapshot::default()
         })
         .unwrap();
-        assert!(decode(&positional, Plan { chunk: 7, threads: 2 }).is_none());
+        let plan = Plan {
+            chunk: 7,
+            threads: 2,
+            depth: 0,
+        };
+        assert!(decode(&positional, plan).is_none());
         assert_eq!(reference(&positional).unwrap().version, 4);
-        let plan = Plan { chunk: 7, threads: 2 };
         // Every truncation and a flipped byte at many places: never a different answer.
         for cut in (0..good.len()).step_by(97) {
             let part = &good[..cut];

@@ -252,9 +252,12 @@ pub fn validate_and_build(snapshot: &Snapshot) -> Result<Index, SnapshotError> {
     }
 }
 
-/// Decodes, validates and compiles a document.
-pub fn load_index(bytes: &[u8], encoding: Encoding) -> Result<Index, SnapshotError> {
-    build_validated(Snapshot::decode(bytes, encoding)?)
+/// Decodes, validates and compiles a document. The bytes are freed as soon as they are
+/// decoded, so they are not held beside the document and the index being built.
+pub fn load_index(bytes: impl AsRef<[u8]>, encoding: Encoding) -> Result<Index, SnapshotError> {
+    let snapshot = Snapshot::decode(bytes.as_ref(), encoding)?;
+    drop(bytes);
+    build_validated(snapshot)
 }
 
 #[cfg(test)]
