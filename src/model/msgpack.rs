@@ -78,70 +78,128 @@ pub(crate) fn decode(bytes: &[u8], plan: Plan) -> Option<Snapshot> {
 
 /// [`decode`] of the snapshot at the start of `bytes`, and the length of its encoding.
 pub(crate) fn decode_at(bytes: &[u8], plan: Plan) -> Option<(Snapshot, usize)> {
-    let mut r = Reader { buf: bytes, pos: 0 };
-    let entries = r.map_len()?;
-    let mut s = Snapshot::default();
-    let mut seen = [false; FIELDS.len()];
-    // The large lists' elements: where each chunk starts and how many elements it holds.
-    let mut users = Large::default();
-    let mut resources = Large::default();
-    let mut assignments = Large::default();
-    for _ in 0..entries {
-        let key = r.str()?;
-        let field = FIELDS.iter().position(|f| *f == key)?;
-        if std::mem::replace(&mut seen[field], true) {
-            return None; // rmp-serde: duplicate field
-        }
-        let start = r.pos;
-        match FIELDS[field] {
+    // The large lists' placeholders are written (and their pages faulted in) on threads of
+    // their own while this one skips over the elements.
+    std::thread::scope(|scope| {
+        let mut r = Reader { buf: bytes, pos: 0 };
+        let entries = r.map_len()?;
+        let mut s = Snapshot::default();
+        let mut seen = [false; FIELDS.len()];
+        // The large lists' elements: where each chunk starts and how many elements it holds.
+        let mut users = (Large::default(), Slots::new(0, &plan, scope, empty_user));
+        let mut resources = (Large::default(), Slots::new(0, &plan, scope, empty_resource));
+        let mut assignments = (Large::default(), Slots::new(0, &plan, scope, empty_assignment));
+        for _ in 0..entries {
+            let key = r.str()?;
+            let field = FIELDS.iter().position(|f| *f == key)?;
+            if std::mem::replace(&mut seen[field], true) {
+                return None; // rmp-serde: duplicate field
+            }
+            let start = r.pos;
             // The least entries a valid element has: `key`; `type`, `key`, `org`; `user`,
             // `role`, `org`.
-            "users" => users = r.large(plan.chunk, 1)?,
-            "resources" => resources = r.large(plan.chunk, 3)?,
-            "role_assignments" => assignments = r.large(plan.chunk, 3)?,
-            name => {
-                r.skip()?;
-                let value = bytes.get(start..r.pos)?;
-                small(&mut s, name, value, plan.depth + 1)?;
+            match FIELDS[field] {
+                "users" => {
+                    let len = r.large_len(1)?;
+                    users.1 = Slots::new(len, &plan, scope, empty_user);
+                    users.0 = r.large(len, plan.chunk, 1)?;
+                }
+                "resources" => {
+                    let len = r.large_len(3)?;
+                    resources.1 = Slots::new(len, &plan, scope, empty_resource);
+                    resources.0 = r.large(len, plan.chunk, 3)?;
+                }
+                "role_assignments" => {
+                    let len = r.large_len(3)?;
+                    assignments.1 = Slots::new(len, &plan, scope, empty_assignment);
+                    assignments.0 = r.large(len, plan.chunk, 3)?;
+                }
+                name => {
+                    r.skip()?;
+                    let value = bytes.get(start..r.pos)?;
+                    small(&mut s, name, value, plan.depth + 1)?;
+                }
             }
         }
-    }
-    if !seen[0] || !seen[1] {
-        return None; // rmp-serde: missing field `format` / `version`
-    }
-    // Trailing bytes after the map are ignored, as rmp_serde::from_slice ignores them.
-    s.users = placeholders(users.len, || User {
+        if !seen[0] || !seen[1] {
+            return None; // rmp-serde: missing field `format` / `version`
+        }
+        // Trailing bytes after the map are ignored, as rmp_serde::from_slice ignores them.
+        s.users = users.1.get(empty_user)?;
+        s.resources = resources.1.get(empty_resource)?;
+        s.role_assignments = assignments.1.get(empty_assignment)?;
+        let mut tasks = Vec::new();
+        users
+            .0
+            .tasks(bytes, &mut s.users, plan.chunk, Task::Users, &mut tasks)?;
+        resources
+            .0
+            .tasks(bytes, &mut s.resources, plan.chunk, Task::Resources, &mut tasks)?;
+        assignments.0.tasks(
+            bytes,
+            &mut s.role_assignments,
+            plan.chunk,
+            Task::Assignments,
+            &mut tasks,
+        )?;
+        let depth = plan.depth + 2;
+        run(tasks, plan.threads, depth).then_some((s, r.pos))
+    })
+}
+
+fn empty_user() -> User {
+    User {
         key: String::new(),
         email: None,
         first_name: None,
         last_name: None,
         attributes: None,
-    });
-    s.resources = placeholders(resources.len, || Resource {
+    }
+}
+
+fn empty_resource() -> Resource {
+    Resource {
         resource_type: String::new(),
         key: String::new(),
         org: String::new(),
         parents: Vec::new(),
         attributes: None,
-    });
-    s.role_assignments = placeholders(assignments.len, || RoleAssignment {
+    }
+}
+
+fn empty_assignment() -> RoleAssignment {
+    RoleAssignment {
         user: String::new(),
         role: String::new(),
         org: String::new(),
         resource: None,
-    });
-    let mut tasks = Vec::new();
-    users.tasks(bytes, &mut s.users, plan.chunk, Task::Users, &mut tasks)?;
-    resources.tasks(bytes, &mut s.resources, plan.chunk, Task::Resources, &mut tasks)?;
-    assignments.tasks(
-        bytes,
-        &mut s.role_assignments,
-        plan.chunk,
-        Task::Assignments,
-        &mut tasks,
-    )?;
-    let depth = plan.depth + 2;
-    run(tasks, plan.threads, depth).then_some((s, r.pos))
+    }
+}
+
+/// A large list's `Vec` of placeholders, each later overwritten by its decoded element:
+/// written on a thread of its own when the plan has more than one, else when asked for.
+enum Slots<'scope, T> {
+    Filling(std::thread::ScopedJoinHandle<'scope, Vec<T>>),
+    Later(usize),
+}
+
+impl<'scope, T: Send + 'scope> Slots<'scope, T> {
+    fn new<'env>(len: usize, plan: &Plan, scope: &'scope std::thread::Scope<'scope, 'env>, empty: fn() -> T) -> Self {
+        if len < plan.chunk || plan.threads <= 1 {
+            return Slots::Later(len);
+        }
+        std::thread::Builder::new()
+            .name("permd-decode-fill".into())
+            .spawn_scoped(scope, move || placeholders(len, empty))
+            .map_or(Slots::Later(len), Slots::Filling)
+    }
+
+    fn get(self, empty: fn() -> T) -> Option<Vec<T>> {
+        match self {
+            Slots::Filling(h) => h.join().ok(),
+            Slots::Later(len) => Some(placeholders(len, empty)),
+        }
+    }
 }
 
 /// Walks a map of string keys: `value` gets each key and the bytes from its value on, and
@@ -218,16 +276,15 @@ fn placeholders<T>(len: usize, empty: impl Fn() -> T) -> Vec<T> {
     v
 }
 
-/// A large list as the skip pass found it: its length and each chunk's first byte.
+/// A large list as the skip pass found it: each chunk's first byte.
 #[derive(Default)]
 struct Large {
-    len: usize,
     /// Byte offsets: chunk `i` spans `starts[i]..starts[i + 1]`; the last entry is the end.
     starts: Vec<usize>,
 }
 
 impl Large {
-    /// Pairs each chunk's bytes with its slice of `slots` (`slots.len() == self.len`).
+    /// Pairs each chunk's bytes with its slice of `slots` (one slot per element).
     fn tasks<'s, 'b, T>(
         &self,
         bytes: &'b [u8],
@@ -373,24 +430,25 @@ impl<'a> Reader<'a> {
         std::str::from_utf8(self.take(len)?).ok()
     }
 
-    /// A large list: `nil` (empty, as `nullable` reads it) or an array, whose elements are
-    /// skipped with every `chunk`-th one's offset noted. Each element must be a map or an array
-    /// of at least `required` entries, as every element that decodes is: so the slots later
-    /// allocated for the elements are no more than rmp-serde would allocate for a document of
-    /// this size that decodes.
-    fn large(&mut self, chunk: usize, required: usize) -> Option<Large> {
+    /// The length of a large list: `nil` (empty, as `nullable` reads it) or an array. Each
+    /// element of one that decodes is a map or an array of at least `required` entries, so
+    /// takes `1 + required` bytes at least: a length beyond that is a lie, and refusing it
+    /// keeps the placeholders allocated from it no more than rmp-serde would allocate for a
+    /// document of this size that decodes.
+    fn large_len(&mut self, required: usize) -> Option<usize> {
         let len = match self.byte()? {
-            0xc0 => return Some(Large::default()),
+            0xc0 => return Some(0),
             m @ 0x90..=0x9f => (m & 0x0f) as usize,
             0xdc => self.be(2)?,
             0xdd => self.be(4)?,
             _ => return None,
         };
-        // Every element takes a byte at least: a length beyond the bytes left is a lie, and
-        // refusing it here keeps the slots allocated from it bounded by the input.
-        if len > self.buf.len() - self.pos {
-            return None;
-        }
+        (len.checked_mul(1 + required)? <= self.buf.len() - self.pos).then_some(len)
+    }
+
+    /// Skips the `len` elements of a large list, noting every `chunk`-th one's offset; each
+    /// must be a map or an array of at least `required` entries.
+    fn large(&mut self, len: usize, chunk: usize, required: usize) -> Option<Large> {
         let mut starts = Vec::with_capacity(len / chunk + 2);
         for i in 0..len {
             if i % chunk == 0 {
@@ -402,7 +460,7 @@ impl<'a> Reader<'a> {
             self.skip()?;
         }
         starts.push(self.pos);
-        Some(Large { len, starts })
+        Some(Large { starts })
     }
 
     /// The entry count of the map or array that starts here, without moving.
