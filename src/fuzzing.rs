@@ -299,7 +299,11 @@ pub fn normal(mut s: Snapshot) -> Snapshot {
 /// explanations and listings; the index's document and every encoding round-trip.
 pub fn snapshot(data: &[u8]) -> Result<(), Violation> {
     for encoding in [Encoding::Yaml, Encoding::Json, Encoding::MessagePack] {
-        let Ok(doc) = Snapshot::decode(data, encoding) else {
+        let decoded = Snapshot::decode(data, encoding);
+        if encoding == Encoding::MessagePack {
+            same_as_rmp_serde(data, &decoded)?;
+        }
+        let Ok(doc) = decoded else {
             continue;
         };
         let valid = validate(&doc);
@@ -314,6 +318,31 @@ pub fn snapshot(data: &[u8]) -> Result<(), Violation> {
         }
     }
     Ok(())
+}
+
+/// MessagePack's fast path (`model::msgpack`, in small chunks on two threads too) gives what
+/// rmp-serde over the whole document gives, or leaves the document to it.
+fn same_as_rmp_serde(data: &[u8], decoded: &Result<Snapshot, crate::model::SnapshotError>) -> Result<(), Violation> {
+    use crate::model::msgpack;
+    let reference = msgpack::reference(data);
+    if decoded.as_ref().map_err(|e| e.to_string())
+        != reference.as_ref().map_err(|e| format!("document does not parse: {e}"))
+    {
+        return Err(Violation::Snapshot(format!(
+            "MessagePack: decode gives {decoded:?}, rmp-serde gives {reference:?}"
+        )));
+    }
+    let plan = msgpack::Plan {
+        chunk: 2,
+        threads: 2,
+        depth: 0,
+    };
+    match msgpack::decode(data, plan) {
+        Some(fast) if reference.as_ref() != Ok(&fast) => Err(Violation::Snapshot(format!(
+            "MessagePack: the fast path in chunks gives {fast:?}, rmp-serde gives {reference:?}"
+        ))),
+        _ => Ok(()),
+    }
 }
 
 fn check_document(doc: &Snapshot, from: Encoding) -> Result<(), String> {

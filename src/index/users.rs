@@ -27,6 +27,11 @@ struct Slot {
     inst_orgs: u32,
     /// The document has a user item for this key.
     listed: bool,
+    /// Unused entries before this user's org-wide run (after the previous user's end), put
+    /// there so that a run of up to a cache line does not straddle two (`repack`).
+    org_pad: u8,
+    /// The same in the instance array.
+    inst_pad: u8,
 }
 
 /// Where user `at` of a page has their runs: (org start, org end, inst start, inst end).
@@ -39,31 +44,71 @@ fn bounds(slots: &[Slot], at: usize) -> (usize, usize, usize, usize) {
         .copied()
         .unwrap_or_default();
     (
-        start.org_end as usize,
+        start.org_end as usize + end.org_pad as usize,
         end.org_end as usize,
-        start.inst_end as usize,
+        start.inst_end as usize + end.inst_pad as usize,
         end.inst_end as usize,
     )
 }
 
-/// Moves the ends of users `at..` by `by` in the org (`inst` false) or instance array.
-fn shift(slots: &mut [Slot], at: usize, inst: bool, by: i64) {
-    for s in slots.iter_mut().skip(at) {
-        let end = if inst { &mut s.inst_end } else { &mut s.org_end };
-        *end = (i64::from(*end) + by) as u32;
-    }
-}
+/// Where an array's first entry sits in its cache line: a page's `Arc<[T]>` is a large
+/// allocation (page-aligned) whose entries follow the two 8-byte counts. Only the padding
+/// depends on it, never what is read.
+const DATA_OFFSET: usize = 16;
 
-/// `run` with `entry` put at place `at`, or (`None`) with place `at` taken out, as a new
-/// array.
-fn spliced<T: Copy>(run: &[T], at: usize, entry: Option<T>) -> Arc<[T]> {
-    let (head, tail) = run.split_at(at.min(run.len()));
-    let tail = if entry.is_some() {
-        tail
-    } else {
-        tail.get(1..).unwrap_or_default()
-    };
-    head.iter().copied().chain(entry).chain(tail.iter().copied()).collect()
+/// A page's array written again from `data` (the runs the slots' old ends and pads give),
+/// with `edit` applied — (user, place in their run, the entry to put there, or `None` to take
+/// that place out) — and every run of up to 64 bytes placed so that it does not straddle a
+/// cache line: `decide` reads a user's run whole, and packed end to end a run of eight
+/// org-wide assignments straddles two lines seven times in eight. Writes the new ends and
+/// pads into `slots`.
+fn repack<T: Copy + Default>(
+    slots: &mut [Slot],
+    data: &[T],
+    inst: bool,
+    edit: Option<(usize, usize, Option<T>)>,
+) -> Arc<[T]> {
+    let size = std::mem::size_of::<T>().max(1);
+    let mut out: Vec<T> = Vec::with_capacity(data.len() + data.len() / 4 + 1);
+    let mut old_prev_end = 0usize;
+    let mut edited: Vec<T> = Vec::new();
+    for (u, s) in slots.iter_mut().enumerate() {
+        let (end, pad) = if inst {
+            (s.inst_end as usize, s.inst_pad as usize)
+        } else {
+            (s.org_end as usize, s.org_pad as usize)
+        };
+        let mut run = data.get(old_prev_end + pad..end).unwrap_or_default();
+        old_prev_end = end;
+        if let Some((at, k, entry)) = edit
+            && at == u
+        {
+            let (head, tail) = run.split_at(k.min(run.len()));
+            let tail = if entry.is_some() {
+                tail
+            } else {
+                tail.get(1..).unwrap_or_default()
+            };
+            edited = head.iter().copied().chain(entry).chain(tail.iter().copied()).collect();
+            run = &edited;
+        }
+        let bytes = run.len() * size;
+        let mut pad = 0usize;
+        if bytes > 0 && bytes <= 64 {
+            let line_at = |k: usize| (DATA_OFFSET + (out.len() + k) * size) % 64;
+            pad = (0..64 / size).find(|&k| line_at(k) + bytes <= 64).unwrap_or(0);
+        }
+        out.extend(std::iter::repeat_n(T::default(), pad));
+        out.extend_from_slice(run);
+        let (end_field, pad_field) = if inst {
+            (&mut s.inst_end, &mut s.inst_pad)
+        } else {
+            (&mut s.org_end, &mut s.org_pad)
+        };
+        *end_field = out.len() as u32;
+        *pad_field = pad as u8;
+    }
+    Arc::from(out)
 }
 
 /// What the index knows of one user's assignments, read from their page.
@@ -183,11 +228,14 @@ impl UserTable {
 
     /// Puts `entry` at place `k` of user `id`'s org-wide run, or takes place `k` out.
     fn change_org(&mut self, id: u32, k: usize, entry: Option<(u32, u32)>) {
+        let p = id as usize / PER;
+        let Some(data) = self.org.get(p).cloned() else {
+            return;
+        };
         let (slots, at) = self.slots_mut(id);
-        let (o0, ..) = bounds(slots, at);
-        shift(slots, at, false, if entry.is_some() { 1 } else { -1 });
-        if let Some(run) = self.org.get_mut(id as usize / PER) {
-            *run = spliced(run, o0 + k, entry);
+        let data = repack(slots, &data, false, Some((at, k, entry)));
+        if let Some(run) = self.org.get_mut(p) {
+            *run = data;
         }
     }
 
@@ -214,13 +262,11 @@ impl UserTable {
     /// keeps the user's org mask right.
     fn change_inst(&mut self, id: u32, k: usize, entry: Option<(u32, u32, u32)>) {
         let p = id as usize / PER;
-        let Some(mut run) = self.inst.get(p).cloned() else {
+        let Some(run) = self.inst.get(p).cloned() else {
             return;
         };
         let (slots, at) = self.slots_mut(id);
-        let (_, _, i0, _) = bounds(slots, at);
-        run = spliced(&run, i0 + k, entry);
-        shift(slots, at, true, if entry.is_some() { 1 } else { -1 });
+        let run = repack(slots, &run, true, Some((at, k, entry)));
         let (_, _, i0, i1) = bounds(slots, at);
         let mask = run
             .get(i0..i1)
@@ -251,12 +297,8 @@ impl UserTable {
             if o.is_empty() && n.is_empty() {
                 continue;
             }
-            if let Some(run) = self.org.get_mut(p) {
-                *run = o.iter().map(|&(_, org, role)| (org, role)).collect();
-            }
-            if let Some(run) = self.inst.get_mut(p) {
-                *run = n.iter().map(|&(_, res, org, role)| (res, org, role)).collect();
-            }
+            let org: Vec<(u32, u32)> = o.iter().map(|&(_, org, role)| (org, role)).collect();
+            let inst: Vec<(u32, u32, u32)> = n.iter().map(|&(_, res, org, role)| (res, org, role)).collect();
             let Some(slots) = self.slots.get_mut(p).map(Arc::make_mut) else {
                 continue;
             };
@@ -277,6 +319,15 @@ impl UserTable {
                     .iter()
                     .fold(0, |m, &(_, _, org, _)| m | 1 << (org % 32));
                 (s.org_end, s.inst_end, s.inst_orgs) = (oi as u32, ni as u32, mask);
+                (s.org_pad, s.inst_pad) = (0, 0);
+            }
+            let org = repack(slots, &org, false, None);
+            let inst = repack(slots, &inst, true, None);
+            if let Some(run) = self.org.get_mut(p) {
+                *run = org;
+            }
+            if let Some(run) = self.inst.get_mut(p) {
+                *run = inst;
             }
         }
     }

@@ -3,6 +3,7 @@
 
 mod delta;
 pub mod generate;
+pub(crate) mod msgpack;
 mod validate;
 
 pub use delta::{DeltaBatch, Identity, Item, Kind, Op, ops_from_json};
@@ -351,12 +352,18 @@ impl SnapshotError {
 }
 
 impl Snapshot {
-    /// Decodes a document without validating it.
+    /// Decodes a document without validating it. MessagePack takes the fast path of
+    /// `msgpack` (the large lists in parallel chunks, straight into their final `Vec`s) and,
+    /// for anything it does not take, rmp-serde over the whole document: the same result and
+    /// the same error either way.
     pub fn decode(bytes: &[u8], encoding: Encoding) -> Result<Snapshot, SnapshotError> {
         let parsed = match encoding {
             Encoding::Yaml => yaml_serde::from_slice(bytes).map_err(|e| e.to_string()),
             Encoding::Json => serde_json::from_slice(bytes).map_err(|e| e.to_string()),
-            Encoding::MessagePack => rmp_serde::from_slice(bytes).map_err(|e| e.to_string()),
+            Encoding::MessagePack => match msgpack::decode(bytes, msgpack::Plan::for_len(bytes.len())) {
+                Some(s) => Ok(s),
+                None => msgpack::reference(bytes),
+            },
         };
         parsed.map_err(SnapshotError::Parse)
     }

@@ -114,7 +114,7 @@ pub async fn watch_file(path: PathBuf, store: Arc<Store>, poll: Duration, max_by
 /// Loads one content; returns the error if it was refused.
 async fn load(bytes: Vec<u8>, encoding: Encoding, store: &Store, path: &Path) -> Option<String> {
     let started = std::time::Instant::now();
-    let built = tokio::task::spawn_blocking(move || super::load_index(&bytes, encoding)).await;
+    let built = tokio::task::spawn_blocking(move || super::load_index(bytes, encoding)).await;
     match built {
         Ok(Ok(index)) => {
             if let Some(m) = metrics::get() {

@@ -15,7 +15,7 @@ mod lines;
 pub mod permit;
 mod upstream;
 
-pub use cache::{Cache, CacheError};
+pub use cache::{Cache, CacheError, FILE_NAME as CACHE_FILE};
 pub use file::watch_file;
 pub use lines::{LineSplitter, LineTooLong};
 
@@ -224,20 +224,27 @@ fn report(store: &Store, error: &SyncError) {
 }
 
 /// Validates and compiles a decoded document, the way every source takes a whole snapshot in:
-/// validation on a second thread beside `Index::build` (the build never fails or panics on a
-/// document that does not validate; its result is dropped then), and the document freed on a
-/// thread of its own afterwards, so neither delays the new version. On a 1M-assignment document
-/// that is about a third of the time from decoded to serving (bench/README.md).
+/// [`validate_and_build`], and the document freed on a thread of its own afterwards, so that
+/// does not delay the new version either.
 pub fn build_validated(snapshot: Snapshot) -> Result<Index, SnapshotError> {
-    let (index, valid) = std::thread::scope(|scope| {
-        let valid = scope.spawn(|| validate(&snapshot));
-        let index = Index::build(&snapshot);
-        (index, valid.join())
-    });
+    let built = validate_and_build(&snapshot);
     // Should no thread be had, the closure and the document are dropped here instead.
     let _ = std::thread::Builder::new()
         .name("permd-free".into())
         .spawn(move || drop(snapshot));
+    built
+}
+
+/// Validation on a second thread beside `Index::build` (the build never fails or panics on a
+/// document that does not validate; its result is dropped then, and validation's error is the
+/// answer). On a 1M-assignment document that is about a third of the time from decoded to
+/// serving (bench/README.md).
+pub fn validate_and_build(snapshot: &Snapshot) -> Result<Index, SnapshotError> {
+    let (index, valid) = std::thread::scope(|scope| {
+        let valid = scope.spawn(|| validate(snapshot));
+        let index = Index::build(snapshot);
+        (index, valid.join())
+    });
     match valid {
         Ok(Ok(())) => Ok(index),
         Ok(Err(e)) => Err(e),
@@ -245,9 +252,12 @@ pub fn build_validated(snapshot: Snapshot) -> Result<Index, SnapshotError> {
     }
 }
 
-/// Decodes, validates and compiles a document.
-pub fn load_index(bytes: &[u8], encoding: Encoding) -> Result<Index, SnapshotError> {
-    build_validated(Snapshot::decode(bytes, encoding)?)
+/// Decodes, validates and compiles a document. The bytes are freed as soon as they are
+/// decoded, so they are not held beside the document and the index being built.
+pub fn load_index(bytes: impl AsRef<[u8]>, encoding: Encoding) -> Result<Index, SnapshotError> {
+    let snapshot = Snapshot::decode(bytes.as_ref(), encoding)?;
+    drop(bytes);
+    build_validated(snapshot)
 }
 
 #[cfg(test)]

@@ -162,7 +162,7 @@ async fn fetch_snapshot_once(s: &Settings, store: &Store) -> Result<(), SyncErro
         } else {
             Encoding::MessagePack
         });
-        super::load_index(&bytes, encoding)
+        super::load_index(bytes, encoding)
     })
     .await;
     match built {
