@@ -71,13 +71,13 @@ fn repack<T: Copy + Default>(
     let size = std::mem::size_of::<T>().max(1);
     let mut out: Vec<T> = Vec::with_capacity(data.len() + data.len() / 4 + 1);
     let mut old_prev_end = 0usize;
-    let mut edited: Vec<T> = Vec::new();
     for (u, s) in slots.iter_mut().enumerate() {
         let (end, pad) = if inst {
             (s.inst_end as usize, s.inst_pad as usize)
         } else {
             (s.org_end as usize, s.org_pad as usize)
         };
+        let edited: Vec<T>;
         let mut run = data.get(old_prev_end + pad..end).unwrap_or_default();
         old_prev_end = end;
         if let Some((at, k, entry)) = edit
