@@ -302,6 +302,7 @@ pub fn snapshot(data: &[u8]) -> Result<(), Violation> {
         let decoded = Snapshot::decode(data, encoding);
         if encoding == Encoding::MessagePack {
             same_as_rmp_serde(data, &decoded)?;
+            streamed_agrees(data)?;
         }
         let Ok(doc) = decoded else {
             continue;
@@ -343,6 +344,27 @@ fn same_as_rmp_serde(data: &[u8], decoded: &Result<Snapshot, crate::model::Snaps
         ))),
         _ => Ok(()),
     }
+}
+
+/// The streamed load (`Index::from_msgpack`, through a window of a few bytes) takes a
+/// document only when the reference path (decode, validate) does, and builds what
+/// `Index::build` builds of it, ids included.
+fn streamed_agrees(data: &[u8]) -> Result<(), Violation> {
+    let Ok(crate::index::Streamed::Built(streamed)) = Index::from_msgpack_windowed(data, 16) else {
+        return Ok(());
+    };
+    let doc = Snapshot::load(data, Encoding::MessagePack).map_err(|e| {
+        Violation::Snapshot(format!(
+            "MessagePack: the streamed load takes a document the reference path refuses: {e}"
+        ))
+    })?;
+    let built = Index::build(&doc);
+    if streamed.to_snapshot() != built.to_snapshot() || streamed.counts() != built.counts() {
+        return Err(Violation::Snapshot(
+            "MessagePack: the streamed load builds another index than Index::build".into(),
+        ));
+    }
+    Ok(())
 }
 
 fn check_document(doc: &Snapshot, from: Encoding) -> Result<(), String> {

@@ -680,6 +680,15 @@ proptest! {
         prop_assert_eq!(ix.span_violation(), None);
         check_agrees(&ix, &s, &mut rng, 400)?;
         prop_assert_eq!(normal(ix.to_snapshot()), normal(s.clone()));
+        // The streamed MessagePack load (through a small window) builds the same index.
+        let bytes = s.encode(permd::model::Encoding::MessagePack).expect("the document encodes");
+        let streamed = match Index::from_msgpack_windowed(&bytes[..], 64).expect("reading a slice") {
+            permd::index::Streamed::Built(ix) => *ix,
+            permd::index::Streamed::Declined => panic!("the streamed load declined a valid document"),
+        };
+        prop_assert_eq!(streamed.to_snapshot(), ix.to_snapshot());
+        prop_assert_eq!(streamed.span_violation(), None);
+        check_agrees(&streamed, &s, &mut rng, 100)?;
     }
 
     #[test]

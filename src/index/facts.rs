@@ -75,8 +75,13 @@ impl Index {
 
     pub(super) fn upsert_resource(&mut self, r: &model::Resource) {
         let id = self.res_id(&r.resource_type, &r.key);
-        let org = self.names.orgs.intern(&r.org);
         let parents: Box<[u32]> = r.parents.iter().map(|p| self.res_ref(p)).collect();
+        self.put_resource(id, &r.org, parents, r.attributes.clone());
+    }
+
+    /// Writes instance `id` (its `type:key` interned already, its parents' ids given).
+    pub(super) fn put_resource(&mut self, id: u32, org: &str, parents: Box<[u32]>, attributes: Option<Attributes>) {
+        let org = self.names.orgs.intern(org);
         let Some(old) = self.res_hot.get(id as usize).copied() else {
             return;
         };
@@ -87,7 +92,7 @@ impl Index {
             _ => ResHot::MANY,
         };
         let many = parents.len() > 1;
-        let attributes = r.attributes.clone().map(Box::new);
+        let attributes = attributes.map(Box::new);
         if many || attributes.is_some() || self.res_extra(id).is_some() {
             if let Some(extra) = self.res_mut(id) {
                 extra.parents = if many { parents } else { Box::default() };
@@ -231,28 +236,44 @@ impl Index {
             }
         }
         drop((uids, rest));
+        self.place_assignments(org_wide, on_instance);
+    }
+
+    /// Places interned assignments, (user, org, role) org-wide and (user, resource, org, role)
+    /// on instances, in any order and with repeats, into the users' table, the bitmaps and the
+    /// holders; answers how many repeats there were (validation refuses a document with any).
+    pub(super) fn place_assignments(
+        &mut self,
+        mut org_wide: Vec<(u32, u32, u32)>,
+        mut on_instance: Vec<(u32, u32, u32, u32)>,
+    ) -> usize {
         // Every user an assignment names has a record, as `user_id` would have made it.
         if let Some(last) = self.names.users.len().checked_sub(1) {
             self.users.ensure(last as u32);
         }
-        org_wide.sort_unstable();
-        org_wide.dedup();
-        on_instance.sort_unstable();
-        on_instance.dedup();
+        let given = org_wide.len() + on_instance.len();
+        sort_dedup(&mut org_wide);
+        sort_dedup(&mut on_instance);
         self.counts.role_assignments += org_wide.len() + on_instance.len();
+        let repeats = given - org_wide.len() - on_instance.len();
 
         self.users.fill(&org_wide, &on_instance);
 
-        org_wide.sort_unstable_by_key(|&(uid, org, role)| (org, role, uid));
-        for run in org_wide.chunk_by(|a, b| (a.1, a.2) == (b.1, b.2)) {
-            let Some(&(_, org, role)) = run.first() else { continue };
-            let uids = run.iter().map(|&(uid, ..)| uid);
-            // Sorted and unique by construction; `collect` would give the same, only slower.
-            let users = RoaringBitmap::from_sorted_iter(uids.clone()).unwrap_or_else(|_| uids.collect());
-            match self.org_role_users.get_mut(&(org, role)) {
+        // In user order, so each bitmap is appended to at its end.
+        let mut bitmaps: std::collections::HashMap<(u32, u32), RoaringBitmap, foldhash::fast::RandomState> =
+            Default::default();
+        for &(uid, org, role) in &org_wide {
+            let b = bitmaps.entry((org, role)).or_default();
+            if b.try_push(uid).is_err() {
+                b.insert(uid);
+            }
+        }
+        drop(org_wide);
+        for (key, users) in bitmaps {
+            match self.org_role_users.get_mut(&key) {
                 Some(b) => *Arc::make_mut(b) |= users,
                 None => {
-                    self.org_role_users.insert((org, role), Arc::new(users));
+                    self.org_role_users.insert(key, Arc::new(users));
                 }
             }
         }
@@ -264,6 +285,7 @@ impl Index {
                 r.holders = run.iter().map(|&(uid, _, org, role)| (uid, org, role)).collect();
             }
         }
+        repeats
     }
 
     pub(super) fn delete_assignment(&mut self, a: &RoleAssignment) {
@@ -404,6 +426,29 @@ impl Index {
 }
 
 /// Documents with at least this many assignments are built on two threads.
+/// Sorts `list` and drops its repeats: on two threads when it is long (one sorts each half,
+/// split at the median, so the halves need no merge).
+fn sort_dedup<T: Ord + Copy + Send>(list: &mut Vec<T>) {
+    if list.len() >= PARALLEL_BUILD * 4 {
+        let mid = list.len() / 2;
+        list.select_nth_unstable(mid);
+        let (low, high) = list.split_at_mut(mid);
+        let sorted = std::thread::scope(|scope| {
+            let other = std::thread::Builder::new()
+                .name("permd-sort".into())
+                .spawn_scoped(scope, move || high.sort_unstable());
+            low.sort_unstable();
+            other.is_ok_and(|h| h.join().is_ok())
+        });
+        if !sorted {
+            list.sort_unstable();
+        }
+    } else {
+        list.sort_unstable();
+    }
+    list.dedup();
+}
+
 pub(super) const PARALLEL_BUILD: usize = 50_000;
 
 /// The three tables a resource id lives in, borrowed apart from the rest of the index so the
@@ -415,10 +460,44 @@ pub(super) struct ResIds<'a> {
     res_hot: &'a mut PagedVec<ResHot>,
 }
 
+/// The tables assignments are interned into, borrowed apart: users' on one side (another
+/// thread may take it), orgs', roles' and resources' on the other.
+pub(super) struct AssignmentIds<'a> {
+    pub(super) orgs: &'a mut Interner,
+    pub(super) roles: &'a mut Interner,
+    pub(super) res: ResIds<'a>,
+}
+
+impl Index {
+    pub(super) fn assignment_ids(&mut self) -> (&mut Interner, AssignmentIds<'_>) {
+        let Index {
+            names,
+            res_keys,
+            res_names,
+            res_hot,
+            ..
+        } = self;
+        let Names {
+            orgs,
+            roles,
+            types,
+            users,
+            ..
+        } = names;
+        let res = ResIds {
+            types,
+            res_keys,
+            res_names,
+            res_hot,
+        };
+        (users, AssignmentIds { orgs, roles, res })
+    }
+}
+
 impl ResIds<'_> {
     /// The resource id of `type:key`, handing out the next one (with a `ResHot` entry of its
     /// type and nothing else) for a new one.
-    fn id(&mut self, resource_type: &str, key: &str) -> u32 {
+    pub(super) fn id(&mut self, resource_type: &str, key: &str) -> u32 {
         let t = self.types.intern(resource_type);
         if self.res_keys.len() <= t as usize {
             self.res_keys.resize_with(t as usize + 1, KeyMap::default);
@@ -439,7 +518,7 @@ impl ResIds<'_> {
     }
 
     /// The resource id of a `type:key` reference (all of it the type when there is no `:`).
-    fn reference(&mut self, reference: &str) -> u32 {
+    pub(super) fn reference(&mut self, reference: &str) -> u32 {
         let r = ResourceRef::parse(reference).unwrap_or(ResourceRef {
             resource_type: reference,
             key: "",

@@ -14,6 +14,7 @@ mod paged;
 mod policy;
 mod query;
 mod spans;
+mod stream;
 #[cfg(test)]
 mod tests;
 mod users;
@@ -27,6 +28,7 @@ pub use query::{
     AssignmentFilter, AssignmentRow, DEFAULT_LIMIT, GroupNode, MAX_LIMIT, MAX_TREE_NODES, MenuNode, PermEntry,
     QueryError, RoleInfo, UserPermissions, UserPermissionsFilter, decode_cursor, encode_cursor, page_bitmap,
 };
+pub use stream::Streamed;
 pub use users::{UserRec, UserTable};
 
 use crate::cond::Condition;
@@ -239,16 +241,24 @@ impl std::fmt::Debug for Index {
 impl Index {
     /// Compiles a validated snapshot.
     pub fn build(snapshot: &Snapshot) -> Index {
-        let mut ix = Index {
-            version: snapshot.version,
+        let mut ix = Index::empty(snapshot.version);
+        for u in &snapshot.users {
+            ix.upsert_user(u);
+        }
+        for r in &snapshot.resources {
+            ix.upsert_resource(r);
+        }
+        ix.bulk_assignments(&snapshot.role_assignments);
+        ix.finish(snapshot);
+        ix
+    }
+
+    /// An index of version `version` with nothing in it yet: the build's start.
+    fn empty(version: u64) -> Index {
+        Index {
+            version,
             names: Names::default(),
-            items: Arc::new(PolicyItems {
-                orgs: snapshot.orgs.clone(),
-                resource_types: snapshot.resource_types.clone(),
-                roles: snapshot.roles.clone(),
-                menus: snapshot.menus.clone(),
-                rules: snapshot.rules.clone(),
-            }),
+            items: Arc::default(),
             policy: Arc::default(),
             users: UserTable::default(),
             user_meta: imbl::HashMap::new(),
@@ -260,29 +270,35 @@ impl Index {
             org_type_res: imbl::HashMap::new(),
             org_grants: PagedVec::default(),
             counts: Counts::default(),
-            urls: Arc::new(UrlRules::build(snapshot.url_mappings.clone())),
+            urls: Arc::default(),
             ignored: Arc::default(),
             query_aux: Arc::default(),
             cond_holds: Arc::default(),
             cond_grants: 0,
             next_span: 0,
             renumber: true,
-        };
-        for u in &snapshot.users {
-            ix.upsert_user(u);
         }
-        for r in &snapshot.resources {
-            ix.upsert_resource(r);
-        }
-        ix.bulk_assignments(&snapshot.role_assignments);
+    }
+
+    /// The build's end, once users, resources and assignments are in: `snapshot`'s policy
+    /// items, grants and URL rules (its large lists are not read), then the policy, the spans
+    /// and the spare capacity.
+    fn finish(&mut self, snapshot: &Snapshot) {
+        self.items = Arc::new(PolicyItems {
+            orgs: snapshot.orgs.clone(),
+            resource_types: snapshot.resource_types.clone(),
+            roles: snapshot.roles.clone(),
+            menus: snapshot.menus.clone(),
+            rules: snapshot.rules.clone(),
+        });
+        self.urls = Arc::new(UrlRules::build(snapshot.url_mappings.clone()));
         for g in &snapshot.role_grants {
-            ix.upsert_grant(g);
+            self.upsert_grant(g);
         }
-        ix.counts.url_mappings = ix.urls.items.len();
-        ix.rebuild_policy();
-        ix.number_forest();
-        ix.shrink();
-        ix
+        self.counts.url_mappings = self.urls.items.len();
+        self.rebuild_policy();
+        self.number_forest();
+        self.shrink();
     }
 
     /// Drops the spare capacity insertion left behind; a full build does it once at the end.

@@ -227,7 +227,7 @@ pub(crate) fn one<'a, T: Deserialize<'a>>(bytes: &'a [u8], depth: usize) -> Opti
 }
 
 /// The fields of [`Snapshot`], `format` and `version` first.
-const FIELDS: [&str; 12] = [
+pub(crate) const FIELDS: [&str; 12] = [
     "format",
     "version",
     "orgs",
@@ -243,7 +243,7 @@ const FIELDS: [&str; 12] = [
 ];
 
 /// Decodes one small field of the top-level map from its value's bytes, as the derive would.
-fn small(s: &mut Snapshot, name: &str, value: &[u8], depth: usize) -> Option<()> {
+pub(crate) fn small(s: &mut Snapshot, name: &str, value: &[u8], depth: usize) -> Option<()> {
     let list = || at_depth(value, depth);
     match name {
         "format" => s.format = u32::deserialize(&mut at_depth(value, depth)).ok()?,
@@ -386,19 +386,19 @@ fn run(tasks: Vec<Task<'_, '_>>, threads: usize, depth: usize) -> bool {
 }
 
 /// A cursor over MessagePack bytes that reads headers and skips whole values.
-struct Reader<'a> {
-    buf: &'a [u8],
-    pos: usize,
+pub(crate) struct Reader<'a> {
+    pub(crate) buf: &'a [u8],
+    pub(crate) pos: usize,
 }
 
 impl<'a> Reader<'a> {
-    fn byte(&mut self) -> Option<u8> {
+    pub(crate) fn byte(&mut self) -> Option<u8> {
         let b = *self.buf.get(self.pos)?;
         self.pos += 1;
         Some(b)
     }
 
-    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+    pub(crate) fn take(&mut self, n: usize) -> Option<&'a [u8]> {
         let end = self.pos.checked_add(n)?;
         let s = self.buf.get(self.pos..end)?;
         self.pos = end;
@@ -409,7 +409,7 @@ impl<'a> Reader<'a> {
         Some(self.take(n)?.iter().fold(0usize, |acc, b| (acc << 8) | *b as usize))
     }
 
-    fn map_len(&mut self) -> Option<usize> {
+    pub(crate) fn map_len(&mut self) -> Option<usize> {
         match self.byte()? {
             m @ 0x80..=0x8f => Some((m & 0x0f) as usize),
             0xde => self.be(2),
@@ -419,7 +419,7 @@ impl<'a> Reader<'a> {
     }
 
     /// A string key (fixstr, str8/16/32).
-    fn str(&mut self) -> Option<&'a str> {
+    pub(crate) fn str(&mut self) -> Option<&'a str> {
         let len = match self.byte()? {
             m @ 0xa0..=0xbf => (m & 0x1f) as usize,
             0xd9 => self.be(1)?,
@@ -463,8 +463,26 @@ impl<'a> Reader<'a> {
         Some(Large { starts })
     }
 
+    /// The length of an array, or 0 for `nil` (as `nullable` reads a list).
+    pub(crate) fn list_len(&mut self) -> Option<usize> {
+        match self.byte()? {
+            0xc0 => Some(0),
+            m @ 0x90..=0x9f => Some((m & 0x0f) as usize),
+            0xdc => self.be(2),
+            0xdd => self.be(4),
+            _ => None,
+        }
+    }
+
+    /// `nil`, taken: true when the next value is one.
+    pub(crate) fn nil(&mut self) -> bool {
+        let nil = self.buf.get(self.pos) == Some(&0xc0);
+        self.pos += usize::from(nil);
+        nil
+    }
+
     /// The entry count of the map or array that starts here, without moving.
-    fn container_len(&self) -> Option<usize> {
+    pub(crate) fn container_len(&self) -> Option<usize> {
         let mut peek = Reader {
             buf: self.buf,
             pos: self.pos,
@@ -478,7 +496,7 @@ impl<'a> Reader<'a> {
     }
 
     /// Skips one whole value, nested ones included, without recursion.
-    fn skip(&mut self) -> Option<()> {
+    pub(crate) fn skip(&mut self) -> Option<()> {
         let mut pending: u64 = 1;
         while pending > 0 {
             pending -= 1;

@@ -252,9 +252,22 @@ pub fn validate_and_build(snapshot: &Snapshot) -> Result<Index, SnapshotError> {
     }
 }
 
-/// Decodes, validates and compiles a document. The bytes are freed as soon as they are
-/// decoded, so they are not held beside the document and the index being built.
+/// Decodes, validates and compiles a document. A MessagePack one is built as it is read
+/// (`Index::from_msgpack`: no decoded document in between); one that path does not take, and
+/// the other encodings, go through [`load_document`].
 pub fn load_index(bytes: impl AsRef<[u8]>, encoding: Encoding) -> Result<Index, SnapshotError> {
+    if encoding == Encoding::MessagePack
+        && let Ok(crate::index::Streamed::Built(index)) = Index::from_msgpack(bytes.as_ref())
+    {
+        return Ok(*index);
+    }
+    load_document(bytes, encoding)
+}
+
+/// The reference way to the index: the whole document decoded, then validated beside the
+/// build. The bytes are freed as soon as they are decoded, so they are not held beside the
+/// document and the index being built.
+pub fn load_document(bytes: impl AsRef<[u8]>, encoding: Encoding) -> Result<Index, SnapshotError> {
     let snapshot = Snapshot::decode(bytes.as_ref(), encoding)?;
     drop(bytes);
     build_validated(snapshot)
