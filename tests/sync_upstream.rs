@@ -602,3 +602,48 @@ async fn a_snapshot_trickled_byte_by_byte_is_taken_while_the_old_version_serves(
     );
     assert_eq!(p.allowed("alice", "write", "document:photo"), (true, 50));
 }
+
+/// A MessagePack snapshot that does not validate: the streamed load leaves it, the body is
+/// fetched again and decoded whole, and the refusal names the item, as before; the active
+/// version serves throughout, and the next good one is taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_messagepack_snapshot_is_refused_naming_the_item() {
+    let up = Upstream::start(example_snapshot(), 0).await;
+    let p = Permd::follow(&up.url(), &["--upstream-timeout", "1s"], &[]);
+    p.ready();
+    {
+        let mut st = up.state();
+        let repeat = st.snapshot.role_assignments[0].clone();
+        st.snapshot.role_assignments.push(repeat);
+        st.snapshot.version = 60;
+        st.oldest_since = 1000;
+    }
+    let snaps = up.count("/v1/snapshot");
+    up.drop_streams();
+    p.wait_for("the invalid snapshot to be refused", |p| {
+        p.stderr().contains("snapshot rejected") && p.stderr().contains("role_assignments[")
+    });
+    // The streamed request, then the whole one.
+    assert!(up.count("/v1/snapshot") >= snaps + 2);
+    assert_eq!(p.allowed("dave", "read", "document:photo"), (false, 42));
+    let asked = up
+        .state()
+        .requests
+        .iter()
+        .filter(|(_, path, _)| path == "/v1/snapshot")
+        .count();
+    {
+        let mut st = up.state();
+        st.snapshot.role_assignments.pop();
+        st.snapshot.version = 61;
+    }
+    p.wait_version(61);
+    let now = up
+        .state()
+        .requests
+        .iter()
+        .filter(|(_, path, _)| path == "/v1/snapshot")
+        .count();
+    assert!(now > asked);
+    assert_eq!(p.get("/readyz").0, 200);
+}

@@ -125,6 +125,17 @@ async fn fetch_snapshot(s: &Settings, store: &Store) -> Result<(), SyncError> {
 }
 
 async fn fetch_snapshot_once(s: &Settings, store: &Store) -> Result<(), SyncError> {
+    // A MessagePack body is built while it arrives; one that path does not take is fetched
+    // again and decoded whole, the reference way, which gives the answer or the error.
+    match fetch_snapshot_as(s, store, true).await? {
+        Some(()) => Ok(()),
+        None => fetch_snapshot_as(s, store, false).await.map(drop),
+    }
+}
+
+/// One snapshot request; `Ok(None)` when `streamed` was asked for and the streamed load did
+/// not take the body.
+async fn fetch_snapshot_as(s: &Settings, store: &Store, streamed: bool) -> Result<Option<()>, SyncError> {
     let url = format!("{}/v1/snapshot", s.base);
     let active = store.load().map(|ix| ix.version());
     let mut req = s
@@ -148,23 +159,30 @@ async fn fetch_snapshot_once(s: &Settings, store: &Store) -> Result<(), SyncErro
     if resp.status() == http::StatusCode::NOT_MODIFIED && active.is_some() {
         tracing::debug!(version = active, "snapshot unchanged");
         store.confirm();
-        return Ok(());
+        return Ok(Some(()));
     }
     if resp.status() != http::StatusCode::OK {
         return Err(status_error(&url, &resp));
     }
     let encoding = snapshot_encoding(resp.headers());
-    let bytes = read_body(resp, &url, s.max_snapshot_bytes, s.timeout).await?;
     let started = std::time::Instant::now();
-    let built = tokio::task::spawn_blocking(move || {
-        let encoding = encoding.unwrap_or(if bytes.first() == Some(&b'{') {
-            Encoding::Json
-        } else {
-            Encoding::MessagePack
-        });
-        super::load_index(bytes, encoding)
-    })
-    .await;
+    let built = if streamed && encoding == Some(Encoding::MessagePack) {
+        match stream_body(resp, &url, s.max_snapshot_bytes, s.timeout).await? {
+            Some(index) => Ok(Ok(index)),
+            None => return Ok(None),
+        }
+    } else {
+        let bytes = read_body(resp, &url, s.max_snapshot_bytes, s.timeout).await?;
+        tokio::task::spawn_blocking(move || {
+            let encoding = encoding.unwrap_or(if bytes.first() == Some(&b'{') {
+                Encoding::Json
+            } else {
+                Encoding::MessagePack
+            });
+            super::load_index(bytes, encoding)
+        })
+        .await
+    };
     match built {
         Ok(Ok(index)) => {
             if let Some(m) = crate::metrics::get() {
@@ -189,7 +207,7 @@ async fn fetch_snapshot_once(s: &Settings, store: &Store) -> Result<(), SyncErro
                 "upstream snapshot active"
             );
             store.publish(index);
-            Ok(())
+            Ok(Some(()))
         }
         Ok(Err(e)) => Err(SyncError::Rejected {
             url,
@@ -225,6 +243,97 @@ pub(super) fn without_url(e: reqwest::Error) -> String {
         src = s.source();
     }
     msg
+}
+
+/// Builds the index of a MessagePack body while it arrives (`Index::from_msgpack` on a
+/// blocking thread, fed the body's chunks): the body is never held whole beside the index.
+/// `Ok(None)` when the streamed load does not take it; the body's own failures (too large,
+/// stalled, broken off) are errors as `read_body` gives them.
+async fn stream_body(
+    resp: reqwest::Response,
+    url: &str,
+    limit: usize,
+    timeout: Duration,
+) -> Result<Option<Index>, SyncError> {
+    if resp.content_length().is_some_and(|n| n > limit as u64) {
+        return Err(SyncError::Rejected {
+            url: url.to_string(),
+            message: format!("body is larger than max_snapshot_bytes ({limit} bytes)"),
+        });
+    }
+    let (tx, rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(8);
+    let build = tokio::task::spawn_blocking(move || {
+        Index::from_msgpack(Chunks {
+            rx,
+            current: bytes::Bytes::new(),
+        })
+    });
+    let mut body = resp.bytes_stream();
+    let mut read = 0usize;
+    let pumped = loop {
+        let chunk = match tokio::time::timeout(timeout, body.next()).await {
+            Err(_) => {
+                break Err(SyncError::Transport {
+                    url: url.to_string(),
+                    message: format!("the body stalled for {timeout:?}"),
+                });
+            }
+            Ok(None) => break Ok(()),
+            Ok(Some(Err(e))) => {
+                break Err(SyncError::Transport {
+                    url: url.to_string(),
+                    message: format!("the body broke off: {}", without_url(e)),
+                });
+            }
+            Ok(Some(Ok(c))) => c,
+        };
+        read += chunk.len();
+        if read > limit {
+            break Err(SyncError::Rejected {
+                url: url.to_string(),
+                message: format!("body is larger than max_snapshot_bytes ({limit} bytes)"),
+            });
+        }
+        // The load has ended (what follows the document is ignored) or given up.
+        if tx.send(chunk).await.is_err() {
+            break Ok(());
+        }
+    };
+    // The load sees the end of the input, reads what is left and ends.
+    drop(tx);
+    let built = build.await;
+    pumped?;
+    match built {
+        Ok(Ok(crate::index::Streamed::Built(index))) => Ok(Some(*index)),
+        Ok(Ok(crate::index::Streamed::Declined)) | Ok(Err(_)) => Ok(None),
+        Err(e) => Err(SyncError::Rejected {
+            url: url.to_string(),
+            message: format!("building the index failed: {e}"),
+        }),
+    }
+}
+
+/// A body's chunks as a reader, for the blocking thread that builds from it.
+struct Chunks {
+    rx: tokio::sync::mpsc::Receiver<bytes::Bytes>,
+    current: bytes::Bytes,
+}
+
+impl std::io::Read for Chunks {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.current.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(c) => self.current = c,
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        let taken = self.current.split_to(n);
+        if let Some(out) = buf.get_mut(..n) {
+            out.copy_from_slice(&taken);
+        }
+        Ok(n)
+    }
 }
 
 /// Reads a whole body, refusing one over `limit` and giving up on `timeout` of silence.
