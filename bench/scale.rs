@@ -39,21 +39,32 @@ fn status_kb(field: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {field} in /proc/self/status"))
 }
 
-/// VmRSS once it has settled: jemalloc returns a dropped document's pages from a background
-/// thread about a second after they were freed (`permd::JEMALLOC_CONF`), so the first reading
-/// after the drop still holds them. Sampled every 500 ms until two samples agree within 1%
-/// (at most 30 s).
+/// VmRSS once it has settled: jemalloc returns freed pages from a background thread over
+/// about a second (`permd::JEMALLOC_CONF`'s decay), and not at once: a reading right after a
+/// load still holds them, and two readings half a second apart can agree before the purge
+/// starts. Sampled every 500 ms until four in a row (1.5 s) agree within 1% (at most 30 s).
 fn settled_rss_kb() -> u64 {
-    let mut last = status_kb("VmRSS");
+    settled(|| status_kb("VmRSS"))
+}
+
+/// `read` sampled every 500 ms until four samples in a row agree within 1% (at most 30 s).
+fn settled(read: impl Fn() -> u64) -> u64 {
+    let mut window = vec![read()];
     for _ in 0..60 {
         std::thread::sleep(std::time::Duration::from_millis(500));
-        let now = status_kb("VmRSS");
-        if now.abs_diff(last) * 100 <= last {
-            return now;
+        window.push(read());
+        if window.len() > 4 {
+            window.remove(0);
         }
-        last = now;
+        let (lo, hi) = (
+            window.iter().min().copied().unwrap_or(0),
+            window.iter().max().copied().unwrap_or(0),
+        );
+        if window.len() == 4 && (hi - lo) * 100 <= lo {
+            break;
+        }
     }
-    last
+    window.last().copied().unwrap_or(0)
 }
 
 /// The child: load FILE as permd's file source does (`Index::from_msgpack` reading the file
@@ -62,6 +73,19 @@ fn settled_rss_kb() -> u64 {
 fn measure_streamed(file: &Path) {
     let baseline_kb = status_kb("VmRSS");
     let started = Instant::now();
+    // VmRSS every 25 ms while loading, for the timeline (PERMD_SCALE_TIMELINE=1).
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = std::env::var_os("PERMD_SCALE_TIMELINE").map(|_| {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let mut samples = Vec::new();
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                samples.push((started.elapsed().as_secs_f64(), status_kb("VmRSS")));
+                std::thread::sleep(std::time::Duration::from_millis(25));
+            }
+            samples
+        })
+    });
     let f = std::fs::File::open(file).unwrap_or_else(|e| panic!("cannot read `{}`: {e}", file.display()));
     let index = match Index::from_msgpack(f).expect("the snapshot reads") {
         permd::index::Streamed::Built(index) => *index,
@@ -69,6 +93,12 @@ fn measure_streamed(file: &Path) {
     };
     let total = started.elapsed();
     let hwm_kb = status_kb("VmHWM");
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    if let Some(samples) = sampler.and_then(|h| h.join().ok()) {
+        for (t, kb) in samples.iter().step_by(4) {
+            eprintln!("[scale] t={t:.2}s VmRSS {} MiB", kb / 1024);
+        }
+    }
     let rss_kb = settled_rss_kb();
     println!(
         "STREAMED assignments={} total_s={} baseline_kb={baseline_kb} rss_kb={rss_kb} hwm_kb={hwm_kb}",
@@ -271,16 +301,7 @@ fn serve_rss_kb(file: &Path) -> Option<u64> {
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
             .unwrap_or(0)
     };
-    let mut last = rss();
-    for _ in 0..60 {
-        std::thread::sleep(std::time::Duration::from_millis(500));
-        let now = rss();
-        if now.abs_diff(last) * 100 <= last {
-            last = now;
-            break;
-        }
-        last = now;
-    }
+    let last = settled(rss);
     let _ = child.kill();
     let _ = child.wait();
     Some(last)

@@ -226,49 +226,66 @@ impl Index {
         } else {
             (user_ids(users), others(&mut res))
         };
-        // (user, org, role) and (user, resource, org, role).
-        let mut org_wide: Vec<(u32, u32, u32)> = Vec::with_capacity(list.len());
-        let mut on_instance: Vec<(u32, u32, u32, u32)> = Vec::new();
+        let mut placing = Placing::default();
         for (&uid, &(org, role, res)) in uids.iter().zip(&rest) {
             match res {
-                None => org_wide.push((uid, org, role)),
-                Some(res) => on_instance.push((uid, res, org, role)),
+                None => placing.org_wide(uid, org, role),
+                Some(res) => placing.on_instance(uid, res, org, role),
             }
         }
         drop((uids, rest));
-        self.place_assignments(org_wide, on_instance);
+        self.place_assignments(placing);
     }
 
-    /// Places interned assignments, (user, org, role) org-wide and (user, resource, org, role)
-    /// on instances, in any order and with repeats, into the users' table, the bitmaps and the
-    /// holders; answers how many repeats there were (validation refuses a document with any).
-    pub(super) fn place_assignments(
-        &mut self,
-        mut org_wide: Vec<(u32, u32, u32)>,
-        mut on_instance: Vec<(u32, u32, u32, u32)>,
-    ) -> usize {
+    /// Places interned assignments, bucketed by the users' page, in any order and with
+    /// repeats, into the users' table (a page at a time, each bucket sorted and freed as its
+    /// page is written, so the buckets shrink as the table grows), then the bitmaps and the
+    /// holders, read back from the table; answers how many repeats there were (validation
+    /// refuses a document with any).
+    pub(super) fn place_assignments(&mut self, placing: Placing) -> usize {
         // Every user an assignment names has a record, as `user_id` would have made it.
         if let Some(last) = self.names.users.len().checked_sub(1) {
             self.users.ensure(last as u32);
         }
-        let given = org_wide.len() + on_instance.len();
-        sort_dedup(&mut org_wide);
-        sort_dedup(&mut on_instance);
-        self.counts.role_assignments += org_wide.len() + on_instance.len();
-        let repeats = given - org_wide.len() - on_instance.len();
+        let Placing { mut org, mut inst } = placing;
+        let pages = org.len().max(inst.len());
+        let (mut given, mut placed) = (0, 0);
+        for p in 0..pages {
+            let mut o = org.get_mut(p).map(std::mem::take).unwrap_or_default();
+            let mut n = inst.get_mut(p).map(std::mem::take).unwrap_or_default();
+            given += o.len() + n.len();
+            o.sort_unstable();
+            o.dedup();
+            n.sort_unstable();
+            n.dedup();
+            placed += o.len() + n.len();
+            self.users.fill_page(p, &o, &n);
+        }
+        drop((org, inst));
+        self.counts.role_assignments += placed;
+        self.index_assignments();
+        given - placed
+    }
 
-        self.users.fill(&org_wide, &on_instance);
-
-        // In user order, so each bitmap is appended to at its end.
+    /// The users per (org, role) bitmaps and each resource's holders, from the users' table:
+    /// read in user order, so each bitmap is appended to at its end and each resource's
+    /// holders come sorted.
+    fn index_assignments(&mut self) {
         let mut bitmaps: std::collections::HashMap<(u32, u32), RoaringBitmap, foldhash::fast::RandomState> =
             Default::default();
-        for &(uid, org, role) in &org_wide {
-            let b = bitmaps.entry((org, role)).or_default();
-            if b.try_push(uid).is_err() {
-                b.insert(uid);
+        let mut holders: std::collections::HashMap<u32, Vec<(u32, u32, u32)>, foldhash::fast::RandomState> =
+            Default::default();
+        for u in self.users.iter() {
+            for &key in u.org_roles {
+                let b = bitmaps.entry(key).or_default();
+                if b.try_push(u.id).is_err() {
+                    b.insert(u.id);
+                }
+            }
+            for &(res, org, role) in u.inst_roles {
+                holders.entry(res).or_default().push((u.id, org, role));
             }
         }
-        drop(org_wide);
         for (key, users) in bitmaps {
             match self.org_role_users.get_mut(&key) {
                 Some(b) => *Arc::make_mut(b) |= users,
@@ -277,15 +294,11 @@ impl Index {
                 }
             }
         }
-
-        on_instance.sort_unstable_by_key(|&(uid, res, org, role)| (res, uid, org, role));
-        for run in on_instance.chunk_by(|a, b| a.1 == b.1) {
-            let Some(&(_, res, ..)) = run.first() else { continue };
+        for (res, list) in holders {
             if let Some(r) = self.res_mut(res) {
-                r.holders = run.iter().map(|&(uid, _, org, role)| (uid, org, role)).collect();
+                r.holders = list;
             }
         }
-        repeats
     }
 
     pub(super) fn delete_assignment(&mut self, a: &RoleAssignment) {
@@ -426,27 +439,30 @@ impl Index {
 }
 
 /// Documents with at least this many assignments are built on two threads.
-/// Sorts `list` and drops its repeats: on two threads when it is long (one sorts each half,
-/// split at the median, so the halves need no merge).
-fn sort_dedup<T: Ord + Copy + Send>(list: &mut Vec<T>) {
-    if list.len() >= PARALLEL_BUILD * 4 {
-        let mid = list.len() / 2;
-        list.select_nth_unstable(mid);
-        let (low, high) = list.split_at_mut(mid);
-        let sorted = std::thread::scope(|scope| {
-            let other = std::thread::Builder::new()
-                .name("permd-sort".into())
-                .spawn_scoped(scope, move || high.sort_unstable());
-            low.sort_unstable();
-            other.is_ok_and(|h| h.join().is_ok())
-        });
-        if !sorted {
-            list.sort_unstable();
-        }
-    } else {
-        list.sort_unstable();
+/// Interned assignments bucketed by the page of the users' table their user is on:
+/// (user, org, role) org-wide and (user, resource, org, role) on an instance.
+#[derive(Default)]
+pub(super) struct Placing {
+    org: Vec<Vec<(u32, u32, u32)>>,
+    inst: Vec<Vec<(u32, u32, u32, u32)>>,
+}
+
+impl Placing {
+    pub(super) fn org_wide(&mut self, uid: u32, org: u32, role: u32) {
+        bucket(&mut self.org, uid).push((uid, org, role));
     }
-    list.dedup();
+
+    pub(super) fn on_instance(&mut self, uid: u32, res: u32, org: u32, role: u32) {
+        bucket(&mut self.inst, uid).push((uid, res, org, role));
+    }
+}
+
+fn bucket<T>(buckets: &mut Vec<Vec<T>>, uid: u32) -> &mut Vec<T> {
+    let p = uid as usize / super::users::PER;
+    if buckets.len() <= p {
+        buckets.resize_with(p + 1, Vec::new);
+    }
+    &mut buckets[p]
 }
 
 pub(super) const PARALLEL_BUILD: usize = 50_000;

@@ -20,7 +20,7 @@
 //! (`Snapshot::decode`, `validate`), which gives the answer, or the error to report. A
 //! document that fails is therefore read twice; a good one once.
 
-use super::facts::AssignmentIds;
+use super::facts::{AssignmentIds, Placing};
 use super::*;
 use crate::model::msgpack::{self, FIELDS, Reader};
 use crate::model::{MAX_KEY_BYTES, validate};
@@ -30,10 +30,6 @@ use std::sync::mpsc;
 
 /// The window's first size; it doubles for an element that does not fit.
 const WINDOW: usize = 4 << 20;
-
-/// Capacity reserved up front for a list's tuples, at most: a list's length is the
-/// document's word, and pages of capacity never written to are not resident.
-const MAX_RESERVE: usize = 1 << 25;
 
 /// The depth of a large list's elements in the document (as `msgpack::decode_at` reads them).
 const ELEMENT_DEPTH: usize = 2;
@@ -226,8 +222,7 @@ impl Index {
         let Some(len) = f.parse(|r| r.list_len())? else {
             return Ok(None);
         };
-        let mut org_wide: Vec<(u32, u32, u32)> = Vec::with_capacity(len.min(MAX_RESERVE));
-        let mut on_instance: Vec<(u32, u32, u32, u32)> = Vec::with_capacity((len / 4).min(MAX_RESERVE));
+        let mut placing = Placing::default();
         let (users, mut ids) = self.assignment_ids();
         let read = std::thread::scope(|scope| -> io::Result<Option<()>> {
             let (to_users, blocks) = mpsc::sync_channel::<(Arc<[u8]>, usize)>(2);
@@ -250,8 +245,8 @@ impl Index {
                 }
                 for (uid, (org, role, res)) in uids.into_iter().zip(rest) {
                     match res {
-                        NONE => org_wide.push((uid, org, role)),
-                        res => on_instance.push((uid, res, org, role)),
+                        NONE => placing.org_wide(uid, org, role),
+                        res => placing.on_instance(uid, res, org, role),
                     }
                 }
                 Some(())
@@ -309,7 +304,7 @@ impl Index {
             return Ok(None);
         }
         // Validation refuses a document with an assignment twice.
-        Ok((self.place_assignments(org_wide, on_instance) == 0).then_some(()))
+        Ok((self.place_assignments(placing) == 0).then_some(()))
     }
 }
 

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 /// Users per page: as many 16-byte slots as fit with the `Arc` counts in 4 KiB (one
 /// allocator size class).
-const PER: usize = 255;
+pub(super) const PER: usize = 255;
 
 /// One user in a page: where their runs end in the page's arrays, and two flags.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -294,41 +294,47 @@ impl UserTable {
             let (o, rest) = org_wide.split_at(org_wide.partition_point(|a| a.0 < end));
             let (n, rest_i) = on_instance.split_at(on_instance.partition_point(|a| a.0 < end));
             (org_wide, on_instance) = (rest, rest_i);
-            if o.is_empty() && n.is_empty() {
-                continue;
+            self.fill_page(p, o, n);
+        }
+    }
+
+    /// `fill` of page `p` alone: `o` and `n` are the page's users' assignments, sorted and
+    /// unique, as `fill` takes them (the page must exist: `ensure`).
+    pub fn fill_page(&mut self, p: usize, o: &[(u32, u32, u32)], n: &[(u32, u32, u32, u32)]) {
+        if o.is_empty() && n.is_empty() {
+            return;
+        }
+        let org: Vec<(u32, u32)> = o.iter().map(|&(_, org, role)| (org, role)).collect();
+        let inst: Vec<(u32, u32, u32)> = n.iter().map(|&(_, res, org, role)| (res, org, role)).collect();
+        let Some(slots) = self.slots.get_mut(p).map(Arc::make_mut) else {
+            return;
+        };
+        let base = (p * PER) as u32;
+        let (mut oi, mut ni) = (0, 0);
+        for (at, s) in slots.iter_mut().enumerate() {
+            let uid = base + at as u32;
+            while o.get(oi).is_some_and(|a| a.0 == uid) {
+                oi += 1;
             }
-            let org: Vec<(u32, u32)> = o.iter().map(|&(_, org, role)| (org, role)).collect();
-            let inst: Vec<(u32, u32, u32)> = n.iter().map(|&(_, res, org, role)| (res, org, role)).collect();
-            let Some(slots) = self.slots.get_mut(p).map(Arc::make_mut) else {
-                continue;
-            };
-            let base = (p * PER) as u32;
-            let (mut oi, mut ni) = (0, 0);
-            for (at, s) in slots.iter_mut().enumerate() {
-                let uid = base + at as u32;
-                while o.get(oi).is_some_and(|a| a.0 == uid) {
-                    oi += 1;
-                }
-                let start = ni;
-                while n.get(ni).is_some_and(|a| a.0 == uid) {
-                    ni += 1;
-                }
-                let mask = n
-                    .get(start..ni)
-                    .unwrap_or_default()
-                    .iter()
-                    .fold(0, |m, &(_, _, org, _)| m | 1 << (org % 32));
-                (s.org_end, s.inst_end, s.inst_orgs) = (oi as u32, ni as u32, mask);
-                (s.org_pad, s.inst_pad) = (0, 0);
+            let start = ni;
+            while n.get(ni).is_some_and(|a| a.0 == uid) {
+                ni += 1;
             }
-            let org = repack(slots, &org, false, None);
-            let inst = repack(slots, &inst, true, None);
-            if let Some(run) = self.org.get_mut(p) {
-                *run = org;
-            }
-            if let Some(run) = self.inst.get_mut(p) {
-                *run = inst;
-            }
+            let mask = n
+                .get(start..ni)
+                .unwrap_or_default()
+                .iter()
+                .fold(0, |m, &(_, _, org, _)| m | 1 << (org % 32));
+            (s.org_end, s.inst_end, s.inst_orgs) = (oi as u32, ni as u32, mask);
+            (s.org_pad, s.inst_pad) = (0, 0);
+        }
+        let org = repack(slots, &org, false, None);
+        let inst = repack(slots, &inst, true, None);
+        if let Some(run) = self.org.get_mut(p) {
+            *run = org;
+        }
+        if let Some(run) = self.inst.get_mut(p) {
+            *run = inst;
         }
     }
 
