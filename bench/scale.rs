@@ -247,9 +247,8 @@ fn ensure_snapshot(data: &Path, name: &str, assignments: usize) -> PathBuf {
     path
 }
 
-/// `permd serve`'s VmRSS in kB with FILE as its source, once ready and settled (jemalloc hands
-/// the dropped document back over a few seconds: sampled every 500 ms until two samples agree
-/// within 1%, at most 30 s). `None` without the permd binary (PERMD_BIN, else the one beside
+/// `permd serve`'s VmRSS in kB with FILE as its source, once ready and settled (`settled`:
+/// jemalloc hands freed pages back over a second or two). `None` without the permd binary (PERMD_BIN, else the one beside
 /// this example's directory).
 fn serve_rss_kb(file: &Path) -> Option<u64> {
     use std::io::{Read, Write};
