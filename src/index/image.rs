@@ -113,6 +113,17 @@ struct Small {
 // ---------------------------------------------------------------------------------------
 // Writing
 
+/// What an image of this build starts with: the magic, format, layout and crate version.
+pub(crate) fn header() -> Vec<u8> {
+    let crate_version = env!("CARGO_PKG_VERSION");
+    let mut out = MAGIC.to_vec();
+    out.extend_from_slice(&IMAGE_FORMAT.to_le_bytes());
+    out.extend_from_slice(&IMAGE_LAYOUT.to_le_bytes());
+    out.extend_from_slice(&(crate_version.len() as u32).to_le_bytes());
+    out.extend_from_slice(crate_version.as_bytes());
+    out
+}
+
 struct Out<'a>(&'a mut Vec<u8>);
 
 impl Out<'_> {
@@ -162,12 +173,7 @@ impl Index {
     /// reads it back.
     pub fn write_image(&self, out: &mut Vec<u8>) -> Result<(), ImageError> {
         let mut o = Out(out);
-        o.0.extend_from_slice(MAGIC);
-        o.u32(IMAGE_FORMAT);
-        o.u32(IMAGE_LAYOUT);
-        let crate_version = env!("CARGO_PKG_VERSION");
-        o.u32(crate_version.len() as u32);
-        o.0.extend_from_slice(crate_version.as_bytes());
+        o.0.extend_from_slice(&header());
         o.u64(self.version);
 
         let n = &self.names;
@@ -390,7 +396,6 @@ impl Index {
         }
         let mut per_type = vec![0u32; n_types + 1];
         let mut instances = 0usize;
-        let mut many_seen = 0usize;
         for (id, c) in hot.iter().enumerate() {
             let (t, org, parent) = (u32_at(c, 0), u32_at(c, 4), u32_at(c, 8));
             let bad = |what: String| invalid("resources", format!("resource {id}: {what}"));
@@ -402,7 +407,7 @@ impl Index {
             }
             match parent {
                 NONE => {}
-                ResHot::MANY => many_seen += 1,
+                ResHot::MANY => {}
                 p if (p as usize) < n_res => {}
                 p => return Err(bad(format!("parent {p} of {n_res}"))),
             }
@@ -422,9 +427,61 @@ impl Index {
         }
         ix.counts.resources = instances;
 
+        ix.names = Names {
+            orgs,
+            types,
+            actions,
+            roles,
+            users: Interner::default(),
+        };
+        let lens = Lens {
+            orgs: n_orgs,
+            types: n_types,
+            actions: n_actions,
+            roles: n_roles,
+            res: n_res,
+        };
+
+        // The hash tables, spans and instance bitmaps, made from the resources on a second
+        // thread while this one reads the rest.
+        let side = |hot: PagedVec<ResHot>| side_tables(user_names.clone(), hot, &res_names, &per_type);
+        let (rest, side_made) = std::thread::scope(|scope| {
+            let hot = ix.res_hot.clone();
+            let other = std::thread::Builder::new()
+                .name("permd-image".into())
+                .spawn_scoped(scope, move || side(hot));
+            let rest = ix.read_rest(&mut r, &user_names, &lens);
+            (rest, other.ok().and_then(|h| h.join().ok()))
+        });
+        let with_grants = rest?;
+        // Should no thread be had (or it fail), the same work here.
+        let side = match side_made {
+            Some(made) => made?,
+            None => side(ix.res_hot.clone())?,
+        };
+        ix.names.users = side.users;
+        ix.res_keys = side.res_keys;
+        ix.res_names = res_names;
+        ix.org_type_res = side.org_type_res;
+        ix.res_hot = side.hot;
+        ix.next_span = side.next_span;
+        ix.renumber = false;
+        for id in with_grants {
+            if let Some(hot) = ix.res_hot.get_mut(id as usize) {
+                hot.grants = true;
+            }
+        }
+        Ok(ix)
+    }
+
+    /// What follows the resources in an image (several parents, the users table, the small
+    /// parts), read, checked and written into this index; the resources' derived tables are
+    /// `side_tables`'. Gives the ids of the resources with grants.
+    fn read_rest(&mut self, r: &mut In<'_>, user_names: &NameList, n: &Lens) -> Result<Vec<u32>, ImageError> {
         let many_ids = r.u32s("resource parents")?;
         let many_ends = r.u32s("resource parents")?;
         let many_flat = r.u32s("resource parents")?;
+        let many_seen = self.res_hot.iter().filter(|h| h.parent == ResHot::MANY).count();
         if many_ids.len() != many_seen || many_ends.len() != many_seen {
             return Err(invalid(
                 "resource parents",
@@ -444,7 +501,7 @@ impl Index {
                 return Err(bad("out of order".into()));
             }
             prev = Some(id);
-            if ix.res_hot.get(id as usize).is_none_or(|h| h.parent != ResHot::MANY) {
+            if self.res_hot.get(id as usize).is_none_or(|h| h.parent != ResHot::MANY) {
                 return Err(bad("listed, but not a resource with several parents".into()));
             }
             let Some(parents) = many_flat.get(start..end as usize) else {
@@ -453,8 +510,8 @@ impl Index {
             if parents.len() < 2 {
                 return Err(bad(format!("{} parents", parents.len())));
             }
-            if let Some(p) = parents.iter().find(|&&p| p as usize >= n_res) {
-                return Err(bad(format!("parent {p} of {n_res}")));
+            if let Some(p) = parents.iter().find(|&&p| p as usize >= n.res) {
+                return Err(bad(format!("parent {p} of {}", n.res)));
             }
             start = end as usize;
             extras.push((
@@ -471,14 +528,14 @@ impl Index {
         drop((many_ids, many_ends, many_flat));
 
         // Users.
-        let users = read_users(&mut r, user_names.len(), n_orgs, n_roles, n_res)?;
-        ix.counts.users = users.listed;
-        ix.counts.role_assignments = users.assignments;
-        ix.users = users.table;
+        let users = read_users(r, user_names.len(), n.orgs, n.roles, n.res)?;
+        self.counts.users = users.listed;
+        self.counts.role_assignments = users.assignments;
+        self.users = users.table;
 
         // The small parts.
-        let n = r.len(1, "policy items")?;
-        let small: Small = rmp_serde::from_slice(r.take(n, "policy items")?)
+        let len = r.len(1, "policy items")?;
+        let small: Small = rmp_serde::from_slice(r.take(len, "policy items")?)
             .map_err(|e| invalid("policy items", format!("does not decode: {e}")))?;
         if !r.bytes.is_empty() {
             return Err(invalid("end", format!("{} bytes after the image", r.bytes.len())));
@@ -490,7 +547,7 @@ impl Index {
                 return Err(bad("out of order".into()));
             }
             prev = Some(id);
-            if !ix.users.get(id).is_some_and(|u| u.listed) {
+            if !self.users.get(id).is_some_and(|u| u.listed) {
                 return Err(bad("not a listed user".into()));
             }
             if user.key != user_names.name(id) {
@@ -500,7 +557,7 @@ impl Index {
                     user_names.name(id)
                 )));
             }
-            ix.user_meta.insert(id, Arc::new(user));
+            self.user_meta.insert(id, Arc::new(user));
         }
 
         // Resource extras: several parents (above), attributes, grants, holders, merged in id order.
@@ -512,7 +569,7 @@ impl Index {
                 return Err(bad("out of order".into()));
             }
             prev = Some(id);
-            if ix.res_hot.get(id as usize).is_none_or(|h| h.org == NONE) {
+            if self.res_hot.get(id as usize).is_none_or(|h| h.org == NONE) {
                 return Err(bad("not an instance".into()));
             }
             attributes.push((id, a));
@@ -520,14 +577,17 @@ impl Index {
         let mut grants: Vec<(u32, GrantRec)> = Vec::with_capacity(small.grants.len());
         for g in small.grants {
             let bad = |what: String| invalid("grants", format!("grant on resource {}: {what}", g.res));
-            if g.res as usize >= n_res {
-                return Err(bad(format!("resource of {n_res}")));
+            if g.res as usize >= n.res {
+                return Err(bad(format!("resource of {}", n.res)));
             }
             if grants.last().is_some_and(|(res, _)| *res > g.res) {
                 return Err(bad("out of order".into()));
             }
-            if g.org as usize >= n_orgs || g.role as usize >= n_roles {
-                return Err(bad(format!("org {} of {n_orgs}, role {} of {n_roles}", g.org, g.role)));
+            if g.org as usize >= n.orgs || g.role as usize >= n.roles {
+                return Err(bad(format!(
+                    "org {} of {}, role {} of {}",
+                    g.org, n.orgs, g.role, n.roles
+                )));
             }
             let same = |x: &&(u32, GrantRec)| x.0 == g.res && x.1.org == g.org && x.1.role == g.role;
             if grants
@@ -539,9 +599,10 @@ impl Index {
                 return Err(bad("two grants of one org and role".into()));
             }
             for &(t, a) in &g.patterns {
-                if (t != STAR && t as usize >= n_types) || (a != STAR && a as usize >= n_actions) {
+                if (t != STAR && t as usize >= n.types) || (a != STAR && a as usize >= n.actions) {
                     return Err(bad(format!(
-                        "pattern ({t}, {a}) of {n_types} types, {n_actions} actions"
+                        "pattern ({t}, {a}) of {} types, {} actions",
+                        n.types, n.actions
                     )));
                 }
             }
@@ -555,57 +616,45 @@ impl Index {
                 },
             ));
         }
-        ix.names = Names {
-            orgs,
-            types,
-            actions,
-            roles,
-            users: Interner::default(),
-        };
-        let holders = holders_of(&ix.users, n_res);
-        ix.fill_extras(extras, attributes, grants, holders);
-
-        // The hash tables.
-        ix.names.users = interner(user_names, "users")?;
-        ix.res_keys = res_keys(&ix.res_hot, &res_names, &per_type)?;
-        ix.res_names = res_names;
+        let holders = Holders::of(&self.users, n.res);
+        let with_grants = self.fill_extras(extras, attributes, grants, &holders);
+        drop(holders);
 
         // The rest, made from the tables.
-        ix.items = Arc::new(PolicyItems {
+        self.items = Arc::new(PolicyItems {
             orgs: small.orgs,
             resource_types: small.resource_types,
             roles: small.roles,
             menus: small.menus,
             rules: small.rules,
         });
-        ix.urls = Arc::new(UrlRules::build(small.url_mappings));
-        ix.counts.url_mappings = ix.urls.items.len();
-        ix.rebuild_policy();
-        ix.org_role_users = org_role_users(&ix.users);
-        ix.org_type_res = org_type_res(&ix.res_hot);
-        ix.number_forest();
-        Ok(ix)
+        self.urls = Arc::new(UrlRules::build(small.url_mappings));
+        self.counts.url_mappings = self.urls.items.len();
+        self.rebuild_policy();
+        self.org_role_users = org_role_users(&self.users, n.orgs, n.roles);
+        Ok(with_grants)
     }
 
     /// Writes the resources' `ResExtra`s from what the image gave, each list in id order, and
-    /// the grants' flags, kinds and counts.
+    /// the grants' kinds and counts; gives the ids of the resources with grants.
     fn fill_extras(
         &mut self,
         parents: Vec<(u32, ResExtra)>,
         attributes: Vec<(u32, Attributes)>,
         grants: Vec<(u32, GrantRec)>,
-        holders: Vec<(u32, Vec<(u32, u32, u32)>)>,
-    ) {
+        holders: &Holders,
+    ) -> Vec<u32> {
         let mut parents = parents.into_iter().peekable();
         let mut attributes = attributes.into_iter().peekable();
         let mut grants = grants.into_iter().peekable();
-        let mut holders = holders.into_iter().peekable();
+        let mut held = holders.ids.iter().copied().peekable();
+        let mut with_grants = Vec::new();
         loop {
             let next = [
                 parents.peek().map(|x| x.0),
                 attributes.peek().map(|x| x.0),
                 grants.peek().map(|x| x.0),
-                holders.peek().map(|x| x.0),
+                held.peek().copied(),
             ]
             .into_iter()
             .flatten()
@@ -619,17 +668,57 @@ impl Index {
                 self.counts.role_grants += 1;
                 extra.grants.push(g);
             }
-            if let Some((_, h)) = holders.next_if(|x| x.0 == id) {
-                extra.holders = h;
+            if held.next_if_eq(&id).is_some() {
+                extra.holders = holders.of_res(id).to_vec();
             }
-            if !extra.grants.is_empty()
-                && let Some(hot) = self.res_hot.get_mut(id as usize)
-            {
-                hot.grants = true;
+            if !extra.grants.is_empty() {
+                with_grants.push(id);
             }
             *self.res_extra.slot(id as usize) = Some(Arc::new(extra));
         }
+        with_grants
     }
+}
+
+/// The lengths of the tables ids point into.
+struct Lens {
+    orgs: usize,
+    types: usize,
+    actions: usize,
+    roles: usize,
+    res: usize,
+}
+
+/// What is made from the resources alone, on the second thread.
+struct Side {
+    users: Interner,
+    res_keys: Vec<KeyMap>,
+    org_type_res: imbl::HashMap<(u32, u32), Arc<RoaringBitmap>>,
+    /// The hot table with its spans numbered.
+    hot: PagedVec<ResHot>,
+    next_span: u32,
+}
+
+fn side_tables(
+    user_names: NameList,
+    hot: PagedVec<ResHot>,
+    res_names: &NameList,
+    per_type: &[u32],
+) -> Result<Side, ImageError> {
+    let users = interner(user_names, "users")?;
+    let res_keys = res_keys(&hot, res_names, per_type)?;
+    let org_type_res = org_type_res(&hot);
+    // `number_forest` is the index's; an index around the hot table alone runs it.
+    let mut forest = Index::empty(0);
+    forest.res_hot = hot;
+    forest.number_forest();
+    Ok(Side {
+        users,
+        res_keys,
+        org_type_res,
+        hot: forest.res_hot,
+        next_span: forest.next_span,
+    })
 }
 
 fn interner(names: NameList, part: &'static str) -> Result<Interner, ImageError> {
@@ -776,37 +865,66 @@ fn read_users(
     })
 }
 
-/// Per resource with instance assignments, its holders as (user, org, role), sorted: the
-/// users' instance runs turned around (users in id order, each run sorted by resource, so
-/// each resource's list comes out sorted).
-fn holders_of(users: &UserTable, n_res: usize) -> Vec<(u32, Vec<(u32, u32, u32)>)> {
-    let mut count = vec![0u32; n_res];
-    for u in users.iter() {
-        for &(res, _, _) in u.inst_roles {
-            if let Some(c) = count.get_mut(res as usize) {
+/// Per resource, its instance holders as (user, org, role), sorted: the users' instance runs
+/// turned around (users in id order, each run sorted by resource, so each resource's list
+/// comes out sorted), in one array by resource.
+struct Holders {
+    /// The resources with holders, in id order.
+    ids: Vec<u32>,
+    /// Per resource id, where its holders end in `flat` (they start where the previous id's end).
+    ends: Vec<u32>,
+    flat: Vec<(u32, u32, u32)>,
+}
+
+impl Holders {
+    fn of(users: &UserTable, n_res: usize) -> Holders {
+        let mut ends = vec![0u32; n_res + 1];
+        let runs = || {
+            users
+                .iter()
+                .flat_map(|u| u.inst_roles.iter().map(move |&(res, org, role)| (res, u.id, org, role)))
+        };
+        for (res, ..) in runs() {
+            if let Some(c) = ends.get_mut(res as usize + 1) {
                 *c += 1;
             }
         }
-    }
-    let mut out: Vec<(u32, Vec<(u32, u32, u32)>)> = Vec::new();
-    let mut at = vec![u32::MAX; n_res];
-    for (res, &c) in count.iter().enumerate() {
-        if c > 0 {
-            if let Some(a) = at.get_mut(res) {
-                *a = out.len() as u32;
+        let mut ids = Vec::new();
+        for res in 0..n_res {
+            let (Some(&before), Some(&count)) = (ends.get(res), ends.get(res + 1)) else {
+                break;
+            };
+            if count > 0 {
+                ids.push(res as u32);
             }
-            out.push((res as u32, Vec::with_capacity(c as usize)));
-        }
-    }
-    drop(count);
-    for u in users.iter() {
-        for &(res, org, role) in u.inst_roles {
-            if let Some((_, list)) = at.get(res as usize).and_then(|&i| out.get_mut(i as usize)) {
-                list.push((u.id, org, role));
+            if let Some(e) = ends.get_mut(res + 1) {
+                *e = before + count;
             }
         }
+        let total = ends.last().copied().unwrap_or(0) as usize;
+        let mut flat = vec![(0u32, 0u32, 0u32); total];
+        // `ends[res]` is the start of `res` until its holders are placed, then its end.
+        for (res, uid, org, role) in runs() {
+            if let Some(at) = ends.get_mut(res as usize)
+                && let Some(slot) = flat.get_mut(*at as usize)
+            {
+                *slot = (uid, org, role);
+                *at += 1;
+            }
+        }
+        ends.pop();
+        Holders { ids, ends, flat }
     }
-    out
+
+    fn of_res(&self, res: u32) -> &[(u32, u32, u32)] {
+        let start = res
+            .checked_sub(1)
+            .and_then(|p| self.ends.get(p as usize))
+            .copied()
+            .unwrap_or(0);
+        let end = self.ends.get(res as usize).copied().unwrap_or(0);
+        self.flat.get(start as usize..end as usize).unwrap_or_default()
+    }
 }
 
 /// Per type, its resources' key → id table; an error for a key twice in one type.
@@ -842,15 +960,35 @@ fn res_keys(hot: &PagedVec<ResHot>, names: &NameList, per_type: &[u32]) -> Resul
         .collect()
 }
 
-/// Users with an org-wide assignment, per (org, role), from the users table.
-fn org_role_users(users: &UserTable) -> imbl::HashMap<(u32, u32), Arc<RoaringBitmap>> {
+/// Users with an org-wide assignment, per (org, role), from the users table: the bitmaps in
+/// one array by (org, role) when there are not many pairs, else in a hash map.
+fn org_role_users(users: &UserTable, n_orgs: usize, n_roles: usize) -> imbl::HashMap<(u32, u32), Arc<RoaringBitmap>> {
+    fn push(b: &mut RoaringBitmap, uid: u32) {
+        if b.try_push(uid).is_err() {
+            b.insert(uid);
+        }
+    }
+    let pairs = n_orgs.saturating_mul(n_roles);
+    if pairs <= 1 << 16 {
+        let mut dense: Vec<RoaringBitmap> = vec![RoaringBitmap::new(); pairs];
+        for u in users.iter() {
+            for &(org, role) in u.org_roles {
+                if let Some(b) = dense.get_mut(org as usize * n_roles + role as usize) {
+                    push(b, u.id);
+                }
+            }
+        }
+        return dense
+            .into_iter()
+            .enumerate()
+            .filter(|(_, b)| !b.is_empty())
+            .map(|(i, b)| (((i / n_roles) as u32, (i % n_roles) as u32), Arc::new(b)))
+            .collect();
+    }
     let mut bitmaps: HashMap<(u32, u32), RoaringBitmap, foldhash::fast::RandomState> = HashMap::default();
     for u in users.iter() {
         for &key in u.org_roles {
-            let b = bitmaps.entry(key).or_default();
-            if b.try_push(u.id).is_err() {
-                b.insert(u.id);
-            }
+            push(bitmaps.entry(key).or_default(), u.id);
         }
     }
     bitmaps.into_iter().map(|(k, b)| (k, Arc::new(b))).collect()
