@@ -60,7 +60,7 @@ struct Doc {
 
 /// What a cache file holds, once its header and checksum are good.
 enum Payload {
-    Document(Snapshot),
+    Document(Box<Snapshot>),
     Index(Box<Index>),
 }
 
@@ -200,7 +200,7 @@ impl Cache {
         let snapshot = match payload {
             Payload::Document(snapshot) => {
                 validate(&snapshot).map_err(|e| self.rejected(&e))?;
-                snapshot
+                *snapshot
             }
             Payload::Index(index) => index.to_snapshot(),
         };
@@ -216,7 +216,7 @@ impl Cache {
         };
         let index = match payload {
             Payload::Index(index) => *index,
-            Payload::Document(snapshot) => super::build_validated(snapshot).map_err(|e| self.rejected(&e))?,
+            Payload::Document(snapshot) => super::build_validated(*snapshot).map_err(|e| self.rejected(&e))?,
         };
         *self.written() = Some(index.version());
         Ok(Some((index, at)))
@@ -268,7 +268,7 @@ impl Cache {
                 Some(doc) => doc,
                 None => rmp_serde::from_slice(payload).map_err(|e| bad(format!("does not decode: {e}")))?,
             };
-            (doc.source, doc.current_at_ms, Payload::Document(doc.snapshot))
+            (doc.source, doc.current_at_ms, Payload::Document(Box::new(doc.snapshot)))
         } else {
             let (source, current_at_ms, image) = split_image_payload(payload)
                 .ok_or_else(|| bad("truncated: the payload ends inside its source or time".into()))?;
