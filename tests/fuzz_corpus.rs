@@ -134,8 +134,10 @@ fn image_corpus() {
         let seed = std::fs::read(dir.join(format!("{name}.image"))).unwrap();
         assert!(
             seed == fuzzing::image_seed(&doc).unwrap(),
-            "fuzz/corpus/image/{name}.image is not this build's image of {name}: write the seeds again \
-             (PERMD_WRITE_IMAGE_SEEDS=1 cargo test --test fuzz_corpus image_corpus)"
+            "fuzz/corpus/image/{name}.image is not this build's image of {name}: the image changed, so \
+             bump IMAGE_LAYOUT (src/index/image.rs: a cache written before must not be read as this \
+             layout) and write the seeds again (PERMD_WRITE_IMAGE_SEEDS=1 cargo test --test fuzz_corpus \
+             image_corpus)"
         );
     }
 }
