@@ -7,10 +7,10 @@
 #   bash fuzz/run.sh [SECONDS_PER_TARGET]
 #
 # Environment: PERMD_FUZZ_TOOLCHAIN (default `nightly`, rustup's), PERMD_FUZZ_SANITIZER
-# (default `none`; `address` for ASan), PERMD_FUZZ_TARGETS (default: all five).
+# (default `none`; `address` for ASan), PERMD_FUZZ_TARGETS (default: all six).
 #
 # Build time: fuzz/Cargo.toml builds the dependencies permd links but the targets never reach
-# at opt-level 0 (see the comment there), and one `cargo fuzz build` builds all five targets,
+# at opt-level 0 (see the comment there), and one `cargo fuzz build` builds all six targets,
 # so the shared dependencies compile once.
 #
 # Sanitizer: `none` by default. permd forbids `unsafe` and the targets reach no C (ring is
@@ -30,7 +30,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")"
 secs="${1:-60}"
 toolchain="${PERMD_FUZZ_TOOLCHAIN:-nightly}"
 sanitizer="${PERMD_FUZZ_SANITIZER:-none}"
-read -r -a targets <<<"${PERMD_FUZZ_TARGETS:-snapshot delta http_bodies ndjson condition}"
+read -r -a targets <<<"${PERMD_FUZZ_TARGETS:-snapshot delta http_bodies ndjson condition image}"
 
 if ! command -v cargo-fuzz >/dev/null 2>&1; then
     echo "== cargo install cargo-fuzz --locked"

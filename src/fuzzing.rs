@@ -54,6 +54,8 @@ const MAX_NAMES: usize = 5;
 pub enum Violation {
     #[error("snapshot: {0}")]
     Snapshot(String),
+    #[error("image: {0}")]
+    Image(String),
     #[error("delta: {0}")]
     Delta(String),
     #[error("http `{route}`: {problem}")]
@@ -400,6 +402,44 @@ fn check_document(doc: &Snapshot, from: Encoding) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// An index image's body (what follows the header: magic, format, layout, crate version, so
+/// that seeds outlive a version bump) → `Index::read_image`, which refuses or gives an index
+/// that decides, explains and lists without panicking, and whose own image reads back as
+/// itself.
+pub fn image(data: &[u8]) -> Result<(), Violation> {
+    let mut bytes = crate::index::image_header();
+    bytes.extend_from_slice(data);
+    let Ok(ix) = Index::read_image(&bytes) else {
+        return Ok(());
+    };
+    let fail = |what: String| Violation::Image(what);
+    let doc = ix.to_snapshot();
+    let queries = queries_of(&[&doc]);
+    for q in &queries {
+        check_decision(&ix, q).map_err(fail)?;
+    }
+    let _ = listings(&ix, &queries);
+    let _ = ix.ignored();
+    let mut again = Vec::new();
+    ix.write_image(&mut again)
+        .map_err(|e| fail(format!("a read image does not write: {e}")))?;
+    let back = Index::read_image(&again).map_err(|e| fail(format!("its own image does not read: {e}")))?;
+    if back.to_snapshot() != doc || back.counts() != ix.counts() {
+        return Err(fail("its own image reads as another index".into()));
+    }
+    same_decisions(&ix, &back, &queries).map_err(fail)?;
+    Ok(())
+}
+
+/// The body of `doc`'s index image (see [`image`]): a seed of the `image` target.
+pub fn image_seed(doc: &Snapshot) -> Result<Vec<u8>, Violation> {
+    let mut bytes = Vec::new();
+    Index::build(doc)
+        .write_image(&mut bytes)
+        .map_err(|e| Violation::Image(e.to_string()))?;
+    Ok(bytes.split_off(crate::index::image_header().len()))
 }
 
 /// A base document and delta batch lines: `Index::apply` equals `Index::build` of the

@@ -103,3 +103,41 @@ fn condition_corpus() {
         assert_eq!(compiled.is_err(), is_bad(&path), "{}: {compiled:?}", path.display());
     }
 }
+
+/// The documents whose index images seed the `image` target: the good `snapshot` seeds.
+fn image_seed_sources() -> Vec<(String, Snapshot)> {
+    files("corpus", "snapshot")
+        .into_iter()
+        .filter(|p| !is_bad(p))
+        .map(|p| {
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            let doc = Snapshot::load(&std::fs::read(&p).unwrap(), Encoding::from_path(&name).unwrap()).unwrap();
+            (name, doc)
+        })
+        .collect()
+}
+
+#[test]
+fn image_corpus() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/image");
+    // An image's layout changes now and then: `PERMD_WRITE_IMAGE_SEEDS=1 cargo test --test
+    // fuzz_corpus image_corpus` writes the seeds again from the snapshot seeds.
+    if std::env::var_os("PERMD_WRITE_IMAGE_SEEDS").is_some() {
+        std::fs::create_dir_all(&dir).unwrap();
+        for (name, doc) in image_seed_sources() {
+            std::fs::write(dir.join(format!("{name}.image")), fuzzing::image_seed(&doc).unwrap()).unwrap();
+        }
+    }
+    replay("image", fuzzing::image);
+    // The seeds are this build's images of the snapshot seeds, so they reach past the checks.
+    for (name, doc) in image_seed_sources() {
+        let seed = std::fs::read(dir.join(format!("{name}.image"))).unwrap();
+        assert!(
+            seed == fuzzing::image_seed(&doc).unwrap(),
+            "fuzz/corpus/image/{name}.image is not this build's image of {name}: the image changed, so \
+             bump IMAGE_LAYOUT (src/index/image.rs: a cache written before must not be read as this \
+             layout) and write the seeds again (PERMD_WRITE_IMAGE_SEEDS=1 cargo test --test fuzz_corpus \
+             image_corpus)"
+        );
+    }
+}

@@ -9,6 +9,7 @@ mod dropin;
 mod explain;
 mod export;
 mod facts;
+mod image;
 mod listings;
 mod paged;
 mod policy;
@@ -22,6 +23,8 @@ mod users;
 pub use decide::{CondSite, Decision, Evidence, Query, Reason, Subject, Tried};
 pub use dropin::{TenantInfo, UrlRules};
 pub use explain::Explanation;
+pub(crate) use image::header as image_header;
+pub use image::{IMAGE_FORMAT, IMAGE_LAYOUT, ImageError};
 pub use paged::{Interner, KeyMap, NameList, PagedVec};
 pub use policy::{Names, Policy, PolicyItems, STAR};
 pub use query::{

@@ -421,6 +421,99 @@ impl NameList {
     }
 }
 
+impl KeyMap {
+    /// A map of ids `0..names.len()` to their names, the table sized once for them (as a
+    /// build settles it); `Err(id)` for the first id whose name repeats an earlier one's.
+    pub(super) fn of_names(names: &NameList) -> Result<KeyMap, u32> {
+        Self::of_ids(0..names.len() as u32, names)
+    }
+
+    /// A map of each of `ids` to its name in `names`, the table sized once; `Err(id)` for the
+    /// first id whose name repeats an earlier one's (or that is the marker id).
+    pub(super) fn of_ids(ids: impl ExactSizeIterator<Item = u32>, names: &NameList) -> Result<KeyMap, u32> {
+        let n = ids.len();
+        let mut table = KeyTable {
+            slots: vec![Slot::VACANT; (n * SETTLED_LOAD.1 / SETTLED_LOAD.0 + 1).max(16)].into_boxed_slice(),
+            len: 0,
+            state: foldhash::fast::RandomState::default(),
+        };
+        for id in ids {
+            if !table.insert_new(names.name(id), id, names) {
+                return Err(id);
+            }
+        }
+        Ok(KeyMap {
+            base: Arc::new(table),
+            overlay: imbl::HashMap::new(),
+        })
+    }
+}
+
+impl KeyTable {
+    /// Adds `key`, which must not be there yet: false when it is (or `id` is the marker).
+    fn insert_new(&mut self, key: &str, id: u32, names: &NameList) -> bool {
+        let key = key.as_bytes();
+        if id == Slot::VACANT_ID {
+            return false;
+        }
+        if (self.len + 1) * 4 > self.slots.len() * 3 {
+            self.grow(names);
+        }
+        let word = Slot::word(key);
+        let h = self.hash(key, word);
+        let Err(i) = self.find(key, word, h, names) else {
+            return false;
+        };
+        let Some(slot) = self.slots.get_mut(i) else {
+            return false;
+        };
+        *slot = Slot {
+            tag: Slot::tag(h, key.len()),
+            id,
+            key: word.unwrap_or(0),
+        };
+        self.len += 1;
+        true
+    }
+}
+
+impl NameList {
+    /// Names packed as `NameArena` packs them: id `i` is `text[ends[i - 1]..ends[i]]`.
+    /// `Err` says what is wrong: an end out of order, past the text or inside a character.
+    pub(super) fn from_packed(text: String, ends: Vec<u32>) -> Result<NameList, String> {
+        let mut start = 0usize;
+        for (i, &end) in ends.iter().enumerate() {
+            let end = end as usize;
+            if end < start || end > text.len() || !text.is_char_boundary(end) {
+                return Err(format!("name {i} ends at {end}, not a place in the text after {start}"));
+            }
+            start = end;
+        }
+        if start != text.len() {
+            return Err(format!("the names end at {start}, the text at {}", text.len()));
+        }
+        Ok(NameList {
+            base: Arc::new(NameArena { text, ends }),
+            late: PagedVec::default(),
+        })
+    }
+}
+
+impl Interner {
+    /// The interner whose ids are `names` in list order; `Err(id)` for the first name that
+    /// repeats an earlier one.
+    pub(super) fn from_names(names: NameList) -> Result<Interner, u32> {
+        Ok(Interner {
+            ids: KeyMap::of_names(&names)?,
+            names,
+        })
+    }
+
+    pub(super) fn names(&self) -> &NameList {
+        &self.names
+    }
+}
+
 impl Interner {
     #[inline]
     pub fn get(&self, key: &str) -> Option<u32> {

@@ -16,27 +16,27 @@ pub(super) const PER: usize = 255;
 
 /// One user in a page: where their runs end in the page's arrays, and two flags.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-struct Slot {
+pub(super) struct Slot {
     /// End of this user's org-wide run in the page's org array (its start is the previous
     /// slot's end).
-    org_end: u32,
+    pub(super) org_end: u32,
     /// End of this user's instance run in the page's instance array.
-    inst_end: u32,
+    pub(super) inst_end: u32,
     /// Bit `o % 32` is set for every org `o` of the instance run: `decide` reads the run only
     /// when the user may hold an instance role in the org.
-    inst_orgs: u32,
+    pub(super) inst_orgs: u32,
     /// The document has a user item for this key.
-    listed: bool,
+    pub(super) listed: bool,
     /// Unused entries before this user's org-wide run (after the previous user's end), put
     /// there so that a run of up to a cache line does not straddle two (`repack`).
-    org_pad: u8,
+    pub(super) org_pad: u8,
     /// The same in the instance array.
-    inst_pad: u8,
+    pub(super) inst_pad: u8,
 }
 
 /// Where user `at` of a page has their runs: (org start, org end, inst start, inst end).
 #[inline]
-fn bounds(slots: &[Slot], at: usize) -> (usize, usize, usize, usize) {
+pub(super) fn bounds(slots: &[Slot], at: usize) -> (usize, usize, usize, usize) {
     let end = slots.get(at).copied().unwrap_or_default();
     let start = at
         .checked_sub(1)
@@ -136,12 +136,12 @@ impl UserRec<'_> {
 /// per page.
 #[derive(Clone, Debug, Default)]
 pub struct UserTable {
-    slots: Vec<Arc<[Slot]>>,
+    pub(super) slots: Vec<Arc<[Slot]>>,
     /// Per page, org-wide assignments as (org id, role-name id), each user's run sorted.
-    org: Vec<Arc<[(u32, u32)]>>,
+    pub(super) org: Vec<Arc<[(u32, u32)]>>,
     /// Per page, instance assignments as (resource id, org id, role-name id), each run sorted.
-    inst: Vec<Arc<[(u32, u32, u32)]>>,
-    len: usize,
+    pub(super) inst: Vec<Arc<[(u32, u32, u32)]>>,
+    pub(super) len: usize,
 }
 
 impl UserTable {

@@ -1,21 +1,34 @@
-//! The local cache of the active version (sync.md): MessagePack (rmp-serde, named fields) in
-//! one file, written to a temporary file, fsynced, renamed into place, with a SHA-256
-//! checksum. Read at start when the upstream is out of reach; a corrupt, truncated or foreign
-//! file is ignored (logged, counted), never trusted.
+//! The local cache of the active version (sync.md): the built index's image
+//! (`Index::write_image`) in one file, written to a temporary file, fsynced, renamed into
+//! place, with a SHA-256 checksum. Read at start when the upstream is out of reach: the image
+//! is read back into an index, checked part by part (`index/image.rs`), with no document to
+//! decode, validate or build. A corrupt, truncated or foreign file, or the image of another
+//! build, is ignored (logged, counted), never trusted.
 //!
-//! File layout: `PERMDC01` (8 bytes), payload length (u64 LE), SHA-256 of the payload (32
-//! bytes), payload = `{source, current_at_ms, snapshot}`.
+//! The checksum guards against a file damaged on disk or cut short, not against someone who
+//! can write the cache directory (they could write a valid file as well).
+//!
+//! File layout: magic (8 bytes), payload length (u64 LE), SHA-256 of the payload (32 bytes),
+//! then the payload. `PERMDC02`: payload = source (u32 LE length, UTF-8), `current_at_ms`
+//! (u64 LE), the index image. `PERMDC01` (the files of earlier builds, still read):
+//! payload = MessagePack (rmp-serde, named fields) `{source, current_at_ms, snapshot}`, the
+//! document decoded, validated and built as a snapshot is.
 
 use crate::index::Index;
 use crate::model::{Snapshot, SnapshotError, validate};
 use crate::store::Store;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
+#[cfg(test)]
+use serde::Serialize;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-const MAGIC: &[u8; 8] = b"PERMDC01";
+/// The magic of a file holding an index image.
+const MAGIC: &[u8; 8] = b"PERMDC02";
+/// The magic of a file holding the document (earlier builds); read, no longer written.
+const MAGIC_DOCUMENT: &[u8; 8] = b"PERMDC01";
 const HEADER: usize = 8 + 8 + 32;
 /// The cache file inside `cache_dir`.
 pub const FILE_NAME: &str = "permd-cache.bin";
@@ -29,6 +42,7 @@ pub enum CacheError {
     Io { path: String, message: String },
 }
 
+#[cfg(test)]
 #[derive(Serialize)]
 struct DocRef<'a> {
     source: &'a str,
@@ -42,6 +56,12 @@ struct Doc {
     source: String,
     current_at_ms: u64,
     snapshot: Snapshot,
+}
+
+/// What a cache file holds, once its header and checksum are good.
+enum Payload {
+    Document(Box<Snapshot>),
+    Index(Box<Index>),
 }
 
 /// `Doc` the way `Snapshot::decode` takes a MessagePack document (`model::msgpack`): the
@@ -99,89 +119,122 @@ impl Cache {
         self.written.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Writes `snapshot` atomically: temporary file, fsync, rename, fsync of the directory.
-    pub fn write(&self, snapshot: &Snapshot, current_at: SystemTime) -> Result<(), CacheError> {
-        let path = self.path();
-        let io = |e: std::io::Error| CacheError::Io {
-            path: path.display().to_string(),
+    fn io(&self) -> impl Fn(std::io::Error) -> CacheError + '_ {
+        move |e| CacheError::Io {
+            path: self.path().display().to_string(),
             message: e.to_string(),
-        };
+        }
+    }
+
+    fn invalid(&self, problem: String) -> CacheError {
+        CacheError::Invalid {
+            path: self.path().display().to_string(),
+            problem,
+        }
+    }
+
+    /// Writes `index`'s image atomically: temporary file, fsync, rename, fsync of the
+    /// directory.
+    pub fn write_index(&self, index: &Index, current_at: SystemTime) -> Result<(), CacheError> {
+        let current_at_ms = current_at.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
+        let mut payload = Vec::new();
+        payload.extend_from_slice(&(self.source.len() as u32).to_le_bytes());
+        payload.extend_from_slice(self.source.as_bytes());
+        payload.extend_from_slice(&current_at_ms.to_le_bytes());
+        index
+            .write_image(&mut payload)
+            .map_err(|e| self.invalid(format!("cannot write the index: {e}")))?;
+        self.write_file(MAGIC, &payload)?;
+        *self.written() = Some(index.version());
+        Ok(())
+    }
+
+    /// Writes the index of `snapshot` (validated and built first; a document that does not
+    /// validate is refused): what a warm start would load had `snapshot` been served.
+    pub fn write(&self, snapshot: &Snapshot, current_at: SystemTime) -> Result<(), CacheError> {
+        let index = super::validate_and_build(snapshot).map_err(|e| self.rejected(&e))?;
+        self.write_index(&index, current_at)
+    }
+
+    /// Writes `snapshot` as earlier builds did (`PERMDC01`), for the tests of reading them.
+    #[cfg(test)]
+    fn write_document(&self, snapshot: &Snapshot, current_at: SystemTime) -> Result<(), CacheError> {
         let current_at_ms = current_at.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
         let payload = rmp_serde::to_vec_named(&DocRef {
             source: &self.source,
             current_at_ms,
             snapshot,
         })
-        .map_err(|e| CacheError::Io {
-            path: path.display().to_string(),
-            message: format!("cannot encode: {e}"),
-        })?;
-        let digest = ring::digest::digest(&ring::digest::SHA256, &payload);
-        std::fs::create_dir_all(&self.dir).map_err(io)?;
+        .map_err(|e| self.invalid(format!("cannot encode: {e}")))?;
+        self.write_file(MAGIC_DOCUMENT, &payload)
+    }
+
+    /// Header, checksum and payload to a temporary file, fsynced, renamed into place, the
+    /// directory fsynced.
+    fn write_file(&self, magic: &[u8; 8], payload: &[u8]) -> Result<(), CacheError> {
+        let digest = ring::digest::digest(&ring::digest::SHA256, payload);
+        std::fs::create_dir_all(&self.dir).map_err(self.io())?;
         let tmp = self.dir.join(format!(".{FILE_NAME}.{}.tmp", std::process::id()));
         let result = (|| {
             let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(MAGIC)?;
+            f.write_all(magic)?;
             f.write_all(&(payload.len() as u64).to_le_bytes())?;
             f.write_all(digest.as_ref())?;
-            f.write_all(&payload)?;
+            f.write_all(payload)?;
             f.sync_all()?;
             drop(f);
-            std::fs::rename(&tmp, &path)?;
+            std::fs::rename(&tmp, self.path())?;
             std::fs::File::open(&self.dir)?.sync_all()
         })();
         if result.is_err() {
             let _ = std::fs::remove_file(&tmp);
         }
-        result.map_err(io)?;
-        *self.written() = Some(snapshot.version);
-        Ok(())
+        result.map_err(self.io())
     }
 
-    /// Reads and checks the cache: `Ok(None)` when there is none.
+    /// Reads and checks the cache, as a document: `Ok(None)` when there is none.
     pub fn read(&self) -> Result<Option<(Snapshot, SystemTime)>, CacheError> {
-        let Some((snapshot, at)) = self.read_unvalidated()? else {
+        let Some((payload, at)) = self.read_payload()? else {
             return Ok(None);
         };
-        validate(&snapshot).map_err(|e| self.rejected(&e))?;
+        let snapshot = match payload {
+            Payload::Document(snapshot) => {
+                validate(&snapshot).map_err(|e| self.rejected(&e))?;
+                *snapshot
+            }
+            Payload::Index(index) => index.to_snapshot(),
+        };
         *self.written() = Some(snapshot.version);
         Ok(Some((snapshot, at)))
     }
 
-    /// The built index of the cached version, for a warm start (`super::build_validated`).
+    /// The index of the cached version, for a warm start: the image read back, or a document
+    /// of an earlier build's file validated and built (`super::build_validated`).
     pub fn load_index(&self) -> Result<Option<(Index, SystemTime)>, CacheError> {
-        let Some((snapshot, at)) = self.read_unvalidated()? else {
+        let Some((payload, at)) = self.read_payload()? else {
             return Ok(None);
         };
-        let version = snapshot.version;
-        let index = super::build_validated(snapshot).map_err(|e| self.rejected(&e))?;
-        *self.written() = Some(version);
+        let index = match payload {
+            Payload::Index(index) => *index,
+            Payload::Document(snapshot) => super::build_validated(*snapshot).map_err(|e| self.rejected(&e))?,
+        };
+        *self.written() = Some(index.version());
         Ok(Some((index, at)))
     }
 
     fn rejected(&self, e: &SnapshotError) -> CacheError {
-        CacheError::Invalid {
-            path: self.path().display().to_string(),
-            problem: format!("rejected: {e}"),
-        }
+        self.invalid(format!("rejected: {e}"))
     }
 
-    /// Reads, checks the header and checksum, and decodes; validation is the caller's.
-    fn read_unvalidated(&self) -> Result<Option<(Snapshot, SystemTime)>, CacheError> {
+    /// Reads, checks the header and checksum, and reads the payload (an image is checked as
+    /// it is read; a document's validation is the caller's).
+    fn read_payload(&self) -> Result<Option<(Payload, SystemTime)>, CacheError> {
         let path = self.path();
-        let bad = |problem: String| CacheError::Invalid {
-            path: path.display().to_string(),
-            problem,
-        };
+        let bad = |problem: String| self.invalid(problem);
         let bytes = match std::fs::read(&path) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => {
-                return Err(CacheError::Io {
-                    path: path.display().to_string(),
-                    message: e.to_string(),
-                });
-            }
+            Err(e) => return Err(self.io()(e)),
         };
         let (Some(magic), Some(len), Some(sum), Some(payload)) = (
             bytes.get(..8),
@@ -194,11 +247,11 @@ impl Cache {
                 bytes.len()
             )));
         };
-        if magic != MAGIC {
+        if magic != MAGIC && magic != MAGIC_DOCUMENT {
             return Err(bad("not a permd cache file (bad magic)".into()));
         }
         let len = u64::from_le_bytes(len.try_into().map_err(|_| bad("bad length field".into()))?);
-        if len as usize > self.max_bytes {
+        if len > self.max_bytes as u64 {
             return Err(bad(format!("payload of {len} bytes is over max_snapshot_bytes")));
         }
         if payload.len() as u64 != len {
@@ -210,18 +263,35 @@ impl Cache {
         if ring::digest::digest(&ring::digest::SHA256, payload).as_ref() != sum {
             return Err(bad("checksum mismatch".into()));
         }
-        let doc = match fast_doc(payload) {
-            Some(doc) => doc,
-            None => rmp_serde::from_slice(payload).map_err(|e| bad(format!("does not decode: {e}")))?,
+        let (source, current_at_ms, payload) = if magic == MAGIC_DOCUMENT {
+            let doc = match fast_doc(payload) {
+                Some(doc) => doc,
+                None => rmp_serde::from_slice(payload).map_err(|e| bad(format!("does not decode: {e}")))?,
+            };
+            (doc.source, doc.current_at_ms, Payload::Document(Box::new(doc.snapshot)))
+        } else {
+            let (source, current_at_ms, image) = split_image_payload(payload)
+                .ok_or_else(|| bad("truncated: the payload ends inside its source or time".into()))?;
+            if source != self.source {
+                return Err(bad(format!("written for source `{source}`, not this one")));
+            }
+            let index = Index::read_image(image).map_err(|e| bad(e.to_string()))?;
+            (source.to_owned(), current_at_ms, Payload::Index(Box::new(index)))
         };
-        if doc.source != self.source {
-            return Err(bad(format!("written for source `{}`, not this one", doc.source)));
+        if source != self.source {
+            return Err(bad(format!("written for source `{source}`, not this one")));
         }
-        Ok(Some((
-            doc.snapshot,
-            UNIX_EPOCH + Duration::from_millis(doc.current_at_ms),
-        )))
+        Ok(Some((payload, UNIX_EPOCH + Duration::from_millis(current_at_ms))))
     }
+}
+
+/// A `PERMDC02` payload: the source, `current_at_ms` and the image.
+fn split_image_payload(payload: &[u8]) -> Option<(&str, u64, &[u8])> {
+    let (n, rest) = payload.split_first_chunk::<4>()?;
+    let n = u32::from_le_bytes(*n) as usize;
+    let source = std::str::from_utf8(rest.get(..n)?).ok()?;
+    let (at, image) = rest.get(n..)?.split_first_chunk::<8>()?;
+    Some((source, u64::from_le_bytes(*at), image))
 }
 
 /// Loads the cache into the store, off the runtime. True when a version became active.
@@ -326,7 +396,7 @@ pub async fn write_each_version(cache: Arc<Cache>, store: Arc<Store>, pacing: Pa
         let c = cache.clone();
         let started = std::time::Instant::now();
         let version = index.version();
-        let written = tokio::task::spawn_blocking(move || c.write(&index.to_snapshot(), current_at)).await;
+        let written = tokio::task::spawn_blocking(move || c.write_index(&index, current_at)).await;
         let took = started.elapsed();
         if let Some(m) = crate::metrics::get() {
             m.cache("write", matches!(written, Ok(Ok(()))));
@@ -439,14 +509,16 @@ mod tests {
         assert!(published.elapsed() >= rest, "{:?}", published.elapsed());
     }
 
-    /// The cache's decode takes its own files the fast way, to what rmp-serde reads.
+    /// The cache's decode takes the document files of earlier builds the fast way, to what
+    /// rmp-serde reads.
     #[test]
-    fn the_fast_decode_takes_a_written_cache() {
+    fn the_fast_decode_takes_a_document_cache() {
         let dir = tempfile::tempdir().unwrap();
         let cache = Cache::new(dir.path().into(), "http://up".into(), 1 << 20);
         let at = UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
-        cache.write(&snap(), at).unwrap();
+        cache.write_document(&snap(), at).unwrap();
         let bytes = std::fs::read(cache.path()).unwrap();
+        assert_eq!(&bytes[..8], MAGIC_DOCUMENT);
         let fast = fast_doc(&bytes[HEADER..]).unwrap();
         let reference: Doc = rmp_serde::from_slice(&bytes[HEADER..]).unwrap();
         assert_eq!(
@@ -463,20 +535,80 @@ mod tests {
     }
 
     #[test]
-    fn load_index_builds_the_cached_version_and_refuses_one_that_does_not_validate() {
+    fn load_index_reads_the_image_and_a_document_file_of_an_earlier_build() {
         let dir = tempfile::tempdir().unwrap();
         let cache = Cache::new(dir.path().into(), "http://up".into(), 1 << 20);
         assert!(cache.load_index().unwrap().is_none());
         let at = UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
         cache.write(&snap(), at).unwrap();
+        assert_eq!(&std::fs::read(cache.path()).unwrap()[..8], MAGIC);
         let (index, when) = cache.load_index().unwrap().unwrap();
         assert_eq!((index.version(), when), (9, at));
         assert_eq!(index.counts().orgs, 1);
+        assert_eq!(index.to_snapshot(), snap());
+        // The file of an earlier build: the document, validated and built.
+        cache.write_document(&snap(), at).unwrap();
+        let (index, when) = cache.load_index().unwrap().unwrap();
+        assert_eq!((index.version(), when, index.to_snapshot()), (9, at, snap()));
+        assert_eq!(cache.read().unwrap(), Some((snap(), at)));
         // Whole and checksummed, but two orgs with one key: refused like a corrupt file.
         let mut twice = snap();
         twice.orgs.push(twice.orgs[0].clone());
-        cache.write(&twice, at).unwrap();
+        cache.write_document(&twice, at).unwrap();
         let err = cache.load_index().unwrap_err().to_string();
         assert!(err.contains("rejected") && err.contains("orgs[1]: duplicate"), "{err}");
+        assert!(cache.read().unwrap_err().to_string().contains("orgs[1]: duplicate"));
+        // Such a document is not written as an image either.
+        let err = cache.write(&twice, at).unwrap_err().to_string();
+        assert!(err.contains("orgs[1]: duplicate"), "{err}");
+    }
+
+    /// The file of `payload` with a right header and checksum.
+    fn file_of(magic: &[u8; 8], payload: &[u8]) -> Vec<u8> {
+        let mut f = magic.to_vec();
+        f.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+        f.extend_from_slice(ring::digest::digest(&ring::digest::SHA256, payload).as_ref());
+        f.extend_from_slice(payload);
+        f
+    }
+
+    #[tokio::test]
+    async fn an_image_of_another_build_or_cut_short_is_refused_and_the_start_goes_on_without() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Arc::new(Cache::new(dir.path().into(), "http://up".into(), 1 << 20));
+        let at = UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
+        cache.write(&snap(), at).unwrap();
+        let good = std::fs::read(cache.path()).unwrap();
+        let payload = &good[HEADER..];
+        let image_at = 4 + "http://up".len() + 8;
+        // Checksummed, but the layout number is another build's.
+        let mut other = payload.to_vec();
+        other[image_at + 12] ^= 0x01;
+        std::fs::write(cache.path(), file_of(MAGIC, &other)).unwrap();
+        let err = cache.load_index().unwrap_err().to_string();
+        assert!(err.contains("another build"), "{err}");
+        let store = Store::new("http://up");
+        assert!(!warm_start(&cache, &store).await);
+        assert!(store.load().is_none());
+        assert_eq!(store.status().cache_rejected, 1);
+        // Checksummed, but the image ends early, at any length.
+        for cut in [0, 3, image_at - 1, image_at + 30, payload.len() / 2, payload.len() - 1] {
+            std::fs::write(cache.path(), file_of(MAGIC, &payload[..cut])).unwrap();
+            let err = cache.load_index().unwrap_err().to_string();
+            assert!(err.contains("cut short") || err.contains("truncated"), "{cut}: {err}");
+        }
+        // Another source's image is not read at all.
+        let other = Cache::new(dir.path().into(), "http://other".into(), 1 << 20);
+        std::fs::write(cache.path(), &good).unwrap();
+        assert!(
+            other
+                .load_index()
+                .unwrap_err()
+                .to_string()
+                .contains("written for source")
+        );
+        // And the good file still loads.
+        assert!(warm_start(&cache, &store).await);
+        assert_eq!(store.load().unwrap().version(), 9);
     }
 }
