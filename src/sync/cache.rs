@@ -9,8 +9,8 @@
 //! can write the cache directory (they could write a valid file as well).
 //!
 //! File layout: magic (8 bytes), payload length (u64 LE), SHA-256 of the payload (32 bytes),
-//! then the payload. `PERMDC02`: payload = source (u32 LE length, UTF-8), `current_at_ms`
-//! (u64 LE), the index image. `PERMDC01` (the files of earlier builds, still read):
+//! then the payload. `PERMDC02`: payload = a MessagePack map `{source, current_at_ms, image}`,
+//! the index image a bin. `PERMDC01` (the files of earlier builds, still read):
 //! payload = MessagePack (rmp-serde, named fields) `{source, current_at_ms, snapshot}`, the
 //! document decoded, validated and built as a snapshot is.
 
@@ -137,13 +137,26 @@ impl Cache {
     /// directory.
     pub fn write_index(&self, index: &Index, current_at: SystemTime) -> Result<(), CacheError> {
         let current_at_ms = current_at.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
-        let mut payload = Vec::new();
-        payload.extend_from_slice(&(self.source.len() as u32).to_le_bytes());
-        payload.extend_from_slice(self.source.as_bytes());
-        payload.extend_from_slice(&current_at_ms.to_le_bytes());
+        // A MessagePack map (sync.md: the cache is MessagePack): `{source, current_at_ms,
+        // image}`, the image written in place as the bytes of a bin.
+        let mut payload = vec![0x83];
+        for text in ["source", &self.source, "current_at_ms"] {
+            write_str(&mut payload, text);
+        }
+        payload.push(0xcf);
+        payload.extend_from_slice(&current_at_ms.to_be_bytes());
+        write_str(&mut payload, "image");
+        payload.push(0xc6);
+        let at = payload.len();
+        payload.extend_from_slice(&[0; 4]);
         index
             .write_image(&mut payload)
             .map_err(|e| self.invalid(format!("cannot write the index: {e}")))?;
+        let len = u32::try_from(payload.len() - at - 4)
+            .map_err(|_| self.invalid("the index image is over 4 GiB, more than a bin holds".into()))?;
+        if let Some(slot) = payload.get_mut(at..at + 4) {
+            slot.copy_from_slice(&len.to_be_bytes());
+        }
         self.write_file(MAGIC, &payload)?;
         *self.written() = Some(index.version());
         Ok(())
@@ -270,8 +283,9 @@ impl Cache {
             };
             (doc.source, doc.current_at_ms, Payload::Document(Box::new(doc.snapshot)))
         } else {
-            let (source, current_at_ms, image) = split_image_payload(payload)
-                .ok_or_else(|| bad("truncated: the payload ends inside its source or time".into()))?;
+            let (source, current_at_ms, image) = split_image_payload(payload).ok_or_else(|| {
+                bad("truncated or malformed: the payload is not a whole map of source, current_at_ms and image".into())
+            })?;
             if source != self.source {
                 return Err(bad(format!("written for source `{source}`, not this one")));
             }
@@ -285,13 +299,54 @@ impl Cache {
     }
 }
 
-/// A `PERMDC02` payload: the source, `current_at_ms` and the image.
+/// A MessagePack string header and `text`.
+fn write_str(out: &mut Vec<u8>, text: &str) {
+    let n = text.len();
+    match n {
+        0..32 => out.push(0xa0 | n as u8),
+        32..256 => out.extend_from_slice(&[0xd9, n as u8]),
+        256..65536 => {
+            out.push(0xda);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        _ => {
+            out.push(0xdb);
+            out.extend_from_slice(&(n as u32).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(text.as_bytes());
+}
+
+/// A `PERMDC02` payload, the MessagePack map `{source, current_at_ms, image}` (each once,
+/// nothing else): the source, `current_at_ms` and the image's bytes.
 fn split_image_payload(payload: &[u8]) -> Option<(&str, u64, &[u8])> {
-    let (n, rest) = payload.split_first_chunk::<4>()?;
-    let n = u32::from_le_bytes(*n) as usize;
-    let source = std::str::from_utf8(rest.get(..n)?).ok()?;
-    let (at, image) = rest.get(n..)?.split_first_chunk::<8>()?;
-    Some((source, u64::from_le_bytes(*at), image))
+    use crate::model::msgpack::Reader;
+    let mut r = Reader { buf: payload, pos: 0 };
+    if r.map_len()? != 3 {
+        return None;
+    }
+    let (mut source, mut at, mut image) = (None, None, None);
+    for _ in 0..3 {
+        match r.str()? {
+            "source" if source.is_none() => source = Some(r.str()?),
+            "current_at_ms" if at.is_none() => {
+                (r.byte()? == 0xcf).then_some(())?;
+                at = Some(u64::from_be_bytes(r.take(8)?.try_into().ok()?));
+            }
+            "image" if image.is_none() => {
+                let n = match r.byte()? {
+                    0xc4 => usize::from(r.byte()?),
+                    0xc5 => usize::from(u16::from_be_bytes(r.take(2)?.try_into().ok()?)),
+                    0xc6 => u32::from_be_bytes(r.take(4)?.try_into().ok()?) as usize,
+                    _ => return None,
+                };
+                image = Some(r.take(n)?);
+            }
+            _ => return None,
+        }
+    }
+    (r.pos == payload.len()).then_some(())?;
+    Some((source?, at?, image?))
 }
 
 /// Loads the cache into the store, off the runtime. True when a version became active.
@@ -580,7 +635,12 @@ mod tests {
         cache.write(&snap(), at).unwrap();
         let good = std::fs::read(cache.path()).unwrap();
         let payload = &good[HEADER..];
-        let image_at = 4 + "http://up".len() + 8;
+        // The payload is a MessagePack document (sync.md): a map of the three fields.
+        let fields: std::collections::BTreeMap<String, serde::de::IgnoredAny> = rmp_serde::from_slice(payload).unwrap();
+        assert_eq!(fields.keys().collect::<Vec<_>>(), ["current_at_ms", "image", "source"]);
+        // After the map's header, `source` and its value, `current_at_ms` and its u64, `image`
+        // and the bin's header.
+        let image_at = 1 + 7 + (1 + "http://up".len()) + 14 + 9 + 6 + 5;
         // Checksummed, but the layout number is another build's.
         let mut other = payload.to_vec();
         other[image_at + 12] ^= 0x01;
