@@ -185,46 +185,27 @@ impl Index {
         // Interned in document order, so ids come out as one upsert after another would give
         // them. Users are one namespace and orgs, roles and resources others: on a large
         // document the two halves run on two threads.
-        let Index {
-            names,
-            res_keys,
-            res_names,
-            res_hot,
-            ..
-        } = self;
-        let Names {
-            orgs,
-            roles,
-            types,
-            users,
-            ..
-        } = names;
+        let (users, mut ids) = self.assignment_ids();
         let user_ids = |users: &mut Interner| list.iter().map(|a| users.intern(&a.user)).collect::<Vec<u32>>();
-        let mut res = ResIds {
-            types,
-            res_keys,
-            res_names,
-            res_hot,
-        };
-        let mut others = |res: &mut ResIds<'_>| {
+        let others = |ids: &mut AssignmentIds<'_>| {
             list.iter()
                 .map(|a| {
-                    let org = orgs.intern(&a.org);
-                    let role = roles.intern(&a.role);
-                    (org, role, a.resource.as_deref().map(|r| res.reference(r)))
+                    let org = ids.orgs.intern(&a.org);
+                    let role = ids.roles.intern(&a.role);
+                    (org, role, a.resource.as_deref().map(|r| ids.res.reference(r)))
                 })
                 .collect::<Vec<(u32, u32, Option<u32>)>>()
         };
         let (uids, rest) = if list.len() >= PARALLEL_BUILD {
             let (uids, rest) = std::thread::scope(|scope| {
                 let half = scope.spawn(|| user_ids(users));
-                let rest = others(&mut res);
+                let rest = others(&mut ids);
                 (half.join().ok(), rest)
             });
             // A panic cannot happen there; should it, interning again gives the same ids.
             (uids.unwrap_or_else(|| user_ids(users)), rest)
         } else {
-            (user_ids(users), others(&mut res))
+            (user_ids(users), others(&mut ids))
         };
         let mut placing = Placing::default();
         for (&uid, &(org, role, res)) in uids.iter().zip(&rest) {
