@@ -298,6 +298,12 @@ impl KeyTable {
     /// Adds `key` (or sets its id); false when it cannot hold it (an id it uses as a marker),
     /// and the caller keeps it elsewhere.
     fn insert(&mut self, key: &str, id: u32, names: &NameList) -> bool {
+        self.put(key, id, names, true)
+    }
+
+    /// Adds `key` with `id`; a key already there gets `id` when `replace`, else is left as it
+    /// is and gives false. False too for the marker id.
+    fn put(&mut self, key: &str, id: u32, names: &NameList, replace: bool) -> bool {
         let key = key.as_bytes();
         if id == Slot::VACANT_ID {
             return false;
@@ -309,12 +315,17 @@ impl KeyTable {
         let h = self.hash(key, word);
         let i = match self.find(key, word, h, names) {
             Ok(i) => {
-                self.slots[i].id = id;
-                return true;
+                if replace && let Some(slot) = self.slots.get_mut(i) {
+                    slot.id = id;
+                }
+                return replace;
             }
             Err(i) => i,
         };
-        self.slots[i] = Slot {
+        let Some(slot) = self.slots.get_mut(i) else {
+            return false;
+        };
+        *slot = Slot {
             tag: Slot::tag(h, key.len()),
             id,
             key: word.unwrap_or(0),
@@ -452,28 +463,7 @@ impl KeyMap {
 impl KeyTable {
     /// Adds `key`, which must not be there yet: false when it is (or `id` is the marker).
     fn insert_new(&mut self, key: &str, id: u32, names: &NameList) -> bool {
-        let key = key.as_bytes();
-        if id == Slot::VACANT_ID {
-            return false;
-        }
-        if (self.len + 1) * 4 > self.slots.len() * 3 {
-            self.grow(names);
-        }
-        let word = Slot::word(key);
-        let h = self.hash(key, word);
-        let Err(i) = self.find(key, word, h, names) else {
-            return false;
-        };
-        let Some(slot) = self.slots.get_mut(i) else {
-            return false;
-        };
-        *slot = Slot {
-            tag: Slot::tag(h, key.len()),
-            id,
-            key: word.unwrap_or(0),
-        };
-        self.len += 1;
-        true
+        self.put(key, id, names, false)
     }
 }
 
